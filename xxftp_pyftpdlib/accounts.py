@@ -1,0 +1,95 @@
+"""Users: who exists, where their home is, and how they log in.
+
+Rules that live here:
+
+- A user exists iff ``ROOT/<name>/`` is a folder and ``<name>`` matches
+  ``[A-Za-z0-9_]+``; anything else (dots, slashes, spaces) is no user.
+- ``anonymous`` (and an empty name) is the user of ``ROOT/anonymous/``.
+  It accepts any password, unless its home holds a password file, which
+  is then checked like any other user's.
+- A home with ``.xxftp/password`` needs that password; a home without one
+  logs in right after USER (xxftp behaviour).
+- An unknown user is never told apart from a wrong password, and costs
+  the same work to refuse.
+- A password file that can't be read refuses the login, and says why in
+  the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+from . import passwords
+from .config import CONFIG_DIR
+
+log = logging.getLogger("xxftpd.accounts")
+
+USER_NAME = re.compile(r"[A-Za-z0-9_]+")
+ANONYMOUS = "anonymous"
+
+
+def canonical_name(name: str) -> str:
+    """The account a USER argument means (an empty one means anonymous)."""
+    return name or ANONYMOUS
+
+
+@dataclass(frozen=True)
+class Login:
+    """The outcome of a login attempt."""
+
+    ok: bool
+    home: str | None = None
+    reason: str = ""  # for the log only, never for the client
+
+
+class Accounts:
+    """The users of one server root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.realpath(root)
+
+    def home_of(self, name: str) -> str | None:
+        """The home folder of ``name``, or None if there is no such user."""
+        name = canonical_name(name)
+        if not USER_NAME.fullmatch(name):
+            return None
+        home = os.path.join(self.root, name)
+        return home if os.path.isdir(home) else None
+
+    def password_file(self, name: str) -> str:
+        return os.path.join(self.root, canonical_name(name), CONFIG_DIR, "password")
+
+    def needs_password(self, name: str) -> bool:
+        """False only for an existing user whose home has no password file.
+
+        Unknown users answer True so they get 331 like everybody else.
+        """
+        name = canonical_name(name)
+        home = self.home_of(name)
+        if home is None or name == ANONYMOUS:
+            return True
+        return os.path.lexists(self.password_file(name))
+
+    def login(self, name: str, password: str) -> Login:
+        name = canonical_name(name)
+        home = self.home_of(name)
+        path = self.password_file(name)
+        if home is None:
+            passwords.verify("", password)  # the same work as a real check
+            return Login(False, reason="no such user")
+        if not os.path.lexists(path):
+            return Login(True, home)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                stored = f.read(4096)
+        except OSError as err:
+            log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
+            return Login(False, reason=f"unreadable password file {path}")
+        if passwords.kind(stored) == "unknown":
+            log.error("%s: unrecognised password format; login refused", path)
+        if passwords.verify(stored, password):
+            return Login(True, home)
+        return Login(False, reason="wrong password")

@@ -1,0 +1,79 @@
+"""XxftpAuthorizer: pyftpdlib's authorizer interface over ``accounts``.
+
+Users are the folders of the server root; there is no user table to keep
+in step. Tree permissions (``.xxftp/permission``, mount lines) are
+enforced by ``XxftpFS`` on every operation, so this authorizer grants all
+pyftpdlib permission letters to every user it lets in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
+
+from . import banners
+from .accounts import Accounts
+
+log = logging.getLogger("xxftpd.auth")
+
+
+class XxftpAuthorizer:
+    """Authorizes the users of an xxftp server root."""
+
+    read_perms = "elr"
+    write_perms = "adfmwMT"
+
+    def __init__(self, root: str, perm: str = "elradfmwMT") -> None:
+        self.accounts = Accounts(root)
+        self.root = self.accounts.root
+        self.perm = perm
+
+    # --- login
+
+    def needs_password(self, username: str) -> bool:
+        """False if USER alone logs ``username`` in (a home without password)."""
+        return self.accounts.needs_password(username)
+
+    def validate_authentication(self, username: str, password: str, handler) -> None:
+        result = self.accounts.login(username, password)
+        if not result.ok:
+            log.info("login refused for %r: %s", username, result.reason)
+            raise AuthenticationFailed("Authentication failed.")
+
+    def get_home_dir(self, username: str) -> str:
+        home = self.accounts.home_of(username)
+        if home is None:
+            raise AuthorizerError(f"no such user {username!r}")
+        return home
+
+    def has_user(self, username: str) -> bool:
+        return self.accounts.home_of(username) is not None
+
+    def impersonate_user(self, username: str, password: str) -> None:
+        """Sessions run as the server's own OS user."""
+
+    def terminate_impersonation(self, username: str) -> None:
+        """Sessions run as the server's own OS user."""
+
+    # --- permissions (the tree's own are enforced by XxftpFS)
+
+    def has_perm(self, username: str, perm: str, path: str | None = None) -> bool:
+        return perm in self.perm
+
+    def get_perms(self, username: str) -> str:
+        return self.perm
+
+    # --- messages
+
+    def get_msg_login(self, username: str) -> str:
+        return "Login successful."
+
+    def get_msg_quit(self, username: str) -> str:
+        return self.goodbye()
+
+    def welcome(self) -> str:
+        return banners.read_text(self.root, banners.WELCOME, banners.DEFAULT_WELCOME)
+
+    def goodbye(self) -> str:
+        return banners.read_text(self.root, banners.GOODBYE, banners.DEFAULT_GOODBYE)

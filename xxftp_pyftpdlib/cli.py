@@ -1,0 +1,112 @@
+"""``xxftpd``: serve a tree (and, later, the admin commands).
+
+Flags are named like pyftpdlib's own command line where it has one. Bad
+input is one ``xxftpd: error: ...`` line on stderr and exit status 2;
+a server that can't start is one such line and status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+
+from . import __version__
+from .server import ConfigError, Options, make_server, serve
+
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} out of range 0-65535")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r} (expected FROM-TO)") from None
+    if not sep or not 1 <= first <= last <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port range {text!r} (expected FROM-TO within 1-65535)")
+    return first, last
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="xxftpd", description="Serve an xxftp folder tree over FTP.")
+    p.add_argument("--root", default="./home", help="server root: one folder per user (default ./home)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=_port, default=2121, help="port to listen on (default 2121; 0 picks one)")
+    p.add_argument("--passive-ports", type=_port_range, metavar="FROM-TO", help="port range for passive data connections")
+    p.add_argument("--masquerade-address", type=_address, metavar="IP", help="address announced in PASV replies (behind NAT)")
+    p.add_argument("--max-cons", type=_positive, default=500, metavar="N", help="maximum simultaneous connections (default 500)")
+    p.add_argument("--max-cons-per-ip", type=_positive, default=0, metavar="N", help="maximum connections per client address (default: no limit)")
+    p.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS", help="idle control connection timeout (default 120)")
+    p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
+    p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
+    p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info", help="log verbosity (default info)")
+    p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
+    return p
+
+
+def _setup_logging(level: str, path: str | None) -> None:
+    handler: logging.Handler
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(LOG_LEVELS[level])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = Options(
+        root=args.root, host=args.host, port=args.port, passive_ports=args.passive_ports,
+        masquerade_address=args.masquerade_address, max_cons=args.max_cons,
+        max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
+    )
+    try:
+        _setup_logging(args.log_level, args.log_file)
+        server = make_server(options)
+    except ConfigError as err:
+        print(f"xxftpd: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"xxftpd: error: cannot open log file {args.log_file!r}: {err.strerror}", file=sys.stderr)
+        return 1
+    serve(server)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ``.xxftp`` files of a folder, parsed into values.
+
+Rules that live here:
+
+- Every folder may hold a ``.xxftp/`` folder with small text files:
+  ``permission`` (a home's permission), ``virtual`` (mounts declared in
+  that folder), ``size`` (the byte limit of a tree) and ``password`` (a
+  home's password hash, read by ``passwords``/``accounts``).
+- ``virtual`` holds one mount a line, ``NAME TARGET PERMISSION``. ``$root``
+  in TARGET means the server root; a relative TARGET is relative to the
+  folder that declares the mount. Blank lines and ``#`` comments are
+  ignored. A malformed line is reported and skipped; the others still work.
+- Bad content never raises out of this module: each problem becomes a
+  ``Problem`` (``path:line: message``), logged once per version of the
+  file, and the value falls back to the safe side (fewer rights, no mount,
+  an invalid quota that refuses uploads).
+- Parsed files are cached by path and stat identity, so an unchanged file
+  costs one ``stat`` and an edited one is read again on its next use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import stat
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Generic, TypeVar
+
+from .permissions import FULL, NONE, Permission
+
+log = logging.getLogger("xxftpd.config")
+
+CONFIG_DIR = ".xxftp"
+MOUNT_NAME = re.compile(r"[^/\x00-\x1f\x7f]+")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a configuration file, in compiler style."""
+
+    path: str
+    line: int  # 0 when the problem is the file as a whole
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of a ``virtual`` file: NAME shows TARGET with PERMISSION."""
+
+    name: str
+    target: str  # absolute, normalised; may not exist (checked on use)
+    permission: Permission
+    source: str  # "path:line" of the declaring line, for messages
+
+
+@dataclass(frozen=True)
+class Parsed(Generic[T]):
+    value: T
+    problems: tuple[Problem, ...] = field(default=())
+
+
+# --- parsers (pure functions of text)
+
+
+def _content_lines(text: str):
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            yield number, line
+
+
+def parse_permission(text: str, path: str) -> Parsed[Permission]:
+    """The first content line is the permission; unknown words are dropped."""
+    for number, line in _content_lines(text):
+        permission, unknown = Permission.parse(line)
+        problems = tuple(
+            Problem(path, number, f"unknown permission word {w!r} ignored")
+            for w in unknown
+        )
+        return Parsed(permission, problems)
+    return Parsed(NONE, (Problem(path, 0, "empty permission file: no rights"),))
+
+
+def parse_virtual(text: str, path: str, folder: str, server_root: str) -> Parsed[dict[str, Mount]]:
+    """Parse mount lines; each bad line is skipped with a Problem."""
+    mounts: dict[str, Mount] = {}
+    problems: list[Problem] = []
+    for number, line in _content_lines(text):
+        fields = line.split()
+        where = f"{path}:{number}"
+        if len(fields) != 3:
+            problems.append(Problem(path, number, f"expected 'NAME TARGET PERMISSION', got {len(fields)} field(s)"))
+            continue
+        name, target, words = fields
+        if name in (".", "..") or name.startswith(".") or not MOUNT_NAME.fullmatch(name):
+            problems.append(Problem(path, number, f"invalid mount name {name!r} (no '/', no leading '.')"))
+            continue
+        permission, unknown = Permission.parse(words)
+        if unknown:
+            problems.append(Problem(path, number, f"unknown permission word(s) {', '.join(map(repr, unknown))}"))
+            continue
+        if name in mounts:
+            problems.append(Problem(path, number, f"mount {name!r} declared twice; the first line wins"))
+            continue
+        target = target.replace("$root", server_root)
+        target = os.path.normpath(os.path.join(folder, target))
+        mounts[name] = Mount(name, target, permission, where)
+    return Parsed(mounts, tuple(problems))
+
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)(?:i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str, path: str) -> Parsed[int | None]:
+    """A byte limit: ``1048576``, ``512K``, ``10M``, ``2G``; 0 means unlimited.
+
+    ``None`` means the file is invalid: uploads into the tree are refused.
+    """
+    lines = list(_content_lines(text))
+    if not lines:
+        return Parsed(0)
+    number, line = lines[0]
+    match = _SIZE.fullmatch(line)
+    if not match:
+        return Parsed(None, (Problem(path, number, f"invalid size {line!r} (bytes, or a number with K, M or G)"),))
+    return Parsed(int(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+# --- the cache
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ConfigStore:
+    """Reads ``.xxftp`` files through a cache validated by ``stat``.
+
+    One store serves every session of a process; it is safe to share
+    between threads (a lost race parses a file twice, nothing worse).
+    """
+
+    def __init__(self, server_root: str) -> None:
+        self.server_root = os.path.realpath(server_root)
+        self._cache: dict[str, tuple[tuple[int, ...], Parsed]] = {}
+        self._lock = threading.Lock()
+        self._reported: set[tuple] = set()
+
+    def _load(self, path: str, parse: Callable[[str], Parsed[T]], missing: T, unreadable: T) -> T:
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return missing
+        except OSError as err:
+            self.report_once(("stat", path), f"{path}:0: cannot stat: {err.strerror}")
+            return unreadable
+        key = _identity(st)
+        hit = self._cache.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1].value
+        if not stat.S_ISREG(st.st_mode):
+            parsed: Parsed = Parsed(unreadable, (Problem(path, 0, "not a regular file"),))
+        else:
+            try:
+                with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                    text = f.read(65536)
+            except OSError as err:
+                parsed = Parsed(unreadable, (Problem(path, 0, f"cannot read: {err.strerror}"),))
+            else:
+                parsed = parse(text)
+        for problem in parsed.problems:
+            log.warning("%s", problem)
+        with self._lock:
+            self._cache[path] = (key, parsed)
+        return parsed.value
+
+    def report_once(self, key: tuple, message: str) -> None:
+        """Log a problem found while *using* a file, once per file version."""
+        with self._lock:
+            if key in self._reported:
+                return
+            if len(self._reported) > 10000:
+                self._reported.clear()
+            self._reported.add(key)
+        log.warning("%s", message)
+
+    def version(self, path: str) -> tuple[int, ...] | None:
+        hit = self._cache.get(path)
+        return hit[0] if hit else None
+
+    # --- the files
+
+    def permission(self, folder: str) -> Permission:
+        """A home's permission; all rights without a file, none if unreadable."""
+        path = os.path.join(folder, CONFIG_DIR, "permission")
+        return self._load(path, lambda text: parse_permission(text, path), FULL, NONE)
+
+    def mounts(self, folder: str) -> dict[str, Mount]:
+        """Mounts declared in ``folder`` (name -> Mount); empty if none."""
+        path = os.path.join(folder, CONFIG_DIR, "virtual")
+        return self._load(
+            path, lambda text: parse_virtual(text, path, folder, self.server_root), {}, {}
+        )
+
+    def size_limit(self, folder: str) -> int | None:
+        """A tree's byte limit: 0 unlimited, None invalid (refuse uploads)."""
+        path = os.path.join(folder, CONFIG_DIR, "size")
+        return self._load(path, lambda text: parse_size(text, path), 0, None)
+
+
+_stores: dict[str, ConfigStore] = {}
+_stores_lock = threading.Lock()
+
+
+def shared_store(server_root: str) -> ConfigStore:
+    """The process-wide store of a server root, shared by all its sessions."""
+    key = os.path.realpath(server_root)
+    with _stores_lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = ConfigStore(key)
+        return store

@@ -1,0 +1,253 @@
+"""XxftpFS: pyftpdlib's AbstractedFS over the rules of ``tree``.
+
+pyftpdlib passes "filesystem paths" between its handler and the FS. Here
+they are the home folder joined with the normalised FTP path: a plain
+string bijection (``ftp2fs``/``fs2ftp``) that never touches the disk and
+never raises. Every operation resolves its path through ``tree.Namespace``
+(mounts, hidden names, symlink containment, loops) and checks the area's
+permission itself, so the rules hold for every command, with any
+authorizer (``DummyAuthorizer`` included) and any handler. Under a mount,
+such a path is *not* the real path: use ``fs.resolve(path).real`` for that.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+import tempfile
+import time
+from typing import Iterator
+
+from pyftpdlib.filesystems import AbstractedFS, FilesystemError
+
+from . import listing
+from .config import shared_store
+from .permissions import Action
+from .tree import Entry, Namespace, Node, PathRefused, check_name, require
+
+
+class _NamedFile:
+    """A file object that reports an FS path as its name (for STOU)."""
+
+    def __init__(self, file, name: str) -> None:
+        self.file = file
+        self.name = name
+
+    def __getattr__(self, attr):
+        return getattr(self.file, attr)
+
+
+class XxftpFS(AbstractedFS):
+    """An AbstractedFS with xxftp mounts, hidden names and permissions."""
+
+    def __init__(self, root: str, cmd_channel) -> None:
+        super().__init__(os.path.normpath(root), cmd_channel)
+        authorizer = getattr(cmd_channel, "authorizer", None)
+        server_root = getattr(authorizer, "root", None) or os.path.dirname(os.path.realpath(root))
+        self.namespace = Namespace(shared_store(server_root), root)
+        self._listed: tuple[str, dict[str, Entry]] | None = None
+
+    # --- path mapping (string operations only)
+
+    def ftp2fs(self, ftppath: str) -> str:
+        ftp = self.ftpnorm(ftppath)
+        return self.root if ftp == "/" else self.root.rstrip("/") + ftp
+
+    def _ftp_of(self, fspath: str) -> str | None:
+        fspath = os.path.normpath(fspath)
+        home = self.root.rstrip("/")
+        if fspath == self.root or fspath == home:
+            return "/"
+        if fspath.startswith(home + "/"):
+            return fspath[len(home):]
+        return None
+
+    def fs2ftp(self, fspath: str) -> str:
+        return self._ftp_of(fspath) or "/"
+
+    def validpath(self, path: str) -> bool:
+        # Only a lexical check: every operation resolves and refuses with
+        # the precise reason (hidden name, escape, loop, permission).
+        return self._ftp_of(path) is not None
+
+    def realpath(self, path: str) -> str:
+        return os.path.normpath(path)
+
+    def resolve(self, path: str) -> Node:
+        """The resolved node of an FS path; FilesystemError if refused."""
+        ftp = self._ftp_of(path)
+        if ftp is None:
+            raise FilesystemError("path outside the home folder")
+        try:
+            return self.namespace.resolve(ftp)
+        except PathRefused as err:
+            raise FilesystemError(str(err)) from None
+
+    def _require(self, node: Node, action: Action, what: str, on_entry: bool = False) -> None:
+        try:
+            require(node, action, what=what, on_entry=on_entry)
+        except PathRefused as err:
+            raise FilesystemError(str(err)) from None
+
+    # --- files
+
+    def open(self, filename: str, mode: str):
+        node = self.resolve(filename)
+        if "r" in mode and "+" not in mode:
+            self._require(node, Action.READ, "downloading")
+        elif os.path.isfile(node.real):
+            self._require(node, Action.OVERWRITE, "changing an existing file", on_entry=True)
+        else:
+            self._require(node, Action.CREATE, "uploading a new file", on_entry=True)
+        return open(node.real, mode)
+
+    def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"):
+        folder = self.resolve(dir if dir is not None else self.ftp2fs(self.cwd))
+        try:
+            check_name(prefix + "x" + suffix)
+        except PathRefused as err:
+            raise FilesystemError(str(err)) from None
+        self._require(folder, Action.CREATE, "uploading a new file")
+        fd, real = tempfile.mkstemp(suffix, prefix, folder.real, text="b" not in mode)
+        name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
+        return _NamedFile(os.fdopen(fd, mode), name)
+
+    def remove(self, path: str) -> None:
+        node = self.resolve(path)
+        self._require(node, Action.CHANGE, "deleting", on_entry=True)
+        os.remove(node.real)
+
+    def rename(self, src: str, dst: str) -> None:
+        old, new = self.resolve(src), self.resolve(dst)
+        self._require(old, Action.CHANGE, "renaming", on_entry=True)
+        self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
+        try:
+            os.rename(old.real, new.real)
+        except OSError as err:
+            if err.errno == 18:  # EXDEV
+                raise FilesystemError("can't move between different filesystems") from None
+            raise
+
+    def chmod(self, path: str, mode: int) -> None:
+        node = self.resolve(path)
+        self._require(node, Action.CHANGE, "changing modes", on_entry=True)
+        os.chmod(node.real, mode)
+
+    def utime(self, path: str, timeval: float) -> None:
+        node = self.resolve(path)
+        self._require(node, Action.CHANGE, "setting the modification time")
+        os.utime(node.real, (timeval, timeval))
+
+    # --- folders
+
+    def chdir(self, path: str) -> None:
+        node = self.resolve(path)
+        if not stat_mod.S_ISDIR(os.stat(node.real).st_mode):
+            raise FilesystemError(f"{node.ftp}: not a folder")
+        self.cwd = node.ftp
+
+    def mkdir(self, path: str) -> None:
+        node = self.resolve(path)
+        self._require(node, Action.CHANGE, "creating a folder", on_entry=True)
+        os.mkdir(node.real)
+
+    def rmdir(self, path: str) -> None:
+        node = self.resolve(path)
+        self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
+        os.rmdir(node.real)
+
+    def listdir(self, path: str) -> list[str]:
+        entries = self.namespace.listing(self.resolve(path))
+        self._listed = (os.path.normpath(path), {e.name: e for e in entries})
+        return [e.name for e in entries]
+
+    listdirinfo = listdir
+
+    # --- information
+
+    def stat(self, path: str) -> os.stat_result:
+        return os.stat(self.resolve(path).real)
+
+    lstat = stat  # links inside an area are transparent
+
+    def readlink(self, path: str) -> str:
+        raise FilesystemError("symbolic links are not shown")
+
+    def _test(self, path: str, predicate) -> bool:
+        try:
+            return predicate(self.resolve(path).real)
+        except (FilesystemError, OSError):
+            return False
+
+    def isfile(self, path: str) -> bool:
+        return self._test(path, os.path.isfile)
+
+    def isdir(self, path: str) -> bool:
+        return self._test(path, os.path.isdir)
+
+    def islink(self, path: str) -> bool:
+        return False
+
+    def lexists(self, path: str) -> bool:
+        return self._test(path, os.path.exists)
+
+    def getsize(self, path: str) -> int:
+        return os.path.getsize(self.resolve(path).real)
+
+    def getmtime(self, path: str) -> float:
+        return os.path.getmtime(self.resolve(path).real)
+
+    # --- listings
+
+    def _entry(self, basedir: str, name: str) -> Entry:
+        basedir = os.path.normpath(basedir)
+        if self._listed is not None and self._listed[0] == basedir:
+            entry = self._listed[1].get(name)
+            if entry is not None:
+                return entry
+        node = self.resolve(os.path.join(basedir, name))
+        return Entry(name, node, os.stat(node.real))
+
+    def _entries(self, basedir: str, names, ignore_err: bool) -> Iterator[Entry]:
+        for name in names:
+            try:
+                yield self._entry(basedir, name)
+            except (OSError, FilesystemError):
+                if not ignore_err:
+                    raise
+
+    def _timefunc(self):
+        return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime
+
+    def _encode(self, line: str) -> bytes:
+        channel = self.cmd_channel
+        return line.encode(getattr(channel, "encoding", "utf8"), getattr(channel, "unicode_errors", "replace"))
+
+    def format_list(self, basedir: str, listing_: list[str], ignore_err: bool = True) -> Iterator[bytes]:
+        timefunc, now = self._timefunc(), time.time()
+        for e in self._entries(basedir, listing_, ignore_err):
+            mode = listing.shown_mode(e.st.st_mode, e.node.area.permission)
+            yield self._encode(listing.list_line(
+                e.name, e.st, mode, self._owner(e.st.st_uid), self._group(e.st.st_gid), now, timefunc))
+
+    def format_mlsx(self, basedir: str, listing_: list[str], perms: str, facts, ignore_err: bool = True) -> Iterator[bytes]:
+        timefunc = self._timefunc()
+        for e in self._entries(basedir, listing_, ignore_err):
+            is_dir = stat_mod.S_ISDIR(e.st.st_mode)
+            mode = listing.shown_mode(e.st.st_mode, e.node.area.permission)
+            perm = listing.perm_facts(e.node.area.permission, is_dir, e.node.is_top, perms)
+            yield self._encode(listing.mlsx_line(e.name, e.st, mode, perm, facts, timefunc))
+
+    _names: dict[tuple[str, int], str] = {}
+
+    def _owner(self, uid: int) -> str:
+        key = ("u", uid)
+        if key not in self._names:
+            self._names[key] = str(self.get_user_by_uid(uid))
+        return self._names[key]
+
+    def _group(self, gid: int) -> str:
+        key = ("g", gid)
+        if key not in self._names:
+            self._names[key] = str(self.get_group_by_gid(gid))
+        return self._names[key]

@@ -1,0 +1,94 @@
+"""Build and run a configured xxftpd server from plain options.
+
+The command line (``cli``) and tests both go through ``Options`` ->
+``make_server`` -> ``serve``, so what the tests start is what users run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+from pyftpdlib.servers import FTPServer, ThreadedFTPServer
+
+from .authorizer import XxftpAuthorizer
+from .handler import XxftpHandler
+
+log = logging.getLogger("xxftpd")
+
+try:
+    from pyftpdlib.servers import MultiprocessFTPServer
+except ImportError:  # pragma: no cover - platforms without fork
+    MultiprocessFTPServer = None
+
+SERVERS = {"async": FTPServer, "multi-thread": ThreadedFTPServer, "multi-proc": MultiprocessFTPServer}
+
+
+class ConfigError(Exception):
+    """A setting that can't work; the message is one line for the user."""
+
+
+@dataclass
+class Options:
+    root: str = "./home"
+    host: str = "0.0.0.0"
+    port: int = 2121
+    passive_ports: tuple[int, int] | None = None
+    masquerade_address: str | None = None
+    max_cons: int = 500
+    max_cons_per_ip: int = 0
+    timeout: int = 120
+    concurrency: str = "async"
+
+
+def check_root(root: str) -> str:
+    """The real path of a usable server root, or ConfigError."""
+    real = os.path.realpath(root)
+    if not os.path.isdir(real):
+        raise ConfigError(f"root {root!r} is not a folder")
+    if not os.access(real, os.R_OK | os.X_OK):
+        raise ConfigError(f"root {root!r} is not readable")
+    return real
+
+
+def make_handler(options: Options, base: type = XxftpHandler) -> type:
+    """A handler class carrying this server's settings (not a global patch)."""
+    attrs = {
+        "authorizer": XxftpAuthorizer(check_root(options.root)),
+        "timeout": options.timeout,
+        "masquerade_address": options.masquerade_address,
+        "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
+        if options.passive_ports else None,
+    }
+    return type("Configured" + base.__name__, (base,), attrs)
+
+
+def make_server(options: Options, handler: type | None = None):
+    """A listening server; ConfigError if it can't listen."""
+    cls = SERVERS.get(options.concurrency)
+    if cls is None:
+        raise ConfigError(f"concurrency {options.concurrency!r} is not available here")
+    handler = handler or make_handler(options)
+    try:
+        server = cls((options.host, options.port), handler)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
+    server.max_cons = options.max_cons
+    server.max_cons_per_ip = options.max_cons_per_ip
+    return server
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve(server) -> None:
+    """Serve until SIGINT or SIGTERM, then close every connection."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    host, port = server.address[:2]
+    log.info("xxftpd listening on %s:%s, serving %s", host, port, server.handler.authorizer.root)
+    server.serve_forever()
+    log.info("xxftpd stopped")

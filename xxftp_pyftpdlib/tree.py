@@ -1,0 +1,216 @@
+"""A user's view of the server tree: FTP paths resolved to real paths.
+
+Rules that live here:
+
+- An FTP path is resolved against the user's home one component at a
+  time. ``.`` and ``..`` are navigation, resolved on the FTP path itself
+  and never above ``/``; empty components are ignored.
+- A component that starts with ``.`` is a hidden name (``.xxftp`` holds
+  the configuration): it is refused wherever it sits in the path, and
+  left out of every listing. Names with NUL, CR or LF are refused too.
+- At each folder, the mounts declared in its ``.xxftp/virtual`` come
+  first: a mount hides a real entry of the same name, and crossing it
+  moves into the mount's target, which becomes a new *area* with the
+  mount's own permission (no inheritance from the folder it sits in).
+- Symlinks are followed only where they stay inside the area they sit in
+  (the home, or the target of the mount being walked); anything else is
+  refused, so nothing outside the home and its reachable mount targets
+  can be reached.
+- Loops: a step may never arrive at a folder that is already on the walked
+  path, nor at one of that path's ancestors (a mount of ``$root/alice``
+  inside alice's home, a symlink to a parent, two mounts pointing at each
+  other). Such a mount or link is refused and left out of listings, so
+  every FTP path, listing and scan stays finite.
+- The top of the home and every mount point can't be deleted, renamed,
+  overwritten or re-created, whatever the permission.
+"""
+
+from __future__ import annotations
+
+import os
+import stat as stat_mod
+from dataclasses import dataclass
+
+from .config import ConfigStore, Mount
+from .permissions import Action, Permission
+
+FORBIDDEN_CHARS = frozenset("\x00\r\n")
+
+
+class PathRefused(Exception):
+    """The path can't be used; the message says why, for the client."""
+
+
+class PermissionRefused(PathRefused):
+    """The path is fine but its area's permission doesn't allow the action."""
+
+
+@dataclass(frozen=True)
+class Area:
+    """A tree with one permission (and one quota): the home or a mount target."""
+
+    root: str  # real, canonical folder at the top of the area
+    top: str  # FTP path where the area appears
+    permission: Permission
+    mount: Mount | None  # None for the home
+
+
+@dataclass(frozen=True)
+class Node:
+    """One resolved FTP path."""
+
+    ftp: str  # normalised FTP path, "/" for the home
+    real: str  # real path; symlinks inside the area already resolved
+    area: Area
+    is_top: bool  # the home or a mount point
+    trail: tuple[str, ...]  # real folders walked from the home to here
+
+    @property
+    def name(self) -> str:
+        return self.ftp.rsplit("/", 1)[-1] or "/"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a folder listing."""
+
+    name: str
+    node: Node
+    st: os.stat_result
+
+
+def split_ftp_path(path: str) -> list[str]:
+    """Components of an FTP path after ``.``/``..`` navigation, never above /."""
+    parts: list[str] = []
+    for comp in path.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(comp)
+    return parts
+
+
+def check_name(name: str) -> None:
+    """Refuse hidden names and names no FTP client could mean."""
+    if name.startswith("."):
+        raise PathRefused(f"{name!r}: names starting with '.' are hidden")
+    if FORBIDDEN_CHARS.intersection(name):
+        raise PathRefused(f"{name!r}: invalid character in name")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _loops(real: str, trail: tuple[str, ...]) -> bool:
+    """True if arriving at ``real`` would revisit the path or climb above it."""
+    return any(_inside(walked, real) for walked in trail)
+
+
+class Namespace:
+    """Resolves and lists FTP paths of one home. Cheap to create."""
+
+    def __init__(self, store: ConfigStore, home: str) -> None:
+        self.store = store
+        self.home = os.path.realpath(home)
+
+    def root(self) -> Node:
+        area = Area(self.home, "/", self.store.permission(self.home), None)
+        return Node("/", self.home, area, True, (self.home,))
+
+    def resolve(self, ftp_path: str) -> Node:
+        """The Node of an FTP path, or PathRefused."""
+        node = self.root()
+        for name in split_ftp_path(ftp_path):
+            node = self.child(node, name)
+        return node
+
+    def child(self, node: Node, name: str) -> Node:
+        """One step of the walk: ``name`` inside the folder ``node``."""
+        check_name(name)
+        ftp = node.ftp.rstrip("/") + "/" + name
+        mount = self.store.mounts(node.real).get(name)
+        if mount is not None:
+            return self._enter_mount(node, ftp, mount)
+        real = os.path.join(node.real, name)
+        try:
+            st = os.lstat(real)
+        except (OSError, ValueError):
+            st = None
+        if st is not None and stat_mod.S_ISLNK(st.st_mode):
+            real = os.path.realpath(real)
+            if not _inside(real, node.area.root):
+                raise PathRefused(f"{ftp}: symbolic link leads outside the tree")
+            if _loops(real, node.trail):
+                raise PathRefused(f"{ftp}: symbolic link loops back into its own path")
+        return Node(ftp, real, node.area, False, node.trail + (real,))
+
+    def _enter_mount(self, node: Node, ftp: str, mount: Mount) -> Node:
+        target = os.path.realpath(mount.target)
+        if not os.path.isdir(target):
+            self.store.report_once(
+                ("target", mount.source, self.store.version(mount.source.rsplit(":", 1)[0])),
+                f"{mount.source}: mount target {mount.target!r} is missing or not a folder",
+            )
+            raise PathRefused(f"{ftp}: virtual directory is unavailable")
+        if _loops(target, node.trail):
+            self.store.report_once(
+                ("loop", mount.source, node.ftp),
+                f"{mount.source}: mount {mount.name!r} -> {target!r} loops back into "
+                f"its own path (seen at {ftp}); refused",
+            )
+            raise PathRefused(f"{ftp}: virtual directory loops back into its own path")
+        area = Area(target, ftp, mount.permission, mount)
+        return Node(ftp, target, area, True, node.trail + (target,))
+
+    def listing(self, node: Node) -> list[Entry]:
+        """Visible entries of a folder: real ones (no dot names, no escaping
+        or looping links, none hidden by a mount) and then its mounts."""
+        mounts = self.store.mounts(node.real)
+        entries: list[Entry] = []
+        with os.scandir(node.real) as it:
+            for de in it:
+                name = de.name
+                if name.startswith(".") or name in mounts or FORBIDDEN_CHARS.intersection(name):
+                    continue
+                try:
+                    if de.is_symlink():
+                        child = self.child(node, name)
+                        st = os.stat(child.real)
+                    else:
+                        child = Node(
+                            node.ftp.rstrip("/") + "/" + name, de.path, node.area, False,
+                            node.trail + (de.path,),
+                        )
+                        st = de.stat(follow_symlinks=False)
+                except (OSError, PathRefused):
+                    continue
+                entries.append(Entry(name, child, st))
+        for name, mount in mounts.items():
+            try:
+                child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
+                entries.append(Entry(name, child, os.stat(child.real)))
+            except (OSError, PathRefused):
+                continue
+        return entries
+
+
+def require(node: Node, action: Action, *, what: str, on_entry: bool = False) -> None:
+    """Raise unless ``action`` is allowed on ``node``.
+
+    ``on_entry`` marks actions that delete, rename, overwrite or create the
+    entry itself, which are never allowed on the home or a mount point.
+    """
+    if on_entry and node.is_top:
+        kind = "the home folder" if node.ftp == "/" else "a virtual directory"
+        raise PathRefused(f"{node.ftp} is {kind}: it can't be deleted, renamed, overwritten or re-created")
+    missing = node.area.permission.missing(action)
+    if missing:
+        words = " and ".join(f"'{w}'" for w in missing)
+        raise PermissionRefused(
+            f"Permission denied: {what} needs {words} permission "
+            f"({node.area.top} allows: {node.area.permission})"
+        )
