@@ -1,0 +1,174 @@
+"""Shared fixtures: a tree builder, a real server on a free loopback port,
+and ftplib clients logged into it."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from xxftp_pyftpdlib.server import Options, make_handler, make_server
+
+HOST = "127.0.0.1"
+
+
+class Tree:
+    """Builds an xxftp server root under a temporary folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def user(self, name: str, password: str | None = None, permission: str | None = None,
+             virtual: str | None = None, size: str | None = None) -> Path:
+        home = self.root / name
+        home.mkdir(parents=True, exist_ok=True)
+        if password is not None:
+            self.xxftp(home, "password", hashlib.md5(password.encode()).hexdigest() + "\n")
+        if permission is not None:
+            self.xxftp(home, "permission", permission + "\n")
+        if virtual is not None:
+            self.xxftp(home, "virtual", virtual)
+        if size is not None:
+            self.xxftp(home, "size", size + "\n")
+        return home
+
+    def xxftp(self, folder: Path, name: str, text: str) -> Path:
+        (folder / ".xxftp").mkdir(parents=True, exist_ok=True)
+        path = folder / ".xxftp" / name
+        path.write_text(text)
+        return path
+
+    def file(self, relpath: str, data: bytes | str = b"data") -> Path:
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        return path
+
+    def folder(self, relpath: str) -> Path:
+        path = self.root / relpath
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class ServerThread(threading.Thread):
+    """Runs a pyftpdlib server's IO loop in a thread until stopped."""
+
+    def __init__(self, server) -> None:
+        super().__init__(daemon=True)
+        self.server = server
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.server.serve_forever(timeout=0.01, blocking=False, handle_exit=False)
+        self.server.close_all()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+
+    @property
+    def port(self) -> int:
+        return self.server.address[1]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    return Tree(tmp_path / "root")
+
+
+@pytest.fixture
+def start_server():
+    """start_server(root, concurrency="async", **handler_attrs) -> ServerThread"""
+    started: list[ServerThread] = []
+
+    def start(root, concurrency: str = "async", handler_base=None, **attrs) -> ServerThread:
+        options = Options(root=str(root), host=HOST, port=0, concurrency=concurrency)
+        kwargs = {"base": handler_base} if handler_base else {}
+        handler = make_handler(options, **kwargs)
+        handler.auth_failed_timeout = attrs.pop("auth_failed_timeout", 0.01)
+        for key, value in attrs.items():
+            setattr(handler, key, value)
+        thread = ServerThread(make_server(options, handler))
+        thread.start()
+        started.append(thread)
+        return thread
+
+    yield start
+    for thread in started:
+        thread.stop()
+
+
+@pytest.fixture
+def connect():
+    """connect(port, user=None, password="") -> ftplib.FTP, logged in if user given."""
+    clients: list[ftplib.FTP] = []
+
+    def open_client(port: int, user: str | None = None, password: str = "", timeout: float = 10) -> ftplib.FTP:
+        ftp = ftplib.FTP()
+        ftp.connect(HOST, port, timeout=timeout)
+        clients.append(ftp)
+        if user is not None:
+            ftp.login(user, password)
+        return ftp
+
+    yield open_client
+    for ftp in clients:
+        try:
+            ftp.close()
+        except OSError:
+            pass
+
+
+def upload(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR") -> str:
+    return ftp.storbinary(f"{cmd} {path}", io.BytesIO(data))
+
+
+def download(ftp: ftplib.FTP, path: str) -> bytes:
+    out = io.BytesIO()
+    ftp.retrbinary(f"RETR {path}", out.write)
+    return out.getvalue()
+
+
+def listing(ftp: ftplib.FTP, cmd: str = "LIST", path: str = "") -> list[str]:
+    lines: list[str] = []
+    ftp.retrlines(f"{cmd} {path}".strip(), lines.append)
+    return lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def run_xxftpd(*args: str, wait_for_port: int | None = None, **popen) -> subprocess.Popen:
+    """Start the real ``xxftpd`` command; optionally wait until it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xxftp_pyftpdlib", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen,
+    )
+    if wait_for_port is not None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"xxftpd exited early: {proc.stderr.read()}")
+            try:
+                socket.create_connection((HOST, wait_for_port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            proc.kill()
+            raise RuntimeError("xxftpd did not start listening")
+    return proc
