@@ -101,13 +101,25 @@ class XxftpFS(AbstractedFS):
             self._require(node, Action.CREATE, "uploading a new file", on_entry=True)
         return open(node.real, mode)
 
-    def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"):
-        folder = self.resolve(dir if dir is not None else self.ftp2fs(self.cwd))
+    def _unique_folder(self, folder_path: str, prefix: str, suffix: str = "") -> Node:
+        folder = self.resolve(folder_path)
         try:
             check_name(prefix + "x" + suffix)
         except PathRefused as err:
             raise FilesystemError(str(err)) from None
         self._require(folder, Action.CREATE, "uploading a new file")
+        return folder
+
+    def check_unique_upload(self, line: str) -> None:
+        """The checks STOU's ``mkstemp`` will make, for a 550 up front."""
+        if line:
+            folder, prefix = os.path.split(self.ftp2fs(line))
+            self._unique_folder(folder, prefix + ".")
+        else:
+            self._unique_folder(self.ftp2fs(self.cwd), "ftpd.")
+
+    def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"):
+        folder = self._unique_folder(dir if dir is not None else self.ftp2fs(self.cwd), prefix, suffix)
         fd, real = tempfile.mkstemp(suffix, prefix, folder.real, text="b" not in mode)
         name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
         return _NamedFile(os.fdopen(fd, mode), name)
@@ -116,6 +128,10 @@ class XxftpFS(AbstractedFS):
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
         os.remove(node.real)
+
+    def check_rename_source(self, path: str) -> None:
+        """Refuse at RNFR what RNTO would refuse for the source anyway."""
+        self._require(self.resolve(path), Action.CHANGE, "renaming", on_entry=True)
 
     def rename(self, src: str, dst: str) -> None:
         old, new = self.resolve(src), self.resolve(dst)

@@ -9,6 +9,7 @@ which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 
 from __future__ import annotations
 
+from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 
 from . import banners
@@ -47,6 +48,32 @@ class XxftpSession:
             self.flush_account()
         self.username = name
         self.ftp_PASS("")
+
+    def _refused(self, check: str, *args) -> bool:
+        """Run the filesystem's pre-check ``check``; answer 550 if it refuses.
+
+        pyftpdlib only meets some refusals late (RNFR's at RNTO) or with the
+        wrong code (STOU's as 450); these checks answer them up front.
+        """
+        method = getattr(self.fs, check, None)
+        if method is None:
+            return False
+        try:
+            method(*args)
+        except FilesystemError as err:
+            self.respond(f"550 {err}.")
+            return True
+        return False
+
+    def ftp_RNFR(self, path: str):
+        if self._refused("check_rename_source", path):
+            return None
+        return super().ftp_RNFR(path)
+
+    def ftp_STOU(self, line: str):
+        if not self._restart_position and self._refused("check_unique_upload", line):
+            return None
+        return super().ftp_STOU(line)
 
     def ftp_QUIT(self, line: str) -> None:
         default = banners.DEFAULT_GOODBYE
