@@ -50,11 +50,12 @@ def users(tree):
     return tree
 
 
-@pytest.fixture
-def wrong_password_text(users, start_server, connect) -> str:
-    """The 530 text a wrong password gets on a fresh connection."""
-    srv = start_server(users.root)
-    return failed_login(connect(srv.port), "alice", "not-the-password")
+def wrong_password_text(port: int, connect) -> str:
+    """The 530 text a wrong password gets on a fresh connection.
+
+    (One server per test: in-process servers share pyftpdlib's IOLoop.)
+    """
+    return failed_login(connect(port), "alice", "not-the-password")
 
 
 def test_good_password_logs_in(users, start_server, connect):
@@ -83,10 +84,10 @@ def test_empty_password_is_refused_for_user_with_password(users, start_server, c
         ftp.sendcmd("PASS")
 
 
-def test_unknown_user_looks_like_wrong_password(users, start_server, connect, wrong_password_text):
+def test_unknown_user_looks_like_wrong_password(users, start_server, connect):
     srv = start_server(users.root)
     text = failed_login(connect(srv.port), "nosuchuser", "whatever")
-    assert text == wrong_password_text
+    assert text == wrong_password_text(srv.port, connect)
 
 
 def test_user_without_password_file_logs_in_on_user(users, start_server, connect):
@@ -149,7 +150,7 @@ INVALID_NAMES = ["../x", "a.b", "a b", ".xxftp", "alice/..", "%2e%2e", "bob\x00"
 
 @pytest.mark.parametrize("name", INVALID_NAMES, ids=repr)
 def test_invalid_user_names_are_refused_like_unknown_users(
-        users, tmp_path, start_server, connect, wrong_password_text, name):
+        users, tmp_path, start_server, connect, name):
     # Give every such name a folder without a password file, so that a
     # server that accepted the name would log it in at once.
     (tmp_path / "x").mkdir(exist_ok=True)
@@ -158,7 +159,7 @@ def test_invalid_user_names_are_refused_like_unknown_users(
     srv = start_server(users.root)
     ftp = connect(srv.port)
     text = failed_login(ftp, name, "")
-    assert text == wrong_password_text
+    assert text == wrong_password_text(srv.port, connect)
     with pytest.raises(ftplib.error_perm, match=r"^530"):
         ftp.sendcmd("PWD")
 

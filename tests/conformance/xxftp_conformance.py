@@ -1,0 +1,131 @@
+"""pytest plugin: run pyftpdlib's own functional suite against xxftpd's classes.
+
+Loaded with ``-p xxftp_conformance`` by ``tests/conformance/run.sh``, which
+fetches the suite from the pyftpdlib sdist of the installed version.
+
+The suite builds every server from names it imports from pyftpdlib:
+``tests/__init__.py`` has ``FtpdThreadWrapper.handler = FTPHandler`` and
+``reset_server_opts()`` resets options on ``pyftpdlib.handlers.FTPHandler``;
+``test_functional.py`` subclasses ``FTPHandler`` and ``AbstractedFS`` and
+puts ``FTPHandler``/``AbstractedFS`` back on the server handler after some
+tests. So the swap is done on those two module attributes, when this plugin
+is imported: ``-p`` plugins are imported before any conftest or test module
+of the suite, so every ``from pyftpdlib... import`` in the suite binds our
+classes, and nothing else of pyftpdlib is touched. The suite keeps its own
+``DummyAuthorizer`` and its home folder (the working directory).
+
+Tests that differ by design are deselected by exact node id from the file
+given with ``--expected-differences`` (one ``NODE_ID  reason`` per line);
+an entry that matches no collected test is an error, so the list can't go
+stale silently.
+"""
+
+from __future__ import annotations
+
+import pyftpdlib.filesystems
+import pyftpdlib.handlers
+import pytest
+
+from xxftp_pyftpdlib.filesystem import XxftpFS
+from xxftp_pyftpdlib.handler import XxftpHandler
+
+ORIGINAL_FTPHandler = pyftpdlib.handlers.FTPHandler
+ORIGINAL_AbstractedFS = pyftpdlib.filesystems.AbstractedFS
+
+pyftpdlib.handlers.FTPHandler = XxftpHandler
+pyftpdlib.filesystems.AbstractedFS = XxftpFS
+
+# Evidence that sessions really ran on our classes, shown in the summary.
+_sessions = {"fs": 0}
+_xxftp_fs_init = XxftpFS.__init__
+
+
+def _counting_init(self, root, cmd_channel):
+    _sessions["fs"] += 1
+    _xxftp_fs_init(self, root, cmd_channel)
+
+
+XxftpFS.__init__ = _counting_init
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--expected-differences", metavar="FILE", default=None,
+        help="file of 'NODE_ID  reason' lines: tests deselected as differing by design",
+    )
+
+
+def pytest_configure(config):
+    # Marker used by the suite for its xdist scheduling; xdist isn't needed here.
+    config.addinivalue_line("markers", "xdist_group(name): pyftpdlib's xdist grouping")
+    config._xxftp_expected = _read_expected(config.getoption("expected_differences"))
+
+
+def _read_expected(path: str | None) -> dict[str, str]:
+    expected: dict[str, str] = {}
+    if not path:
+        return expected
+    with open(path, encoding="utf-8") as f:
+        for number, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            node_id, _, reason = line.partition(" ")
+            if not reason.strip():
+                raise pytest.UsageError(f"{path}:{number}: missing reason for {node_id}")
+            if node_id in expected:
+                raise pytest.UsageError(f"{path}:{number}: {node_id} listed twice")
+            expected[node_id] = reason.strip()
+    return expected
+
+
+def _check_swap(items) -> None:
+    """Fail loudly if the suite's modules didn't bind our classes."""
+    for module in {item.module for item in items if getattr(item, "module", None)}:
+        bound = {
+            "FTPHandler": (getattr(module, "FTPHandler", XxftpHandler), XxftpHandler),
+            "AbstractedFS": (getattr(module, "AbstractedFS", XxftpFS), XxftpFS),
+            "FtpdThreadWrapper.handler": (
+                getattr(getattr(module, "FtpdThreadWrapper", None), "handler", XxftpHandler),
+                XxftpHandler,
+            ),
+        }
+        for name, (actual, wanted) in bound.items():
+            if actual is not wanted:
+                raise pytest.UsageError(
+                    f"{module.__name__}.{name} is {actual!r}, not {wanted!r}: "
+                    "the suite was imported before the swap"
+                )
+
+
+def pytest_collection_modifyitems(config, items):
+    _check_swap(items)
+    expected = config._xxftp_expected
+    collected = {item.nodeid for item in items}
+    stale = sorted(set(expected) - collected)
+    if stale:
+        raise pytest.UsageError(
+            "expected differences that match no collected test:\n  " + "\n  ".join(stale)
+        )
+    keep = [item for item in items if item.nodeid not in expected]
+    dropped = [item for item in items if item.nodeid in expected]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    return [
+        f"xxftp conformance: pyftpdlib.handlers.FTPHandler -> {XxftpHandler.__module__}.XxftpHandler, "
+        f"pyftpdlib.filesystems.AbstractedFS -> {XxftpFS.__module__}.XxftpFS",
+        f"xxftp conformance: {len(config._xxftp_expected)} expected difference(s) deselected",
+    ]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    expected = config._xxftp_expected
+    if expected:
+        terminalreporter.section("xxftp expected differences (deselected)")
+        for node_id, reason in expected.items():
+            terminalreporter.write_line(f"{node_id}: {reason}")
+    terminalreporter.write_line(f"xxftp conformance: {_sessions['fs']} XxftpFS session(s) created")
