@@ -12,6 +12,7 @@ such a path is *not* the real path: use ``fs.resolve(path).real`` for that.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat as stat_mod
 import tempfile
@@ -20,10 +21,18 @@ from typing import Iterator
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
-from . import listing
+from . import listing, quota
 from .config import shared_store
 from .permissions import Action
+from .quota import QuotaExceeded
 from .tree import Entry, Namespace, Node, PathRefused, check_name, require
+from .uploads import Upload
+
+
+class QuotaRefused(FilesystemError):
+    """A refusal for lack of storage allocation: FTP reply 552."""
+
+    code = 552
 
 
 class _NamedFile:
@@ -44,7 +53,10 @@ class XxftpFS(AbstractedFS):
         super().__init__(os.path.normpath(root), cmd_channel)
         authorizer = getattr(cmd_channel, "authorizer", None)
         server_root = getattr(authorizer, "root", None) or os.path.dirname(os.path.realpath(root))
-        self.namespace = Namespace(shared_store(server_root), root)
+        store = shared_store(server_root)
+        self.namespace = Namespace(store, root)
+        self.quotas = quota.shared_quotas(store)
+        self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
         self._listed: tuple[str, dict[str, Entry]] | None = None
 
     # --- path mapping (string operations only)
@@ -95,11 +107,29 @@ class XxftpFS(AbstractedFS):
         node = self.resolve(filename)
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
-        elif os.path.isfile(node.real):
+            return open(node.real, mode)
+        if os.path.isfile(node.real):
             self._require(node, Action.OVERWRITE, "changing an existing file", on_entry=True)
         else:
             self._require(node, Action.CREATE, "uploading a new file", on_entry=True)
-        return open(node.real, mode)
+        ledger = self._ledger(node)
+        return Upload(node.real, os.path.normpath(filename), mode, self.upload_mode, ledger)
+
+    def _ledger(self, node: Node) -> quota.Ledger | None:
+        ledger = self.quotas.ledger(node.area.root)
+        if ledger is not None and ledger.limit is None:
+            raise QuotaRefused(f"uploads refused: the quota file of {node.area.top} is invalid")
+        return ledger
+
+    def check_upload(self, path: str) -> None:
+        """Refuse up front (552) an upload into a tree whose quota file is invalid."""
+        self._ledger(self.resolve(path))
+
+    def quota_usage(self, path: str) -> tuple[Node, quota.Usage | None]:
+        """The area of ``path`` and its quota usage (None: unlimited)."""
+        node = self.resolve(path)
+        ledger = self.quotas.ledger(node.area.root)
+        return node, (ledger.usage() if ledger is not None else None)
 
     def _unique_folder(self, folder_path: str, prefix: str, suffix: str = "") -> Node:
         folder = self.resolve(folder_path)
@@ -127,7 +157,13 @@ class XxftpFS(AbstractedFS):
     def remove(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
-        os.remove(node.real)
+        ledger = self.quotas.ledger(node.area.root)
+        if ledger is None:
+            os.remove(node.real)
+            return
+        st = os.lstat(node.real)
+        size = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
+        ledger.change(-size, node.real, lambda: os.remove(node.real))
 
     def check_rename_source(self, path: str) -> None:
         """Refuse at RNFR what RNTO would refuse for the source anyway."""
@@ -137,12 +173,46 @@ class XxftpFS(AbstractedFS):
         old, new = self.resolve(src), self.resolve(dst)
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
         self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
+        src = self.quotas.ledger(old.area.root)
+        dst = self.quotas.ledger(new.area.root)
+        if src is None and dst is None:
+            moved = replaced = 0
+        else:
+            moved, replaced = self._size_of(old), self._size_of(new, files_only=True)
         try:
-            os.rename(old.real, new.real)
+            quota.move(src, dst, moved, replaced, old.real, lambda: os.rename(old.real, new.real))
+        except QuotaExceeded as err:
+            raise QuotaRefused(f"{new.area.top}: {err}") from None
         except OSError as err:
-            if err.errno == 18:  # EXDEV
-                raise FilesystemError("can't move between different filesystems") from None
+            if err.errno == errno.EXDEV:
+                raise FilesystemError("can't move between different filesystems; "
+                                      "download and upload instead") from None
             raise
+
+    def check_move(self, src: str, dst: str) -> None:
+        """Refuse up front (552) a move that does not fit the target tree."""
+        old, new = self.resolve(src), self.resolve(dst)
+        ledger = self.quotas.ledger(new.area.root)
+        if ledger is None or ledger.root == os.path.realpath(old.area.root):
+            return
+        usage = ledger.usage()
+        if usage.limit is None:
+            raise QuotaRefused(f"uploads refused: the quota file of {new.area.top} is invalid")
+        growth = self._size_of(old) - self._size_of(new, files_only=True)
+        if growth > usage.free:
+            raise QuotaRefused(f"{new.area.top}: quota exceeded: limit {usage.limit} bytes "
+                               f"({quota.human(usage.limit)}), {quota.human(usage.free)} free")
+
+    def _size_of(self, node: Node, files_only: bool = False) -> int:
+        try:
+            st = os.lstat(node.real)
+        except OSError:
+            return 0
+        if stat_mod.S_ISREG(st.st_mode):
+            return st.st_size
+        if stat_mod.S_ISDIR(st.st_mode) and not files_only:
+            return quota.scan(node.real, self.namespace.store)
+        return 0
 
     def chmod(self, path: str, mode: int) -> None:
         node = self.resolve(path)

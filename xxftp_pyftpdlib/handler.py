@@ -14,13 +14,18 @@ from pyftpdlib.handlers import FTPHandler
 
 from . import banners
 from .accounts import canonical_name
+from .datachannel import XxftpDTPHandler, XxftpDTPMixin
 from .filesystem import XxftpFS
+from .quota import human
+from .uploads import BROKEN, Upload
 
 
-def _optional_user(cmds: dict) -> dict:
-    """pyftpdlib's command table with USER's argument made optional."""
+def _commands(cmds: dict) -> dict:
+    """pyftpdlib's command table, USER's argument optional, SITE QUOTA added."""
     cmds = dict(cmds)
     cmds["USER"] = dict(cmds["USER"], arg=None)
+    cmds["SITE QUOTA"] = dict(perm=None, auth=True, arg=None,
+                              help="Syntax: SITE QUOTA [<SP> path] (show the quota of a tree).")
     return cmds
 
 
@@ -28,6 +33,7 @@ class XxftpSession:
     """The behaviour shared by the plain and the TLS handler."""
 
     abstracted_fs = XxftpFS
+    upload_mode = "atomic"
 
     def _text(self, method: str, default: str) -> str:
         read = getattr(self.authorizer, method, None)
@@ -61,12 +67,14 @@ class XxftpSession:
         try:
             method(*args)
         except FilesystemError as err:
-            self.respond(f"550 {err}.")
+            self.respond(f"{getattr(err, 'code', 550)} {err}.")
             return True
         return False
 
     def ftp_RNFR(self, path: str):
-        if self._refused("check_rename_source", path):
+        # The home itself is refused by pyftpdlib, with its own reply.
+        is_home = self.fs.realpath(path) == self.fs.realpath(self.fs.root)
+        if not is_home and self._refused("check_rename_source", path):
             return None
         return super().ftp_RNFR(path)
 
@@ -74,6 +82,61 @@ class XxftpSession:
         if not self._restart_position and self._refused("check_unique_upload", line):
             return None
         return super().ftp_STOU(line)
+
+    def ftp_STOR(self, file: str, mode: str = "w"):
+        if self._refused("check_upload", file):
+            return None
+        return super().ftp_STOR(file, mode)
+
+    def ftp_RNTO(self, path: str):
+        if self._rnfr and self._refused("check_move", self._rnfr, path):
+            self._rnfr = None
+            return None
+        return super().ftp_RNTO(path)
+
+    def ftp_ALLO(self, line: str) -> None:
+        """ALLO n: 552 at once if n bytes can't fit the current tree."""
+        size = line.split()[0] if line.split() else ""
+        if not size.isdigit():
+            self.respond("501 Syntax: ALLO <SP> size [<SP> R <SP> record-size].")
+            return
+        usage = self._usage(self.fs.ftp2fs(self.fs.cwd))
+        if usage is not None and (usage.limit is None or int(size) > usage.free):
+            limit = "invalid" if usage.limit is None else f"{usage.limit} bytes"
+            self.respond(f"552 Not enough space: {human(usage.free)} free (quota {limit}).")
+            return
+        self.respond("202 No storage allocation necessary.")
+
+    def ftp_SITE_QUOTA(self, line: str) -> None:
+        path = self.fs.ftp2fs(line or self.fs.cwd)
+        try:
+            node, usage = self.fs.quota_usage(path)
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {getattr(err, 'strerror', None) or err}.")
+            return
+        top = node.area.top
+        if usage is None:
+            self.respond(f"200 No quota on {top}.")
+        elif usage.limit is None:
+            self.respond(f"200 Quota of {top}: the quota file is invalid; uploads are refused.")
+        else:
+            percent = 100 * (usage.used + usage.reserved) / usage.limit if usage.limit else 0
+            self.respond(f"200 Quota of {top}: {human(usage.used)} used of {human(usage.limit)} "
+                         f"({percent:.0f}%), {human(usage.free)} free.")
+
+    def _usage(self, path: str):
+        try:
+            return self.fs.quota_usage(path)[1]
+        except (OSError, FilesystemError):
+            return None
+
+    def close(self) -> None:
+        # An upload queued for a data connection that never came: roll back.
+        queued = getattr(self, "_in_dtp_queue", None)
+        if queued is not None and isinstance(queued[0], Upload):
+            self._in_dtp_queue = None
+            queued[0].finish(False, BROKEN)
+        super().close()
 
     def ftp_QUIT(self, line: str) -> None:
         default = banners.DEFAULT_GOODBYE
@@ -94,20 +157,25 @@ class XxftpSession:
 class XxftpHandler(XxftpSession, FTPHandler):
     """FTPHandler serving an xxftp tree."""
 
-    proto_cmds = _optional_user(FTPHandler.proto_cmds)
+    proto_cmds = _commands(FTPHandler.proto_cmds)
+    dtp_handler = XxftpDTPHandler
 
 
 try:
-    from pyftpdlib.handlers import TLS_FTPHandler
+    from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
 except ImportError:  # pyopenssl missing: FTPS unavailable
     TLS_FTPHandler = None
 
 if TLS_FTPHandler is not None:
 
+    class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
+        """pyftpdlib's TLS_DTPHandler with xxftpd upload verdicts."""
+
     class XxftpTLSHandler(XxftpSession, TLS_FTPHandler):
         """TLS_FTPHandler (explicit FTPS) serving an xxftp tree."""
 
-        proto_cmds = _optional_user(TLS_FTPHandler.proto_cmds)
+        proto_cmds = _commands(TLS_FTPHandler.proto_cmds)
+        dtp_handler = XxftpTLSDTPHandler
 
 else:  # pragma: no cover
     XxftpTLSHandler = None

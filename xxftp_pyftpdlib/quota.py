@@ -1,0 +1,408 @@
+"""Quota trees and their ledger: usage that holds across threads, processes
+and crashes.
+
+Rules that live here:
+
+- A quota tree is a home or a mount target whose ``.xxftp/size`` holds a
+  limit (0 or no file: unlimited; invalid: uploads refused).
+- Its usage is the total size of its regular files, ``.xxftp/`` excluded,
+  upload temporaries excluded, and the trees of mounts declared inside it
+  excluded (they count on their own); symlinks are not followed.
+- The ledger ``<tree>/.xxftp/ledger`` (JSON) holds the committed usage and
+  the *pending* reservations of running uploads. Every read-modify-write
+  happens under an exclusive ``flock`` on ``.xxftp/ledger.lock``, so
+  uploads in any thread or process never together pass the limit.
+- A change to the tree (replace, delete, move) is written as an *intent*
+  ("apply DELTA once PATH is gone") before it is made and folded into the
+  usage after. An intent or reservation left by a dead process (pid and
+  start time no longer running) is settled by the next process that opens
+  the ledger: its temporaries are removed or kept as the upload mode said,
+  and the usage matches what is on the disk.
+- The ledger is built by one scan when a tree is first needed (or when
+  the file is missing or unreadable); after that each upload costs a few
+  ledger updates, whatever the number of files in the tree.
+- Changes made outside FTP are not seen until ``xxftpd quota --rescan``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import stat as stat_mod
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .config import CONFIG_DIR, ConfigStore
+
+log = logging.getLogger("xxftpd.quota")
+
+TEMP_PREFIX = ".xxftpd-"
+TEMP_SUFFIX = ".part"
+GRANT = 8 * 1024 * 1024  # bytes reserved ahead, so the ledger is touched rarely
+
+
+class QuotaExceeded(Exception):
+    """An upload or move would pass the tree's limit (FTP 552)."""
+
+
+class QuotaInvalid(QuotaExceeded):
+    """The tree's size file is unreadable or malformed: uploads refused."""
+
+
+def human(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} bytes"  # pragma: no cover
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+# --- process identity, so a reservation of a dead process can be told apart
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data.rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start is None or _start_time(pid) in (None, start)
+
+
+_SELF = {"pid": 0, "start": None}
+
+
+def _me() -> dict:
+    pid = os.getpid()
+    if _SELF["pid"] != pid:  # after a fork
+        _SELF.update(pid=pid, start=_start_time(pid))
+    return {"pid": pid, "start": _SELF["start"]}
+
+
+_counter = iter(range(1, 1 << 62))
+_counter_lock = threading.Lock()
+
+
+def new_token() -> str:
+    with _counter_lock:
+        n = next(_counter)
+    return f"{os.getpid()}.{n}"
+
+
+# --- the scan
+
+
+def scan(root: str, store: ConfigStore, progress: Callable[[int], None] | None = None) -> int:
+    """Total size of the tree's files, by the rules above."""
+    root = os.path.realpath(root)
+    excluded: set[str] = set()
+    sizes: dict[str, int] = {}
+    stack = [root]
+    seen = 0
+    while stack:
+        folder = stack.pop()
+        mounts = store.mounts(folder)
+        for mount in mounts.values():
+            excluded.add(os.path.realpath(mount.target))
+        total = 0
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    name = entry.name
+                    if name == CONFIG_DIR or is_temp_name(name) or name in mounts:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat_mod.S_ISDIR(st.st_mode):
+                        stack.append(entry.path)
+                    elif stat_mod.S_ISREG(st.st_mode):
+                        total += st.st_size
+                    seen += 1
+                    if progress is not None and seen % 1000 == 0:
+                        progress(seen)
+        except OSError as err:
+            log.warning("%s: cannot scan: %s", folder, err.strerror)
+        sizes[folder] = total
+    excluded.discard(root)
+    return sum(size for folder, size in sizes.items()
+               if not any(folder == ex or folder.startswith(ex + "/") for ex in excluded))
+
+
+# --- the ledger
+
+
+@dataclass(frozen=True)
+class Usage:
+    limit: int | None  # None: invalid size file
+    used: int
+    reserved: int
+
+    @property
+    def free(self) -> int:
+        if self.limit is None:
+            return 0
+        return max(0, self.limit - self.used - self.reserved)
+
+
+class Ledger:
+    """The usage ledger of one quota tree."""
+
+    def __init__(self, root: str, store: ConfigStore) -> None:
+        self.root = os.path.realpath(root)
+        self.store = store
+        self.dir = os.path.join(self.root, CONFIG_DIR)
+        self.path = os.path.join(self.dir, "ledger")
+
+    @property
+    def limit(self) -> int | None:
+        return self.store.size_limit(self.root)
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict]:
+        os.makedirs(self.dir, exist_ok=True)
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            state = self._load()
+            before = json.dumps(state, sort_keys=True)
+            try:
+                yield state
+            finally:
+                if json.dumps(state, sort_keys=True) != before:
+                    self._save(state)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _load(self) -> dict:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                state = json.load(f)
+            if not isinstance(state.get("used"), int):
+                raise ValueError("no usage")
+            state.setdefault("pending", {})
+            state.setdefault("intents", [])
+        except FileNotFoundError:
+            state = self._fresh()
+        except (OSError, ValueError, AttributeError) as err:
+            log.warning("%s: unreadable ledger (%s); rescanning", self.path, err)
+            state = self._fresh()
+        if self._settle(state):
+            self._save(state)
+        return state
+
+    def _fresh(self) -> dict:
+        used = scan(self.root, self.store)
+        log.info("%s: usage scanned: %s", self.root, human(used))
+        state = {"used": used, "pending": {}, "intents": []}
+        self._save(state)
+        return state
+
+    def _save(self, state: dict) -> None:
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.path)
+
+    def _settle(self, state: dict) -> bool:
+        """Fold in what dead processes left behind; True if anything was."""
+        settled = False
+        for intent in list(state["intents"]):
+            if _alive(intent["pid"], intent["start"]):
+                continue
+            settled = True
+            state["intents"].remove(intent)
+            if not os.path.lexists(intent["gone"]):
+                state["used"] = max(0, state["used"] + intent["delta"])
+        for token, p in list(state["pending"].items()):
+            if _alive(p["pid"], p["start"]):
+                continue
+            settled = True
+            del state["pending"][token]
+            state["used"] = max(0, state["used"] + _recover(p))
+        return settled
+
+    # --- the operations
+
+    def usage(self) -> Usage:
+        with self._locked() as state:
+            return Usage(self.limit, state["used"], sum(p["bytes"] for p in state["pending"].values()))
+
+    def begin(self, token: str, crash: str, target: str, old: int, temp: str | None) -> None:
+        """Register an upload; ``crash`` says what recovery does if we die."""
+        with self._locked() as state:
+            state["pending"][token] = dict(
+                _me(), bytes=0, crash=crash, target=target, old=old, temp=temp)
+
+    def reserve(self, token: str, needed: int) -> int:
+        """Raise the upload's reservation to at least ``needed`` bytes.
+
+        Returns the new reservation (granted ahead, up to GRANT), or raises
+        QuotaExceeded if ``needed`` does not fit.
+        """
+        limit = self.limit
+        if limit is None:
+            raise QuotaInvalid("quota file is invalid")
+        with self._locked() as state:
+            mine = state["pending"][token]
+            others = sum(p["bytes"] for t, p in state["pending"].items() if t != token)
+            free = limit - state["used"] - others
+            if needed > free:
+                raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
+            grant = max(needed, min(mine["bytes"] + GRANT, needed + (free - needed) // 16))
+            mine["bytes"] = grant
+            return grant
+
+    def finish(self, token: str, delta: int, gone: str | None, action: Callable[[], None] | None) -> None:
+        """End an upload: run ``action`` (may raise) and charge ``delta``."""
+        with self._locked() as state:
+            state["pending"].pop(token, None)
+            if action is not None:
+                self._apply(state, delta, gone, action)
+            else:
+                state["used"] = max(0, state["used"] + delta)
+
+    def change(self, delta: int, gone: str, action: Callable[[], None], check_fits: bool = False) -> None:
+        """Make a change to the tree (delete, move) and charge ``delta``."""
+        with self._locked() as state:
+            if check_fits and delta > 0:
+                limit = self.limit
+                if limit is None:
+                    raise QuotaInvalid("quota file is invalid")
+                reserved = sum(p["bytes"] for p in state["pending"].values())
+                if state["used"] + reserved + delta > limit:
+                    raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
+            self._apply(state, delta, gone, action)
+
+    def _apply(self, state: dict, delta: int, gone: str | None, action: Callable[[], None]) -> None:
+        intent = dict(_me(), delta=delta, gone=gone or "")
+        if gone:
+            state["intents"].append(intent)
+            self._save(state)
+        try:
+            action()
+        finally:
+            if gone:
+                state["intents"].remove(intent)
+        if gone is None or not os.path.lexists(gone):
+            state["used"] = max(0, state["used"] + delta)
+
+    def rescan(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuild the usage from the disk, keeping live reservations."""
+        with self._locked() as state:
+            state["used"] = scan(self.root, self.store, progress)
+            return state["used"]
+
+
+def _recover(p: dict) -> int:
+    """Settle a dead upload; returns the usage it adds."""
+    target, temp, old = p["target"], p.get("temp"), p["old"]
+    try:
+        if p["crash"] == "delete":
+            if temp and os.path.lexists(temp):
+                os.remove(temp)
+            return 0
+        if p["crash"] == "truncate":
+            if os.path.getsize(target) > old:
+                os.truncate(target, old)
+            return 0
+        if p["crash"] == "keep-new":  # a new file's partial upload, kept for resuming
+            if temp and os.path.lexists(temp):
+                if os.path.lexists(target):
+                    os.remove(temp)
+                    return 0
+                os.replace(temp, target)
+            return os.path.getsize(target) if os.path.lexists(target) else 0
+        if p["crash"] == "keep":  # written in place
+            return (os.path.getsize(target) if os.path.lexists(target) else 0) - old
+    except OSError as err:
+        log.warning("recovering upload of %s: %s", target, err.strerror)
+    return 0
+
+
+def move(src: Ledger | None, dst: Ledger | None, moved: int, replaced: int,
+         gone: str, action: Callable[[], None]) -> None:
+    """Move ``moved`` bytes from tree ``src`` to tree ``dst`` by ``action``.
+
+    ``replaced`` is the size of what the move overwrites at the
+    destination. ``dst`` must have room (QuotaExceeded otherwise). Both
+    ledgers are locked, always in path order, for the whole move.
+    """
+    if src is not None and dst is not None and src.root == dst.root:
+        if replaced:
+            src.change(-replaced, gone, action)
+        else:
+            action()
+        return
+    steps: list[tuple[Ledger, int, bool]] = []
+    if src is not None:
+        steps.append((src, -moved, False))
+    if dst is not None:
+        steps.append((dst, moved - replaced, True))
+    steps.sort(key=lambda step: step[0].root)
+    run = action
+    for ledger, delta, check in reversed(steps):
+        run = (lambda ledger, delta, check, inner: lambda: ledger.change(delta, gone, inner, check))(
+            ledger, delta, check, run)
+    run()
+
+
+class Quotas:
+    """Which ledger governs a folder: one per tree root with a limit."""
+
+    def __init__(self, store: ConfigStore) -> None:
+        self.store = store
+        self._ledgers: dict[str, Ledger] = {}
+
+    def ledger(self, tree_root: str) -> Ledger | None:
+        """The ledger of a tree with a limit (or an invalid size file), else None.
+
+        A tree without a limit keeps no ledger: a stale one is removed, so
+        a limit set later starts from a fresh scan.
+        """
+        if self.store.size_limit(tree_root) == 0:
+            stale = os.path.join(tree_root, CONFIG_DIR, "ledger")
+            if os.path.lexists(stale):
+                try:
+                    os.remove(stale)
+                except OSError:
+                    pass
+            return None
+        ledger = self._ledgers.get(tree_root)
+        if ledger is None:
+            ledger = self._ledgers[tree_root] = Ledger(tree_root, self.store)
+        return ledger
+
+
+_registry: dict[str, Quotas] = {}
+_registry_lock = threading.Lock()
+
+
+def shared_quotas(store: ConfigStore) -> Quotas:
+    """The process-wide Quotas of a store's server root."""
+    with _registry_lock:
+        quotas = _registry.get(store.server_root)
+        if quotas is None or quotas.store is not store:
+            quotas = _registry[store.server_root] = Quotas(store)
+        return quotas

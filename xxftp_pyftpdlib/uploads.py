@@ -1,0 +1,178 @@
+"""A file being received: where its bytes go, what they cost, how it ends.
+
+Rules that live here (the upload modes):
+
+- ``atomic`` (default): a new file or an overwrite is written to a hidden
+  temporary in the same folder and moved over the target with
+  ``os.replace`` only when the transfer succeeds; on any failure the
+  temporary is removed and the old file is untouched. APPE and REST+STOR
+  on an existing file write in place and, if they fail, cut the file back
+  to its previous length.
+- ``atomic-resume``: as atomic, but when the connection breaks (not on a
+  quota refusal) what arrived is kept so REST/APPE can resume it: the
+  partial new file takes the target's name if that is still free, and an
+  in-place append keeps its bytes. An existing file is never replaced by
+  a partial one.
+- ``standard``: written in place like plain pyftpdlib (STOR truncates at
+  once); what arrived is kept on failure.
+- Every mode charges the quota tree only for growth (final size minus the
+  old size) and reserves space *before* each write, so a write that
+  would pass the limit is refused and never reaches the disk.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .quota import TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, human, new_token
+
+MODES = ("atomic", "atomic-resume", "standard")
+
+# Why a transfer ended without success
+QUOTA, BROKEN, ERROR = "quota", "broken", "error"
+
+
+class Upload:
+    """A file-like object pyftpdlib's data channel writes into."""
+
+    def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger | None) -> None:
+        if upload_mode not in MODES:
+            raise ValueError(f"unknown upload mode {upload_mode!r}")
+        self.name = name  # what pyftpdlib logs and passes to callbacks
+        self.target = target
+        self.ledger = ledger
+        self.upload_mode = upload_mode
+        self.token = new_token()
+        self.closed = False
+        exists = os.path.isfile(target)
+        if mode.startswith("r") and not exists:
+            raise FileNotFoundError(2, "No such file or directory", target)
+        self.old = os.path.getsize(target) if exists else 0
+        self._append = mode.startswith("a")
+        self._in_place = upload_mode == "standard" or (exists and mode[0] in "ar")
+        self._start = self.old if self._append and self._in_place else 0
+        self._written = 0
+        self._granted = 0
+        if self._in_place:
+            self.temp = None
+            self._file = open(target, mode if "b" in mode else mode + "b")
+            crash = "keep" if upload_mode != "atomic" else "truncate"
+        else:
+            folder, base = os.path.split(target)
+            self.temp = os.path.join(folder, f"{TEMP_PREFIX}{self.token}.{base[:64]}{TEMP_SUFFIX}")
+            self._file = open(self.temp, "xb")
+            crash = "keep-new" if upload_mode == "atomic-resume" and not exists else "delete"
+        if ledger is not None:
+            try:
+                ledger.begin(self.token, crash, target, self.old, self.temp)
+            except BaseException:
+                self._discard()
+                raise
+
+    # --- what pyftpdlib calls
+
+    def write(self, data: bytes) -> int:
+        size = len(data)
+        if self.ledger is not None:
+            need = self._final_size(self._written + size) - self.old
+            if need > self._granted:
+                self._granted = self.ledger.reserve(self.token, need)
+        self._file.write(data)
+        self._written += size
+        return size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        position = self._file.seek(offset, whence)
+        if not self._append:
+            self._start = position
+        return position
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        """Closed without a verdict (a handler that doesn't call finish): keep."""
+        if not self.closed:
+            self.finish(True)
+
+    # --- the end
+
+    def _final_size(self, written: int) -> int:
+        if self._in_place and not self._append and self.upload_mode != "standard":
+            return max(self.old, self._start + written)  # REST + STOR
+        return self._start + written
+
+    def finish(self, ok: bool, why: str = ERROR) -> str:
+        """Commit or roll back; returns a note for the reply ("" if none).
+
+        Raises OSError or QuotaExceeded if a successful transfer can't be
+        committed (then nothing changed).
+        """
+        if self.closed:
+            return ""
+        self.closed = True
+        self._file.close()
+        keep = ok or self.upload_mode == "standard" or (self.upload_mode == "atomic-resume" and why == BROKEN)
+        try:
+            if self._in_place:
+                if not keep:
+                    os.truncate(self.target, self.old)
+                self._charge(None, None)
+            elif keep and (ok or not os.path.lexists(self.target)):
+                self._charge(self.temp, lambda: os.replace(self.temp, self.target))
+            else:
+                self._discard()
+        except BaseException:
+            self._discard()
+            raise
+        return self._note() if ok else ""
+
+    def _charge(self, gone: str | None, action) -> None:
+        """Charge the growth: the new size minus what it replaces."""
+        if gone:  # a temporary about to replace the target
+            delta = os.path.getsize(gone) - (os.path.getsize(self.target) if os.path.isfile(self.target) else 0)
+        else:  # written in place
+            delta = (os.path.getsize(self.target) if os.path.lexists(self.target) else 0) - self.old
+        if self.ledger is not None:
+            self.ledger.finish(self.token, delta, gone, action)
+        elif action is not None:
+            action()
+
+    def __del__(self) -> None:
+        # Dropped without a verdict (the session vanished first): roll back.
+        if not getattr(self, "closed", True):
+            try:
+                self.finish(False, BROKEN)
+            except Exception:
+                pass
+
+    def _discard(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+        if self.temp and os.path.lexists(self.temp):
+            try:
+                os.remove(self.temp)
+            except OSError:
+                pass
+        if self.ledger is not None:
+            try:
+                self.ledger.finish(self.token, 0, None, None)
+            except OSError:
+                pass
+
+    def _note(self) -> str:
+        if self.ledger is None:
+            return ""
+        usage = self.ledger.usage()
+        if usage.limit is None:
+            return ""
+        return f"{human(usage.free)} free of {human(usage.limit)} quota"
+
+
+__all__ = ["Upload", "MODES", "QUOTA", "BROKEN", "ERROR", "QuotaExceeded"]
