@@ -12,8 +12,9 @@ import ipaddress
 import logging
 import sys
 
-from . import __version__
-from .server import ConfigError, Options, make_server, serve
+from . import __version__, admin
+from .server import ConfigError, Options, check_root, make_server, serve
+from .uploads import MODES
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 
@@ -74,7 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
     p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info", help="log verbosity (default info)")
+    p.add_argument("--upload-mode", choices=MODES, default="atomic",
+                   help="atomic (default): an upload replaces a file only when complete; "
+                        "atomic-resume: also keep broken new uploads for resuming; "
+                        "standard: write in place like plain pyftpdlib")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
+    q.add_argument("--rescan", nargs="?", const="*", metavar="USER",
+                   help="rebuild the ledgers of USER's trees (all users without USER)")
     return p
 
 
@@ -90,10 +99,13 @@ def _setup_logging(level: str, path: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is not None:
+        return _admin(args)
     options = Options(
         root=args.root, host=args.host, port=args.port, passive_ports=args.passive_ports,
         masquerade_address=args.masquerade_address, max_cons=args.max_cons,
         max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
+        upload_mode=args.upload_mode,
     )
     try:
         _setup_logging(args.log_level, args.log_file)
@@ -106,6 +118,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     serve(server)
     return 0
+
+
+def _admin(args) -> int:
+    try:
+        root = check_root(args.root)
+    except ConfigError as err:
+        print(f"xxftpd: error: {err}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="xxftpd: %(levelname)s: %(message)s")
+    if args.command == "quota":
+        return admin.quota(root, args.rescan)
+    return 2  # pragma: no cover - argparse only accepts known commands
 
 
 if __name__ == "__main__":  # pragma: no cover

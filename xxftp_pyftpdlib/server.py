@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
+from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .handler import XxftpHandler
 
@@ -41,6 +42,7 @@ class Options:
     max_cons_per_ip: int = 0
     timeout: int = 120
     concurrency: str = "async"
+    upload_mode: str = "atomic"
 
 
 def check_root(root: str) -> str:
@@ -58,6 +60,7 @@ def make_handler(options: Options, base: type = XxftpHandler) -> type:
     attrs = {
         "authorizer": XxftpAuthorizer(check_root(options.root)),
         "timeout": options.timeout,
+        "upload_mode": options.upload_mode,
         "masquerade_address": options.masquerade_address,
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,
@@ -89,6 +92,8 @@ def serve(server) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     host, port = server.address[:2]
+    settled = reconcile(server.handler.authorizer.root)
+    log.debug("%d quota ledger(s) checked", settled)
     log.info("xxftpd listening on %s:%s, serving %s", host, port, server.handler.authorizer.root)
     server.serve_forever()
     log.info("xxftpd stopped")

@@ -1,0 +1,184 @@
+"""Quotas over real sockets: limits during the transfer, rollback,
+growth charging, moves, concurrency."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import json
+import os
+import threading
+
+import pytest
+
+from conftest import download, upload
+from xxftp_pyftpdlib.config import ConfigStore
+from xxftp_pyftpdlib.quota import scan
+
+KiB = 1024
+
+
+def usage_on_disk(root, store_root) -> int:
+    return scan(str(root), ConfigStore(str(store_root)))
+
+
+def ledger_used(tree_root) -> int:
+    with open(os.path.join(tree_root, ".xxftp", "ledger")) as f:
+        return json.load(f)["used"]
+
+
+def no_temporaries(root) -> bool:
+    return not [n for _, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
+
+
+@pytest.fixture
+def limited(tree):
+    home = tree.user("alice", password="pw", size="100K",
+                     virtual="box $root/box-target read,write,modify\nfree $root/free-target read,write,modify\n")
+    tree.xxftp(tree.folder("box-target"), "size", "10K\n")
+    tree.folder("free-target")
+    return home
+
+
+def test_exactly_at_the_limit(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    upload(ftp, "box/a.bin", b"x" * (10 * KiB))  # exactly the limit passes
+    with pytest.raises(ftplib.error_perm, match=r"^552 .*10240 bytes"):
+        upload(ftp, "box/b.bin", b"y")  # one more byte fails
+    assert not (tree.root / "box-target/b.bin").exists()
+    assert ftp.voidcmd("NOOP").startswith("200")  # the session goes on
+    ftp.delete("box/a.bin")  # delete frees space at once
+    upload(ftp, "box/b.bin", b"y" * (10 * KiB))
+    assert no_temporaries(tree.root)
+
+
+def test_new_file_over_quota_leaves_nothing(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        upload(ftp, "box/big.bin", os.urandom(50 * KiB))
+    assert not (tree.root / "box-target/big.bin").exists()
+    assert no_temporaries(tree.root)
+    assert ledger_used(tree.root / "box-target") == 0
+
+
+def test_overwrite_charged_by_growth_and_failed_overwrite_keeps_old(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    old = os.urandom(8 * KiB)
+    upload(ftp, "box/f.bin", old)
+    upload(ftp, "box/f.bin", os.urandom(9 * KiB))  # growth 1 KiB fits though 9 KiB > 2 KiB free
+    old = (tree.root / "box-target/f.bin").read_bytes()
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        upload(ftp, "box/f.bin", os.urandom(11 * KiB))
+    assert hashlib.sha256((tree.root / "box-target/f.bin").read_bytes()).digest() == hashlib.sha256(old).digest()
+    assert ledger_used(tree.root / "box-target") == 9 * KiB
+    upload(ftp, "box/f.bin", b"s" * KiB)  # shrinking frees
+    assert ledger_used(tree.root / "box-target") == KiB
+    assert no_temporaries(tree.root)
+
+
+def test_appe_and_rest_stor_roll_back(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    ftp.voidcmd("TYPE I")
+    upload(ftp, "box/g.bin", b"a" * (6 * KiB))
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        upload(ftp, "box/g.bin", b"b" * (5 * KiB), cmd="APPE")
+    assert (tree.root / "box-target/g.bin").read_bytes() == b"a" * (6 * KiB)
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        ftp.storbinary("STOR box/g.bin", io.BytesIO(b"c" * (5 * KiB)), rest=6 * KiB)
+    assert (tree.root / "box-target/g.bin").read_bytes() == b"a" * (6 * KiB)
+    upload(ftp, "box/g.bin", b"d" * (4 * KiB), cmd="APPE")  # fits exactly
+    assert (tree.root / "box-target/g.bin").stat().st_size == 10 * KiB
+    assert ledger_used(tree.root / "box-target") == 10 * KiB
+
+
+def test_allo_and_site_quota(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    ftp.cwd("/box")
+    assert ftp.sendcmd("ALLO 10240").startswith("202")
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        ftp.sendcmd("ALLO 10241")
+    upload(ftp, "x.bin", b"x" * (4 * KiB))
+    reply = ftp.sendcmd("SITE QUOTA")
+    assert reply.startswith("200") and "4.0 KiB used of 10.0 KiB" in reply and "/box" in reply
+    assert "No quota" in ftp.sendcmd("SITE QUOTA /free")
+    assert "100.0 KiB" in ftp.sendcmd("SITE QUOTA /")
+    reply = upload(ftp, "y.bin", b"y" * KiB)
+    assert reply.startswith("226") and "5.0 KiB free of 10.0 KiB" in reply
+
+
+def test_mount_quota_is_independent_of_home(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    upload(ftp, "/home.bin", b"h" * (90 * KiB))
+    upload(ftp, "box/m.bin", b"m" * (10 * KiB))  # the home is nearly full; the mount is not
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        upload(ftp, "/more.bin", b"z" * (11 * KiB))
+    assert ledger_used(limited) == 90 * KiB
+    assert ledger_used(tree.root / "box-target") == 10 * KiB
+    upload(ftp, "free/unlimited.bin", b"u" * (200 * KiB))
+
+
+def test_moves_between_trees(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    upload(ftp, "/big.bin", b"b" * (20 * KiB))
+    upload(ftp, "/small.bin", b"s" * (3 * KiB))
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        ftp.rename("/big.bin", "/box/big.bin")  # does not fit: nothing moves
+    assert (limited / "big.bin").stat().st_size == 20 * KiB
+    assert not (tree.root / "box-target/big.bin").exists()
+    ftp.rename("/small.bin", "/box/small.bin")
+    assert ledger_used(limited) == 20 * KiB
+    assert ledger_used(tree.root / "box-target") == 3 * KiB
+    ftp.mkd("/folder")
+    upload(ftp, "/folder/in.bin", b"i" * (8 * KiB))
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        ftp.rename("/folder", "/box/folder")  # 8 KiB + 3 KiB > 10 KiB
+    ftp.rename("/box/small.bin", "/free/small.bin")  # out to an unlimited tree frees
+    assert ledger_used(tree.root / "box-target") == 0
+    ftp.rename("/folder", "/box/folder")
+    assert ledger_used(tree.root / "box-target") == 8 * KiB
+    assert ledger_used(limited) == 20 * KiB
+
+
+def test_invalid_quota_file_refuses_uploads(tree, start_server, connect, caplog):
+    tree.user("alice", password="pw", size="lots of bytes")
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    for _ in range(3):
+        with pytest.raises(ftplib.error_perm, match="^552 .*quota file .*invalid"):
+            upload(ftp, "x.bin", b"x")
+    assert not (tree.root / "alice/x.bin").exists()
+    assert caplog.text.count("invalid size") == 1
+
+
+@pytest.mark.parametrize("concurrency", ["async", "multi-thread"])
+def test_parallel_uploads_never_pass_the_limit(tree, start_server, connect, concurrency):
+    tree.user("alice", password="pw", size="1M")
+    srv = start_server(tree.root, concurrency=concurrency)
+    payloads = {i: os.urandom(300 * KiB) for i in range(8)}
+    results: dict[int, str] = {}
+
+    def client(i):
+        ftp = connect(srv.port, "alice", "pw")
+        try:
+            results[i] = upload(ftp, f"f{i}.bin", payloads[i])
+        except ftplib.error_perm as err:
+            results[i] = str(err)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ok = [i for i, r in results.items() if r.startswith("226")]
+    assert len(results) == 8
+    assert all(r.startswith(("226", "552")) for r in results.values()), results
+    assert 1 <= len(ok) <= 3
+    home = tree.root / "alice"
+    for i in ok:
+        assert (home / f"f{i}.bin").read_bytes() == payloads[i]
+    for i in set(results) - set(ok):
+        assert not (home / f"f{i}.bin").exists()
+    used = usage_on_disk(home, tree.root)
+    assert used <= 1024 * KiB
+    assert ledger_used(home) == used
+    assert no_temporaries(home)
