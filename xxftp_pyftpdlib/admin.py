@@ -31,7 +31,7 @@ def quota(root: str, rescan: str | None, out: TextIO = sys.stdout, err: TextIO =
             print(f"rescanned {info.label}: {human(used)}", file=out)
     rows = [["TREE", "FOLDER", "LIMIT", "USED", "%"]]
     for info in trees(store):
-        ledger = quotas.ledger(info.root)
+        ledger = quotas.limited(info.root)
         if ledger is None:
             rows.append([info.label, info.root, "unlimited", "-", "-"])
             continue
@@ -59,8 +59,11 @@ def _progress(label: str, err: TextIO):
 def reconcile(root: str) -> int:
     """Settle every ledger at start-up (what crashed processes left behind)."""
     store = shared_store(root)
+    quotas = shared_quotas(store)
     count = 0
-    for _info, ledger in limited_ledgers(store, shared_quotas(store)):
-        ledger.usage()
-        count += 1
+    for info in trees(store):
+        ledger = quotas.ledger(info.root)
+        if ledger.limited or ledger.exists():
+            ledger.usage()
+            count += 1
     return count

@@ -115,9 +115,9 @@ class XxftpFS(AbstractedFS):
         ledger = self._ledger(node)
         return Upload(node.real, os.path.normpath(filename), mode, self.upload_mode, ledger)
 
-    def _ledger(self, node: Node) -> quota.Ledger | None:
+    def _ledger(self, node: Node) -> quota.Ledger:
         ledger = self.quotas.ledger(node.area.root)
-        if ledger is not None and ledger.limit is None:
+        if ledger.limit is None:
             raise QuotaRefused(f"uploads refused: the quota file of {node.area.top} is invalid")
         return ledger
 
@@ -128,7 +128,7 @@ class XxftpFS(AbstractedFS):
     def quota_usage(self, path: str) -> tuple[Node, quota.Usage | None]:
         """The area of ``path`` and its quota usage (None: unlimited)."""
         node = self.resolve(path)
-        ledger = self.quotas.ledger(node.area.root)
+        ledger = self.quotas.limited(node.area.root)
         return node, (ledger.usage() if ledger is not None else None)
 
     def _unique_folder(self, folder_path: str, prefix: str, suffix: str = "") -> Node:
@@ -157,7 +157,7 @@ class XxftpFS(AbstractedFS):
     def remove(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
-        ledger = self.quotas.ledger(node.area.root)
+        ledger = self.quotas.limited(node.area.root)
         if ledger is None:
             os.remove(node.real)
             return
@@ -173,8 +173,8 @@ class XxftpFS(AbstractedFS):
         old, new = self.resolve(src), self.resolve(dst)
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
         self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
-        src = self.quotas.ledger(old.area.root)
-        dst = self.quotas.ledger(new.area.root)
+        src = self.quotas.limited(old.area.root)
+        dst = self.quotas.limited(new.area.root)
         if src is None and dst is None:
             moved = replaced = 0
         else:
@@ -192,7 +192,7 @@ class XxftpFS(AbstractedFS):
     def check_move(self, src: str, dst: str) -> None:
         """Refuse up front (552) a move that does not fit the target tree."""
         old, new = self.resolve(src), self.resolve(dst)
-        ledger = self.quotas.ledger(new.area.root)
+        ledger = self.quotas.limited(new.area.root)
         if ledger is None or ledger.root == os.path.realpath(old.area.root):
             return
         usage = ledger.usage()

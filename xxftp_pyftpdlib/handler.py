@@ -97,8 +97,10 @@ class XxftpSession:
     def ftp_ALLO(self, line: str) -> None:
         """ALLO n: 552 at once if n bytes can't fit the current tree."""
         size = line.split()[0] if line.split() else ""
-        if not size.isdigit():
-            self.respond("501 Syntax: ALLO <SP> size [<SP> R <SP> record-size].")
+        if not (size.isascii() and size.isdigit()):
+            # No byte count to check (str.isdigit alone takes "²", which int()
+            # refuses): pyftpdlib's reply, ALLO being advisory.
+            super().ftp_ALLO(line)
             return
         usage = self._usage(self.fs.ftp2fs(self.fs.cwd))
         if usage is not None and (usage.limit is None or int(size) > usage.free):

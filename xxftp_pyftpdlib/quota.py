@@ -18,9 +18,12 @@ Rules that live here:
   start time no longer running) is settled by the next process that opens
   the ledger: its temporaries are removed or kept as the upload mode said,
   and the usage matches what is on the disk.
-- The ledger is built by one scan when a tree is first needed (or when
-  the file is missing or unreadable); after that each upload costs a few
-  ledger updates, whatever the number of files in the tree.
+- The ledger is built by one scan when a limited tree is first needed (or
+  when the file is missing or unreadable); after that each upload costs a
+  few ledger updates, whatever the number of files in the tree.
+- A tree without a limit keeps only the journal of running uploads (so a
+  crash is cleaned up there too) and no usage: its usage is unknown until
+  a limit is set, which starts from a fresh scan.
 - Changes made outside FTP are not seen until ``xxftpd quota --rescan``.
 """
 
@@ -179,6 +182,14 @@ class Ledger:
     def limit(self) -> int | None:
         return self.store.size_limit(self.root)
 
+    @property
+    def limited(self) -> bool:
+        """True if usage is tracked (a limit, or an invalid size file)."""
+        return self.limit != 0
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
     @contextmanager
     def _locked(self) -> Iterator[dict]:
         os.makedirs(self.dir, exist_ok=True)
@@ -199,24 +210,26 @@ class Ledger:
         try:
             with open(self.path, encoding="utf-8") as f:
                 state = json.load(f)
-            if not isinstance(state.get("used"), int):
-                raise ValueError("no usage")
+            if not isinstance(state.get("used"), (int, type(None))):
+                raise ValueError("bad usage")
             state.setdefault("pending", {})
             state.setdefault("intents", [])
         except FileNotFoundError:
-            state = self._fresh()
+            state = {"used": None, "pending": {}, "intents": []}
         except (OSError, ValueError, AttributeError) as err:
-            log.warning("%s: unreadable ledger (%s); rescanning", self.path, err)
-            state = self._fresh()
-        if self._settle(state):
+            log.warning("%s: unreadable ledger (%s); rebuilding it", self.path, err)
+            state = {"used": None, "pending": {}, "intents": []}
+        changed = self._settle(state)
+        limited = self.limited
+        if limited and state["used"] is None:
+            state["used"] = scan(self.root, self.store)
+            log.info("%s: usage scanned: %s", self.root, human(state["used"]))
+            changed = True
+        elif not limited and state["used"] is not None:
+            state["used"] = None  # not tracked from now on
+            changed = True
+        if changed or not os.path.lexists(self.path):
             self._save(state)
-        return state
-
-    def _fresh(self) -> dict:
-        used = scan(self.root, self.store)
-        log.info("%s: usage scanned: %s", self.root, human(used))
-        state = {"used": used, "pending": {}, "intents": []}
-        self._save(state)
         return state
 
     def _save(self, state: dict) -> None:
@@ -234,20 +247,20 @@ class Ledger:
             settled = True
             state["intents"].remove(intent)
             if not os.path.lexists(intent["gone"]):
-                state["used"] = max(0, state["used"] + intent["delta"])
+                _add(state, intent["delta"])
         for token, p in list(state["pending"].items()):
             if _alive(p["pid"], p["start"]):
                 continue
             settled = True
             del state["pending"][token]
-            state["used"] = max(0, state["used"] + _recover(p))
+            _add(state, _recover(p))
         return settled
 
     # --- the operations
 
     def usage(self) -> Usage:
         with self._locked() as state:
-            return Usage(self.limit, state["used"], sum(p["bytes"] for p in state["pending"].values()))
+            return Usage(self.limit, state["used"] or 0, sum(p["bytes"] for p in state["pending"].values()))
 
     def begin(self, token: str, crash: str, target: str, old: int, temp: str | None) -> None:
         """Register an upload; ``crash`` says what recovery does if we die."""
@@ -281,7 +294,7 @@ class Ledger:
             if action is not None:
                 self._apply(state, delta, gone, action)
             else:
-                state["used"] = max(0, state["used"] + delta)
+                _add(state, delta)
 
     def change(self, delta: int, gone: str, action: Callable[[], None], check_fits: bool = False) -> None:
         """Make a change to the tree (delete, move) and charge ``delta``."""
@@ -306,13 +319,18 @@ class Ledger:
             if gone:
                 state["intents"].remove(intent)
         if gone is None or not os.path.lexists(gone):
-            state["used"] = max(0, state["used"] + delta)
+            _add(state, delta)
 
     def rescan(self, progress: Callable[[int], None] | None = None) -> int:
         """Rebuild the usage from the disk, keeping live reservations."""
         with self._locked() as state:
             state["used"] = scan(self.root, self.store, progress)
             return state["used"]
+
+
+def _add(state: dict, delta: int) -> None:
+    if state["used"] is not None:
+        state["used"] = max(0, state["used"] + delta)
 
 
 def _recover(p: dict) -> int:
@@ -375,24 +393,17 @@ class Quotas:
         self.store = store
         self._ledgers: dict[str, Ledger] = {}
 
-    def ledger(self, tree_root: str) -> Ledger | None:
-        """The ledger of a tree with a limit (or an invalid size file), else None.
-
-        A tree without a limit keeps no ledger: a stale one is removed, so
-        a limit set later starts from a fresh scan.
-        """
-        if self.store.size_limit(tree_root) == 0:
-            stale = os.path.join(tree_root, CONFIG_DIR, "ledger")
-            if os.path.lexists(stale):
-                try:
-                    os.remove(stale)
-                except OSError:
-                    pass
-            return None
+    def ledger(self, tree_root: str) -> Ledger:
+        """The ledger of a tree (tracking usage only if the tree is limited)."""
         ledger = self._ledgers.get(tree_root)
         if ledger is None:
             ledger = self._ledgers[tree_root] = Ledger(tree_root, self.store)
         return ledger
+
+    def limited(self, tree_root: str) -> Ledger | None:
+        """The ledger of a tree if its usage is tracked, else None."""
+        ledger = self.ledger(tree_root)
+        return ledger if ledger.limited else None
 
 
 _registry: dict[str, Quotas] = {}

@@ -54,9 +54,6 @@ def trees(store: ConfigStore, only_user: str | None = None) -> list[TreeInfo]:
 
 
 def limited_ledgers(store: ConfigStore, quotas: Quotas, only_user: str | None = None) -> list[tuple[TreeInfo, Ledger]]:
-    out = []
-    for info in trees(store, only_user):
-        ledger = quotas.ledger(info.root)
-        if ledger is not None:
-            out.append((info, ledger))
-    return out
+    """The trees whose usage is tracked, with their ledgers."""
+    return [(info, quotas.limited(info.root)) for info in trees(store, only_user)
+            if quotas.limited(info.root) is not None]

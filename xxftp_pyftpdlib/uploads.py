@@ -36,6 +36,7 @@ class Upload:
     """A file-like object pyftpdlib's data channel writes into."""
 
     def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger | None) -> None:
+        """``ledger`` journals the upload (and charges it, if the tree is limited)."""
         if upload_mode not in MODES:
             raise ValueError(f"unknown upload mode {upload_mode!r}")
         self.name = name  # what pyftpdlib logs and passes to callbacks
@@ -53,6 +54,7 @@ class Upload:
         self._start = self.old if self._append and self._in_place else 0
         self._written = 0
         self._granted = 0
+        self._limited = ledger is not None and ledger.limited
         if self._in_place:
             self.temp = None
             self._file = open(target, mode if "b" in mode else mode + "b")
@@ -73,7 +75,7 @@ class Upload:
 
     def write(self, data: bytes) -> int:
         size = len(data)
-        if self.ledger is not None:
+        if self._limited:
             need = self._final_size(self._written + size) - self.old
             if need > self._granted:
                 self._granted = self.ledger.reserve(self.token, need)
@@ -167,7 +169,7 @@ class Upload:
                 pass
 
     def _note(self) -> str:
-        if self.ledger is None:
+        if not self._limited:
             return ""
         usage = self.ledger.usage()
         if usage.limit is None:
