@@ -57,12 +57,12 @@ class Upload:
         self._limited = ledger is not None and ledger.limited
         if self._in_place:
             self.temp = None
-            self._file = open(target, mode if "b" in mode else mode + "b")
+            self._file = open(target, mode if "b" in mode else mode + "b", buffering=0)
             crash = "keep" if upload_mode != "atomic" else "truncate"
         else:
             folder, base = os.path.split(target)
             self.temp = os.path.join(folder, f"{TEMP_PREFIX}{self.token}.{base[:64]}{TEMP_SUFFIX}")
-            self._file = open(self.temp, "xb")
+            self._file = open(self.temp, "xb", buffering=0)
             crash = "keep-new" if upload_mode == "atomic-resume" and not exists else "delete"
         if ledger is not None:
             try:
@@ -79,7 +79,9 @@ class Upload:
             need = self._final_size(self._written + size) - self.old
             if need > self._granted:
                 self._granted = self.ledger.reserve(self.token, need)
-        self._file.write(data)
+        view = memoryview(data)
+        while view:  # unbuffered: a short write is possible
+            view = view[self._file.write(view):]
         self._written += size
         return size
 
