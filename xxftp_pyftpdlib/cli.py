@@ -12,7 +12,7 @@ import ipaddress
 import logging
 import sys
 
-from . import __version__, admin
+from . import __version__, admin, certs
 from .server import ConfigError, Options, check_root, make_server, serve
 from .uploads import MODES
 
@@ -79,11 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="atomic (default): an upload replaces a file only when complete; "
                         "atomic-resume: also keep broken new uploads for resuming; "
                         "standard: write in place like plain pyftpdlib")
+    tls = p.add_argument_group("FTPS (explicit AUTH TLS)")
+    tls.add_argument("--tls", action="store_true", help="offer AUTH TLS (needs --certfile)")
+    tls.add_argument("--certfile", metavar="PATH", help="PEM certificate (chain); may also hold the key")
+    tls.add_argument("--keyfile", metavar="PATH", help="PEM private key, if not in --certfile")
+    tls.add_argument("--tls-control-required", action="store_true", help="refuse USER/PASS before AUTH TLS")
+    tls.add_argument("--tls-data-required", action="store_true", help="refuse data transfers without PROT P")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
     q.add_argument("--rescan", nargs="?", const="*", metavar="USER",
                    help="rebuild the ledgers of USER's trees (all users without USER)")
+    c = commands.add_parser("cert", help="write a self-signed certificate and key for testing")
+    c.add_argument("--self-signed", action="store_true", required=True, help="make a self-signed certificate")
+    c.add_argument("--out", required=True, metavar="DIR", help="folder for cert.pem and key.pem")
+    c.add_argument("--name", default="localhost", help="host name in the certificate (default localhost)")
+    c.add_argument("--days", type=_positive, default=365, help="validity in days (default 365)")
     return p
 
 
@@ -105,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         root=args.root, host=args.host, port=args.port, passive_ports=args.passive_ports,
         masquerade_address=args.masquerade_address, max_cons=args.max_cons,
         max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
-        upload_mode=args.upload_mode,
+        upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
+        tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
     )
     try:
         _setup_logging(args.log_level, args.log_file)
@@ -121,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _admin(args) -> int:
+    if args.command == "cert":
+        try:
+            cert, key = certs.self_signed(args.out, args.name, args.days)
+        except OSError as err:
+            print(f"xxftpd: error: cannot write to {args.out!r}: {err.strerror}", file=sys.stderr)
+            return 1
+        print(f"wrote {cert} and {key}")
+        return 0
     try:
         root = check_root(args.root)
     except ConfigError as err:

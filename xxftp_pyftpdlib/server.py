@@ -15,7 +15,8 @@ from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
-from .handler import XxftpHandler
+from .certs import CertificateError, check_pair
+from .handler import XxftpHandler, XxftpTLSHandler
 
 log = logging.getLogger("xxftpd")
 
@@ -23,6 +24,13 @@ try:
     from pyftpdlib.servers import MultiprocessFTPServer
 except ImportError:  # pragma: no cover - platforms without fork
     MultiprocessFTPServer = None
+
+try:  # TLS 1.0 and 1.1 are off by default: safe defaults
+    from OpenSSL import SSL
+
+    _NO_OLD_TLS = SSL.OP_NO_TLSv1 | SSL.OP_NO_TLSv1_1
+except ImportError:  # pragma: no cover
+    _NO_OLD_TLS = 0
 
 SERVERS = {"async": FTPServer, "multi-thread": ThreadedFTPServer, "multi-proc": MultiprocessFTPServer}
 
@@ -43,6 +51,11 @@ class Options:
     timeout: int = 120
     concurrency: str = "async"
     upload_mode: str = "atomic"
+    tls: bool = False
+    certfile: str | None = None
+    keyfile: str | None = None
+    tls_control_required: bool = False
+    tls_data_required: bool = False
 
 
 def check_root(root: str) -> str:
@@ -55,8 +68,9 @@ def check_root(root: str) -> str:
     return real
 
 
-def make_handler(options: Options, base: type = XxftpHandler) -> type:
+def make_handler(options: Options, base: type | None = None) -> type:
     """A handler class carrying this server's settings (not a global patch)."""
+    base = base or (XxftpTLSHandler if options.tls else XxftpHandler)
     attrs = {
         "authorizer": XxftpAuthorizer(check_root(options.root)),
         "timeout": options.timeout,
@@ -65,6 +79,22 @@ def make_handler(options: Options, base: type = XxftpHandler) -> type:
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,
     }
+    if options.tls:
+        if XxftpTLSHandler is None:
+            raise ConfigError("FTPS needs pyOpenSSL, which is not installed")
+        if not options.certfile:
+            raise ConfigError("--tls needs --certfile")
+        try:
+            check_pair(options.certfile, options.keyfile)
+        except CertificateError as err:
+            raise ConfigError(str(err)) from None
+        attrs.update(
+            certfile=options.certfile, keyfile=options.keyfile or options.certfile, ssl_context=None,
+            tls_control_required=options.tls_control_required, tls_data_required=options.tls_data_required,
+            ssl_options=XxftpTLSHandler.ssl_options | _NO_OLD_TLS,
+        )
+    elif options.tls_control_required or options.tls_data_required or options.certfile:
+        raise ConfigError("TLS options need --tls")
     return type("Configured" + base.__name__, (base,), attrs)
 
 
