@@ -134,6 +134,32 @@ def upload(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR") -> str:
     return ftp.storbinary(f"{cmd} {path}", io.BytesIO(data))
 
 
+def store(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR") -> str:
+    """Upload and return the final reply, success or refusal.
+
+    A server that refuses an upload mid-transfer closes the data connection
+    while the client may still be sending; the client then sees a reset,
+    as with any FTP server. This reads the reply anyway.
+    """
+    ftp.voidcmd("TYPE I")
+    try:
+        conn = ftp.transfercmd(f"{cmd} {path}")
+    except ftplib.Error as err:
+        return str(err)
+    try:
+        conn.sendall(data)
+        if hasattr(conn, "unwrap"):
+            conn.unwrap()
+    except OSError:
+        pass
+    finally:
+        conn.close()
+    try:
+        return ftp.voidresp()
+    except ftplib.Error as err:
+        return str(err)
+
+
 def download(ftp: ftplib.FTP, path: str) -> bytes:
     out = io.BytesIO()
     ftp.retrbinary(f"RETR {path}", out.write)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import HOST, download, free_port, run_xxftpd, upload
+from conftest import HOST, download, free_port, run_xxftpd, store
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import scan
 
@@ -130,9 +130,7 @@ def _parallel_uploads(ports, count=8, size=300 * KiB):
         try:
             ftp.connect(HOST, ports[i % len(ports)], timeout=30)
             ftp.login("alice", "pw")
-            results[i] = upload(ftp, f"f{i}.bin", payloads[i])
-        except ftplib.error_perm as err:
-            results[i] = str(err)
+            results[i] = store(ftp, f"f{i}.bin", payloads[i])
         finally:
             ftp.close()
 

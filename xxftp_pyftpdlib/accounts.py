@@ -10,7 +10,9 @@ Rules that live here:
 - A home with ``.xxftp/password`` needs that password; a home without one
   logs in right after USER (xxftp behaviour).
 - An unknown user is never told apart from a wrong password, and costs
-  the same work to refuse.
+  the same work (one modern hash) to refuse.
+- With ``upgrade_hashes``, a legacy MD5 file is rewritten in the modern
+  format after a successful login.
 - A password file that can't be read refuses the login, and says why in
   the log.
 """
@@ -48,8 +50,9 @@ class Login:
 class Accounts:
     """The users of one server root."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, upgrade_hashes: bool = False) -> None:
         self.root = os.path.realpath(root)
+        self.upgrade_hashes = upgrade_hashes
 
     def home_of(self, name: str) -> str | None:
         """The home folder of ``name``, or None if there is no such user."""
@@ -73,12 +76,29 @@ class Accounts:
             return True
         return os.path.lexists(self.password_file(name))
 
+    def _stored(self, name: str) -> str | None:
+        try:
+            with open(self.password_file(name), encoding="utf-8", errors="replace") as f:
+                return f.read(4096)
+        except OSError:
+            return None
+
+    def slow_login(self, name: str) -> bool:
+        """True if checking this login takes real time (modern hash, unknown user, upgrade)."""
+        name = canonical_name(name)
+        if self.home_of(name) is None:
+            return True
+        stored = self._stored(name)
+        if stored is None:
+            return False
+        return passwords.is_slow(stored) or self.upgrade_hashes
+
     def login(self, name: str, password: str) -> Login:
         name = canonical_name(name)
         home = self.home_of(name)
         path = self.password_file(name)
         if home is None:
-            passwords.verify("", password)  # the same work as a real check
+            passwords.waste_time(password)  # the same work as a real check
             return Login(False, reason="no such user")
         if not os.path.lexists(path):
             return Login(True, home)
@@ -91,5 +111,15 @@ class Accounts:
         if passwords.kind(stored) == "unknown":
             log.error("%s: unrecognised password format; login refused", path)
         if passwords.verify(stored, password):
+            if self.upgrade_hashes and passwords.kind(stored) == "md5":
+                self._upgrade(path, password)
             return Login(True, home)
         return Login(False, reason="wrong password")
+
+    def _upgrade(self, path: str, password: str) -> None:
+        try:
+            passwords.write(path, passwords.scrypt_hash(password))
+        except OSError as err:
+            log.warning("%s: cannot upgrade the password hash: %s", path, err.strerror)
+        else:
+            log.info("%s: password hash upgraded from MD5 to scrypt", path)

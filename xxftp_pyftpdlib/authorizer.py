@@ -24,8 +24,8 @@ class XxftpAuthorizer:
     read_perms = "elr"
     write_perms = "adfmwMT"
 
-    def __init__(self, root: str, perm: str = "elradfmwMT") -> None:
-        self.accounts = Accounts(root)
+    def __init__(self, root: str, perm: str = "elradfmwMT", upgrade_hashes: bool = False) -> None:
+        self.accounts = Accounts(root, upgrade_hashes)
         self.root = self.accounts.root
         self.perm = perm
 
@@ -34,6 +34,10 @@ class XxftpAuthorizer:
     def needs_password(self, username: str) -> bool:
         """False if USER alone logs ``username`` in (a home without password)."""
         return self.accounts.needs_password(username)
+
+    def slow_login(self, username: str) -> bool:
+        """True if validating ``username`` should run off the event loop."""
+        return self.accounts.slow_login(username)
 
     def validate_authentication(self, username: str, password: str, handler) -> None:
         result = self.accounts.login(username, password)

@@ -9,6 +9,10 @@ which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 
@@ -27,6 +31,19 @@ def _commands(cmds: dict) -> dict:
     cmds["SITE QUOTA"] = dict(perm=None, auth=True, arg=None,
                               help="Syntax: SITE QUOTA [<SP> path] (show the quota of a tree).")
     return cmds
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+
+
+def _login_pool() -> ThreadPoolExecutor:
+    """The process's pool for slow password checks (made anew after a fork)."""
+    global _pool, _pool_pid
+    if _pool is None or _pool_pid != os.getpid():
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="xxftpd-login")
+        _pool_pid = os.getpid()
+    return _pool
 
 
 class XxftpSession:
@@ -54,6 +71,38 @@ class XxftpSession:
             self.flush_account()
         self.username = name
         self.ftp_PASS("")
+
+    def ftp_PASS(self, line: str):
+        """Check slow password hashes in a worker thread.
+
+        The session stops reading commands until the verdict arrives, so
+        the event loop (and every transfer on it) never waits for a hash.
+        """
+        slow = getattr(self.authorizer, "slow_login", None)
+        if self.authenticated or not self.username or slow is None or not slow(self.username):
+            return super().ftp_PASS(line)
+        self.del_channel()
+        future = _login_pool().submit(self._check_login, self.username, line)
+        self.ioloop.call_later(0.002, self._login_verdict, future, line, _errback=self.handle_error)
+        return None
+
+    def _check_login(self, username: str, password: str) -> tuple[str, str]:
+        self.authorizer.validate_authentication(username, password, self)
+        return self.authorizer.get_home_dir(username), self.authorizer.get_msg_login(username)
+
+    def _login_verdict(self, future: Future, password: str) -> None:
+        if self._closed:
+            return
+        if not future.done():
+            self.ioloop.call_later(0.002, self._login_verdict, future, password, _errback=self.handle_error)
+            return
+        self.add_channel()
+        try:
+            home, msg_login = future.result()
+        except (AuthenticationFailed, AuthorizerError) as err:
+            self.handle_auth_failed(str(err), password)
+        else:
+            self.handle_auth_success(home, password, msg_login)
 
     def _refused(self, check: str, *args) -> bool:
         """Run the filesystem's pre-check ``check``; answer 550 if it refuses.

@@ -2,19 +2,30 @@
 
 Rules that live here:
 
-- The legacy xxftp format is the MD5 hex digest of the password. It is
-  matched ignoring surrounding whitespace and letter case.
+- Two formats are accepted. The legacy xxftp one is the MD5 hex digest of
+  the password, matched ignoring surrounding whitespace and letter case.
+  The modern one is self-describing and salted:
+  ``$scrypt$ln=14,r=8,p=1$<salt>$<hash>`` (base64, ``hashlib.scrypt``).
+- New hashes are written in the modern format; MD5 only on request, for
+  xxftp compatibility.
 - Every comparison of secrets is constant-time (``hmac.compare_digest``).
-- A file whose content is no known format matches no password.
+- Content in no known format matches no password; scrypt parameters
+  outside sane bounds are refused rather than computed.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import os
 import re
 
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
+_SCRYPT = re.compile(r"\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
+LN, R, P = 14, 8, 1  # 16 MiB and ~50 ms per hash on a 2-core machine
+_MAXMEM = 256 * 1024 * 1024
 
 
 def _encode(password: str) -> bytes:
@@ -23,21 +34,71 @@ def _encode(password: str) -> bytes:
 
 
 def kind(stored: str) -> str:
-    """The format of a stored hash: ``md5`` or ``unknown``."""
-    return "md5" if _MD5_HEX.fullmatch(stored.strip().lower()) else "unknown"
+    """The format of a stored hash: ``md5``, ``scrypt`` or ``unknown``."""
+    text = stored.strip()
+    if _MD5_HEX.fullmatch(text.lower()):
+        return "md5"
+    match = _SCRYPT.fullmatch(text)
+    if match and 1 <= int(match.group(1)) <= 20 and 1 <= int(match.group(2)) <= 32 and 1 <= int(match.group(3)) <= 16:
+        return "scrypt"
+    return "unknown"
+
+
+def is_slow(stored: str) -> bool:
+    """True if checking this hash takes real time (run it off the event loop)."""
+    return kind(stored) != "md5"
+
+
+def _scrypt(password: str, salt: bytes, ln: int, r: int, p: int, size: int) -> bytes:
+    return hashlib.scrypt(_encode(password), salt=salt, n=1 << ln, r=r, p=p, maxmem=_MAXMEM, dklen=size)
 
 
 def verify(stored: str, password: str) -> bool:
     """True if ``password`` matches the stored hash."""
-    expected = stored.strip().lower()
-    actual = hashlib.md5(_encode(password)).hexdigest()
-    if kind(expected) != "md5":
-        # Same work as a real check, then no match.
-        hmac.compare_digest(actual.encode(), actual.encode())
-        return False
-    return hmac.compare_digest(expected.encode(), actual.encode())
+    text = stored.strip()
+    found = kind(text)
+    if found == "md5":
+        actual = hashlib.md5(_encode(password)).hexdigest().encode()
+        return hmac.compare_digest(text.lower().encode(), actual)
+    if found == "scrypt":
+        ln, r, p, salt64, hash64 = _SCRYPT.fullmatch(text).groups()
+        try:
+            salt, expected = base64.b64decode(salt64), base64.b64decode(hash64)
+        except (binascii.Error, ValueError):
+            return False
+        actual = _scrypt(password, salt, int(ln), int(r), int(p), len(expected) or 32)
+        return hmac.compare_digest(expected, actual)
+    return False
+
+
+def waste_time(password: str) -> None:
+    """The work of one modern check, for answers that must not be faster."""
+    _scrypt(password, b"\0" * 16, LN, R, P, 32)
+
+
+def scrypt_hash(password: str) -> str:
+    """The modern format of ``password``, with a fresh salt."""
+    salt = os.urandom(16)
+    digest = _scrypt(password, salt, LN, R, P, 32)
+    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return f"$scrypt$ln={LN},r={R},p={P}${b64(salt)}${b64(digest)}"
 
 
 def md5_hex(password: str) -> str:
     """The legacy xxftp format of ``password``."""
     return hashlib.md5(_encode(password)).hexdigest()
+
+
+def write(path: str, stored: str) -> None:
+    """Write a password file atomically, mode 0600."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    tmp = os.path.join(folder, f".password.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (stored + "\n").encode())
+        os.fchmod(fd, 0o600)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
