@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import getpass
+import os
+import shutil
 import sys
+import tempfile
 from typing import TextIO
 
-from .config import shared_store
-from .quota import human, shared_quotas
+from . import passwords
+from .accounts import USER_NAME, Accounts, canonical_name
+from .config import CONFIG_DIR, ConfigStore, parse_size, parse_virtual, shared_store
+from .permissions import Permission
+from .quota import Quotas, human, shared_quotas
 from .survey import limited_ledgers, trees, users
 
 
@@ -67,3 +74,179 @@ def reconcile(root: str) -> int:
             ledger.usage()
             count += 1
     return count
+
+
+def _relative(root: str, path: str) -> str:
+    return path[len(root) + 1:] if path.startswith(root + "/") else path
+
+
+def check(root: str, out: TextIO = sys.stdout) -> int:
+    """``check``: every problem as ``path:line: message``; exit 1 on errors."""
+    from .checks import check_tree
+
+    findings = check_tree(root)
+    real = os.path.realpath(root)
+    for finding in findings:
+        p = finding.problem
+        suffix = "" if finding.error else " (warning)"
+        print(f"{_relative(real, p.path)}:{p.line}: {p.message}{suffix}", file=out)
+    errors = sum(f.error for f in findings)
+    warnings = len(findings) - errors
+    print(f"{errors} error(s), {warnings} warning(s)", file=out)
+    return 1 if errors else 0
+
+
+def read_new_password(use_stdin: bool, err: TextIO = sys.stderr) -> str | None:
+    """A new password: one line from stdin, or asked twice on a terminal."""
+    if use_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+    elif sys.stdin.isatty():
+        first = getpass.getpass("New password: ")
+        if first != getpass.getpass("Repeat it: "):
+            print("xxftpd: error: the passwords differ; nothing changed", file=err)
+            return None
+        password = first
+    else:
+        print("xxftpd: error: no terminal to ask for the password; use --stdin", file=err)
+        return None
+    if not password:
+        print("xxftpd: error: empty password refused; nothing changed", file=err)
+        return None
+    return password
+
+
+def passwd(root: str, user: str, use_stdin: bool, md5: bool, out: TextIO = sys.stdout,
+           err: TextIO = sys.stderr) -> int:
+    """``passwd USER``: set a password (modern hash, or legacy MD5 with --md5)."""
+    accounts = Accounts(root)
+    if canonical_name(user) != user or accounts.home_of(user) is None:
+        print(f"xxftpd: error: no such user {user!r}", file=err)
+        return 2
+    password = read_new_password(use_stdin, err)
+    if password is None:
+        return 1
+    stored = passwords.md5_hex(password) if md5 else passwords.scrypt_hash(password)
+    passwords.write(accounts.password_file(user), stored)
+    print(f"password of {user} set ({'md5' if md5 else 'scrypt'})", file=out)
+    return 0
+
+
+def adduser(root: str, name: str, quota: str | None, permission: str | None, no_password: bool,
+            use_stdin: bool, md5: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``adduser NAME``: create a home with its .xxftp files, all or nothing."""
+    real = os.path.realpath(root)
+    if not USER_NAME.fullmatch(name):
+        print(f"xxftpd: error: invalid user name {name!r} (use letters, digits and _)", file=err)
+        return 2
+    home = os.path.join(real, name)
+    if os.path.lexists(home):
+        print(f"xxftpd: error: {home} already exists", file=err)
+        return 2
+    files: dict[str, str] = {}
+    if quota is not None:
+        parsed = parse_size(quota, "--quota")
+        if parsed.value is None:
+            print(f"xxftpd: error: invalid --quota {quota!r} (bytes, or a number with K, M or G)", file=err)
+            return 2
+        files["size"] = quota.strip() + "\n"
+    if permission is not None:
+        perm, unknown = Permission.parse(permission)
+        if unknown:
+            print(f"xxftpd: error: unknown permission word(s) {', '.join(unknown)} (read, write, modify)", file=err)
+            return 2
+        files["permission"] = str(perm) + "\n"
+    if not no_password:
+        password = read_new_password(use_stdin, err)
+        if password is None:
+            return 1
+        files["password"] = (passwords.md5_hex(password) if md5 else passwords.scrypt_hash(password)) + "\n"
+    staging = tempfile.mkdtemp(prefix=f".adduser-{name}-", dir=real)
+    try:
+        os.mkdir(os.path.join(staging, CONFIG_DIR), 0o700)
+        for file, text in files.items():
+            path = os.path.join(staging, CONFIG_DIR, file)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if file == "password" else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+        os.chmod(staging, 0o755)
+        os.rename(staging, home)  # all at once: no half-made user
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"xxftpd: error: cannot create {home}: {error.strerror}", file=err)
+        return 1
+    print(f"user {name} created in {home}", file=out)
+    return 0
+
+
+def mount(root: str, folder: str, name: str, target: str, permission: str,
+          out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``mount FOLDER NAME TARGET PERMISSION``: add a validated mount line."""
+    real = os.path.realpath(root)
+    where = os.path.realpath(os.path.join(real, folder))
+    if not (where + "/").startswith(real + "/") or where == real:
+        print(f"xxftpd: error: {folder!r} is not a folder inside the root", file=err)
+        return 2
+    if not os.path.isdir(where):
+        print(f"xxftpd: error: {folder!r} is not a folder", file=err)
+        return 2
+    path = os.path.join(where, CONFIG_DIR, "virtual")
+    line = f"{name} {target} {permission}"
+    existing = ""
+    if os.path.lexists(path):
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                existing = f.read()
+        except OSError as error:
+            print(f"xxftpd: error: cannot read {path}: {error.strerror}", file=err)
+            return 1
+    before = parse_virtual(existing, path, where, real)
+    after = parse_virtual(existing + ("" if existing.endswith("\n") or not existing else "\n") + line + "\n",
+                          path, where, real)
+    new_problems = [p for p in after.problems if p not in before.problems]
+    if new_problems or name not in after.value or name in before.value:
+        why = new_problems[0].message if new_problems else f"mount {name!r} already exists"
+        print(f"xxftpd: error: {why}; nothing changed", file=err)
+        return 2
+    mount_ = after.value[name]
+    resolved = os.path.realpath(mount_.target)
+    if not os.path.isdir(resolved):
+        print(f"xxftpd: error: target {mount_.target!r} is missing or not a folder; nothing changed", file=err)
+        return 2
+    if where == resolved or where.startswith(resolved.rstrip("/") + "/"):
+        print(f"xxftpd: error: target {mount_.target!r} contains {folder!r} (a loop); nothing changed", file=err)
+        return 2
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(existing + ("" if existing.endswith("\n") or not existing else "\n") + line + "\n")
+    os.replace(tmp, path)
+    print(f"mounted {mount_.target} as {name} in {where} ({permission})", file=out)
+    return 0
+
+
+def users_table(root: str, out: TextIO = sys.stdout) -> int:
+    """``users``: user, password kind, permission, quota, used, mounts."""
+    store = ConfigStore(root)
+    quotas = Quotas(store)
+    accounts = Accounts(root)
+    rows = [["USER", "PASSWORD", "PERMISSION", "QUOTA", "USED", "MOUNTS"]]
+    for user in users(store.server_root):
+        home = os.path.join(store.server_root, user)
+        path = accounts.password_file(user)
+        if not os.path.lexists(path):
+            kind = "none (user only)" if user == "anonymous" else "none"
+        else:
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    kind = passwords.kind(f.read(4096))
+            except OSError:
+                kind = "unreadable"
+        limit = store.size_limit(home)
+        ledger = quotas.limited(home)
+        used = human(ledger.usage().used) if ledger is not None and limit else "-"
+        quota_text = "unlimited" if limit == 0 else ("INVALID" if limit is None else human(limit))
+        mounts = ", ".join(sorted(store.mounts(home))) or "-"
+        rows.append([user, kind, str(store.permission(home)), quota_text, used, mounts])
+    print(_table(rows), file=out)
+    return 0

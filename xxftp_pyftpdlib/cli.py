@@ -85,11 +85,31 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--keyfile", metavar="PATH", help="PEM private key, if not in --certfile")
     tls.add_argument("--tls-control-required", action="store_true", help="refuse USER/PASS before AUTH TLS")
     tls.add_argument("--tls-data-required", action="store_true", help="refuse data transfers without PROT P")
+    p.add_argument("--upgrade-hashes", action="store_true",
+                   help="rewrite a legacy MD5 password file as scrypt after a successful login")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
     q.add_argument("--rescan", nargs="?", const="*", metavar="USER",
                    help="rebuild the ledgers of USER's trees (all users without USER)")
+    pw = commands.add_parser("passwd", help="set a user's password (scrypt; --md5 for xxftp's format)")
+    pw.add_argument("user")
+    pw.add_argument("--stdin", action="store_true", help="read the password as one line from standard input")
+    pw.add_argument("--md5", action="store_true", help="write the legacy MD5 format (xxftp compatible)")
+    au = commands.add_parser("adduser", help="create a user's home and .xxftp files")
+    au.add_argument("name")
+    au.add_argument("--quota", metavar="SIZE", help="byte limit: bytes or a number with K, M or G")
+    au.add_argument("--permission", metavar="WORDS", help="e.g. read,write (default: read,write,modify)")
+    au.add_argument("--no-password", action="store_true", help="no password file: USER alone logs in")
+    au.add_argument("--stdin", action="store_true", help="read the password as one line from standard input")
+    au.add_argument("--md5", action="store_true", help="write the legacy MD5 format")
+    mo = commands.add_parser("mount", help="add a virtual directory: FOLDER NAME TARGET PERMISSION")
+    mo.add_argument("folder", help="folder relative to the root that shows the mount, e.g. alice or alice/docs")
+    mo.add_argument("name")
+    mo.add_argument("target", help="folder to show; $root means the server root")
+    mo.add_argument("permission", help="e.g. read or read,write,modify")
+    commands.add_parser("check", help="validate the whole tree; exit 1 on errors")
+    commands.add_parser("users", help="a table of the users")
     c = commands.add_parser("cert", help="write a self-signed certificate and key for testing")
     c.add_argument("--self-signed", action="store_true", required=True, help="make a self-signed certificate")
     c.add_argument("--out", required=True, metavar="DIR", help="folder for cert.pem and key.pem")
@@ -118,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
+        upgrade_hashes=args.upgrade_hashes,
     )
     try:
         _setup_logging(args.log_level, args.log_file)
@@ -149,6 +170,16 @@ def _admin(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="xxftpd: %(levelname)s: %(message)s")
     if args.command == "quota":
         return admin.quota(root, args.rescan)
+    if args.command == "passwd":
+        return admin.passwd(root, args.user, args.stdin, args.md5)
+    if args.command == "adduser":
+        return admin.adduser(root, args.name, args.quota, args.permission, args.no_password, args.stdin, args.md5)
+    if args.command == "mount":
+        return admin.mount(root, args.folder, args.name, args.target, args.permission)
+    if args.command == "check":
+        return admin.check(root)
+    if args.command == "users":
+        return admin.users_table(root)
     return 2  # pragma: no cover - argparse only accepts known commands
 
 

@@ -56,6 +56,7 @@ class Options:
     keyfile: str | None = None
     tls_control_required: bool = False
     tls_data_required: bool = False
+    upgrade_hashes: bool = False
 
 
 def check_root(root: str) -> str:
@@ -72,7 +73,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
     """A handler class carrying this server's settings (not a global patch)."""
     base = base or (XxftpTLSHandler if options.tls else XxftpHandler)
     attrs = {
-        "authorizer": XxftpAuthorizer(check_root(options.root)),
+        "authorizer": XxftpAuthorizer(check_root(options.root), upgrade_hashes=options.upgrade_hashes),
         "timeout": options.timeout,
         "upload_mode": options.upload_mode,
         "masquerade_address": options.masquerade_address,

@@ -1,0 +1,139 @@
+"""``xxftpd check``: every problem of a server tree, as ``path:line: message``.
+
+Rules that live here (on top of the parsers' own problems):
+
+- A folder directly under the root whose name is not a valid user name is
+  not a user; that is only reported when it looks like an attempt at one
+  (it holds a ``.xxftp/`` folder).
+- A password file must be in a known format and not readable by group or
+  others; a password file that is not a regular file is an error.
+- Mount targets must exist and be folders, and must not contain the folder
+  that declares them (a loop).
+- Every ``.xxftp/`` folder of a home or of a reachable mount target is
+  checked, at any depth.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from . import passwords
+from .accounts import USER_NAME
+from .config import CONFIG_DIR, ConfigStore, Problem, parse_permission, parse_size, parse_virtual
+
+
+@dataclass(frozen=True)
+class Finding:
+    problem: Problem
+    error: bool  # False: a warning
+
+    def __str__(self) -> str:
+        return f"{self.problem}{'' if self.error else ' (warning)'}"
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return f.read(65536)
+    except OSError:
+        return None
+
+
+def check_tree(root: str) -> list[Finding]:
+    root = os.path.realpath(root)
+    store = ConfigStore(root)
+    findings: list[Finding] = []
+
+    def error(path: str, line: int, message: str, is_error: bool = True) -> None:
+        findings.append(Finding(Problem(path, line, message), is_error))
+
+    try:
+        names = sorted(os.listdir(root))
+    except OSError as err:
+        error(root, 0, f"cannot list the root: {err.strerror}")
+        return findings
+    pending: list[str] = []
+    configured_non_users: list[str] = []
+    for name in names:
+        home = os.path.join(root, name)
+        if not os.path.isdir(home) or name.startswith("."):
+            continue
+        if not USER_NAME.fullmatch(name):
+            if os.path.isdir(os.path.join(home, CONFIG_DIR)):
+                configured_non_users.append(home)
+            continue
+        _check_password(os.path.join(home, CONFIG_DIR, "password"), error)
+        pending.append(home)
+    seen: set[str] = set()
+    while pending:
+        tree = os.path.realpath(pending.pop(0))
+        if tree in seen:
+            continue
+        seen.add(tree)
+        for folder, dirs, _files in os.walk(tree):
+            if CONFIG_DIR in dirs:
+                pending.extend(_check_folder(folder, root, store, error))
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for folder in configured_non_users:
+        if os.path.realpath(folder) not in seen:
+            error(folder, 0, f"{os.path.basename(folder)!r} has a .xxftp folder but is neither a user "
+                             "(names are [A-Za-z0-9_]+) nor a mount target", False)
+    return findings
+
+
+def _check_password(path: str, error) -> None:
+    if not os.path.lexists(path):
+        return
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        error(path, 0, f"cannot stat password file: {err.strerror}")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        error(path, 0, "password file is not a regular file: every login is refused")
+        return
+    text = _read(path)
+    if text is None:
+        error(path, 0, "password file is unreadable: every login is refused")
+    elif passwords.kind(text) == "unknown":
+        error(path, 1, "password file is in no known format (MD5 hex or $scrypt$): every login is refused")
+    if st.st_mode & 0o077:
+        error(path, 0, f"password file mode {stat.S_IMODE(st.st_mode):04o} lets others read it (use 0600)", False)
+
+
+def _check_folder(folder: str, root: str, store: ConfigStore, error) -> list[str]:
+    """Check one folder's .xxftp files; returns the mount targets to visit."""
+    config = os.path.join(folder, CONFIG_DIR)
+    for name, parse in (("permission", parse_permission), ("size", parse_size)):
+        path = os.path.join(config, name)
+        text = _read(path) if os.path.lexists(path) else None
+        if os.path.lexists(path) and text is None:
+            error(path, 0, f"unreadable {name} file")
+        elif text is not None:
+            for problem in parse(text, path).problems:
+                error(problem.path, problem.line, problem.message)
+    path = os.path.join(config, "virtual")
+    if not os.path.lexists(path):
+        return []
+    text = _read(path)
+    if text is None:
+        error(path, 0, "unreadable virtual file")
+        return []
+    parsed = parse_virtual(text, path, folder, root)
+    for problem in parsed.problems:
+        error(problem.path, problem.line, problem.message)
+    targets = []
+    real_folder = os.path.realpath(folder)
+    for mount in parsed.value.values():
+        line = int(mount.source.rsplit(":", 1)[1])
+        target = os.path.realpath(mount.target)
+        if not os.path.isdir(target):
+            error(path, line, f"mount {mount.name!r}: target {mount.target!r} is missing or not a folder")
+        elif real_folder == target or real_folder.startswith(target.rstrip("/") + "/"):
+            error(path, line, f"mount {mount.name!r}: target {mount.target!r} contains the folder "
+                              "that declares it (a loop): refused")
+        else:
+            targets.append(target)
+    return targets
