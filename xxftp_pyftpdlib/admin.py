@@ -11,7 +11,7 @@ from typing import TextIO
 
 from . import passwords
 from .accounts import USER_NAME, Accounts, canonical_name
-from .config import CONFIG_DIR, ConfigStore, parse_size, parse_virtual, shared_store
+from .config import CONFIG_DIR, ConfigStore, Problem, parse_size, parse_virtual, shared_store
 from .permissions import Permission
 from .quota import Quotas, human, shared_quotas
 from .survey import limited_ledgers, trees, users
@@ -204,8 +204,10 @@ def mount(root: str, folder: str, name: str, target: str, permission: str,
     after = parse_virtual(existing + ("" if existing.endswith("\n") or not existing else "\n") + line + "\n",
                           path, where, real)
     new_problems = [p for p in after.problems if p not in before.problems]
-    if new_problems or name not in after.value or name in before.value:
-        why = new_problems[0].message if new_problems else f"mount {name!r} already exists"
+    if name in before.value:
+        new_problems = [Problem(path, 0, f"mount {name!r} already exists in {folder}")]
+    if new_problems or name not in after.value:
+        why = new_problems[0].message if new_problems else f"cannot add mount {name!r}"
         print(f"xxftpd: error: {why}; nothing changed", file=err)
         return 2
     mount_ = after.value[name]
