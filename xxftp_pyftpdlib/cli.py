@@ -12,6 +12,11 @@ import ipaddress
 import logging
 import sys
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 from . import __version__, admin, certs
 from .server import ConfigError, Options, check_root, make_server, serve
 from .uploads import MODES
@@ -64,6 +69,7 @@ def _address(text: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xxftpd", description="Serve an xxftp folder tree over FTP.")
+    p.add_argument("--config", metavar="PATH", help="TOML file setting any of these flags (flags win)")
     p.add_argument("--root", default="./home", help="server root: one folder per user (default ./home)")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=2121, help="port to listen on (default 2121; 0 picks one)")
@@ -127,9 +133,60 @@ def _setup_logging(level: str, path: str | None) -> None:
     root.setLevel(LOG_LEVELS[level])
 
 
+_NOT_IN_CONFIG = {"help", "version", "config", "command"}
+
+
+def load_config(parser: argparse.ArgumentParser, path: str) -> dict:
+    """Serving settings from a TOML file, checked like the flags they stand for."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path!r}: {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config {path!r}: {err}") from None
+    actions = {a.dest: a for a in parser._actions if a.dest not in _NOT_IN_CONFIG and a.option_strings}
+    values = {}
+    for key, value in data.items():
+        dest = key.replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            raise ConfigError(f"config {path!r}: unknown key {key!r}")
+        values[dest] = _config_value(action, key, value, path)
+    return values
+
+
+def _config_value(action: argparse.Action, key: str, value, path: str):
+    where = f"config {path!r}: key {key!r}"
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if action.type is _port_range and isinstance(value, list):
+        value = "-".join(str(v) for v in value)
+    expected = int if action.type in (_port, _positive) else str
+    if isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{where} must be {'an integer' if expected is int else 'a string'}")
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"{where} must be one of {', '.join(action.choices)}")
+    if action.type is not None:
+        try:
+            return action.type(str(value))
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.config:
+        try:
+            parser.set_defaults(**load_config(parser, args.config))
+        except ConfigError as err:
+            print(f"xxftpd: error: {err}", file=sys.stderr)
+            return 2
+        args = parser.parse_args(argv)  # flags given on the command line win
     if args.command is not None:
         return _admin(args)
     options = Options(
