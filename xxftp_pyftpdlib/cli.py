@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
     p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info", help="log verbosity (default info)")
+    p.add_argument("--xferlog", metavar="PATH", help="also write transfers in the classic xferlog format")
     p.add_argument("--upload-mode", choices=MODES, default="atomic",
                    help="atomic (default): an upload replaces a file only when complete; "
                         "atomic-resume: also keep broken new uploads for resuming; "
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
-        upgrade_hashes=args.upgrade_hashes,
+        upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog,
     )
     try:
         _setup_logging(args.log_level, args.log_file)

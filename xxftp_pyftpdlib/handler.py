@@ -16,8 +16,11 @@ from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 
-from . import banners
-from .accounts import canonical_name
+import logging
+import time
+
+from . import banners, xferlog
+from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler, XxftpDTPMixin
 from .filesystem import XxftpFS
 from .quota import human
@@ -51,6 +54,25 @@ class XxftpSession:
 
     abstracted_fs = XxftpFS
     upload_mode = "atomic"
+    xferlog_path: str | None = None
+    _retr_ftp_path = ""
+
+    def ftp_RETR(self, file: str):
+        self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path
+        return super().ftp_RETR(file)
+
+    def log_transfer(self, cmd, filename, receive, completed, elapsed, bytes) -> None:
+        """One info line per transfer with the FTP path, and the xferlog line."""
+        path = self.fs.fs2ftp(filename) if receive else self._retr_ftp_path
+        result = "ok" if completed else "incomplete"
+        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
+        if self.xferlog_path:
+            try:
+                xferlog.append(self.xferlog_path, xferlog.line(
+                    time.time(), elapsed, self.remote_ip, bytes, path, self._current_type == "i", receive,
+                    self.username, self.username == ANONYMOUS, self.password, completed))
+            except OSError as err:
+                logging.getLogger("xxftpd").error("cannot write xferlog %s: %s", self.xferlog_path, err.strerror)
 
     def _text(self, method: str, default: str) -> str:
         read = getattr(self.authorizer, method, None)

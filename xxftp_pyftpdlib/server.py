@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
+from . import xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -57,6 +58,7 @@ class Options:
     tls_control_required: bool = False
     tls_data_required: bool = False
     upgrade_hashes: bool = False
+    xferlog: str | None = None
 
 
 def check_root(root: str) -> str:
@@ -76,10 +78,16 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "authorizer": XxftpAuthorizer(check_root(options.root), upgrade_hashes=options.upgrade_hashes),
         "timeout": options.timeout,
         "upload_mode": options.upload_mode,
+        "xferlog_path": options.xferlog,
         "masquerade_address": options.masquerade_address,
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,
     }
+    if options.xferlog:
+        try:
+            xferlog.append(options.xferlog, "")
+        except OSError as err:
+            raise ConfigError(f"cannot write xferlog {options.xferlog!r}: {err.strerror}") from None
     if options.tls:
         if XxftpTLSHandler is None:
             raise ConfigError("FTPS needs pyOpenSSL, which is not installed")
