@@ -12,8 +12,9 @@ import logging
 
 from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 
-from . import banners
+from . import access, banners
 from .accounts import Accounts
+from .config import shared_store
 
 log = logging.getLogger("xxftpd.auth")
 
@@ -43,6 +44,11 @@ class XxftpAuthorizer:
         result = self.accounts.login(username, password)
         if not result.ok:
             log.info("login refused for %r: %s", username, result.reason)
+            raise AuthenticationFailed("Authentication failed.")
+        nets = shared_store(self.root).hosts(result.home)
+        ip = getattr(handler, "remote_ip", "")
+        if nets is not None and not access.matches(ip, list(nets)):
+            log.info("login refused for %r: %s is not in its .xxftp/hosts", username, ip)
             raise AuthenticationFailed("Authentication failed.")
 
     def get_home_dir(self, username: str) -> str:

@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--keyfile", metavar="PATH", help="PEM private key, if not in --certfile")
     tls.add_argument("--tls-control-required", action="store_true", help="refuse USER/PASS before AUTH TLS")
     tls.add_argument("--tls-data-required", action="store_true", help="refuse data transfers without PROT P")
+    acl = p.add_argument_group("access control")
+    acl.add_argument("--allow-from", action="append", metavar="CIDR[,CIDR]",
+                     help="accept connections only from these networks (repeatable)")
+    acl.add_argument("--deny-from", action="append", metavar="CIDR[,CIDR]",
+                     help="refuse connections from these networks (repeatable; wins over --allow-from)")
+    acl.add_argument("--ban-after", type=_positive, default=0, metavar="N",
+                     help="ban an address after N failed logins (default: never)")
+    acl.add_argument("--ban-time", type=_positive, default=600, metavar="SECONDS",
+                     help="how long a ban lasts (default 600)")
     p.add_argument("--upgrade-hashes", action="store_true",
                    help="rewrite a legacy MD5 password file as scrypt after a successful login")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
@@ -165,6 +174,11 @@ def _config_value(action: argparse.Action, key: str, value, path: str):
         return value
     if action.type is _port_range and isinstance(value, list):
         value = "-".join(str(v) for v in value)
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(item, str) for item in items):
+            raise ConfigError(f"{where} must be a string or a list of strings")
+        return items
     expected = int if action.type in (_port, _positive) else str
     if isinstance(value, bool) or not isinstance(value, expected):
         raise ConfigError(f"{where} must be {'an integer' if expected is int else 'a string'}")
@@ -196,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
-        upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog,
+        upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
+        deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time,
     )
     try:
         _setup_logging(args.log_level, args.log_file)

@@ -210,6 +210,13 @@ class ConfigStore:
             path, lambda text: parse_virtual(text, path, folder, self.server_root), {}, {}
         )
 
+    def hosts(self, home: str) -> tuple | None:
+        """Networks a user may log in from; None without a hosts file."""
+        from .access import parse_hosts
+
+        path = os.path.join(home, CONFIG_DIR, "hosts")
+        return self._load(path, lambda text: parse_hosts(text, path), None, ())
+
     def size_limit(self, folder: str) -> int | None:
         """A tree's byte limit: 0 unlimited, None invalid (refuse uploads)."""
         path = os.path.join(folder, CONFIG_DIR, "size")

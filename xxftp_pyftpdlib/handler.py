@@ -19,7 +19,9 @@ from pyftpdlib.handlers import FTPHandler
 import logging
 import time
 
-from . import banners, xferlog
+import math
+
+from . import access, banners, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler, XxftpDTPMixin
 from .filesystem import XxftpFS
@@ -55,7 +57,31 @@ class XxftpSession:
     abstracted_fs = XxftpFS
     upload_mode = "atomic"
     xferlog_path: str | None = None
+    allow_from: list = []
+    deny_from: list = []
+    bans: access.BanList | None = None
     _retr_ftp_path = ""
+
+    def _refusal(self) -> str | None:
+        """Why this client may not even be greeted, if it may not."""
+        if not access.permitted(self.remote_ip, self.allow_from, self.deny_from):
+            return "Connections from your address are not allowed."
+        if self.bans is not None:
+            left = self.bans.banned_for(self.remote_ip)
+            if left:
+                return f"Too many failed logins; try again in {math.ceil(left)} seconds."
+        return None
+
+    def on_login_failed(self, username: str, password: str) -> None:
+        if self.bans is not None and self.bans.failed(self.remote_ip):
+            self.log(f"address {self.remote_ip} banned for {self.bans.ban_time:g} seconds after failed logins")
+            self.close_when_done()
+        super().on_login_failed(username, password)
+
+    def on_login(self, username: str) -> None:
+        if self.bans is not None:
+            self.bans.succeeded(self.remote_ip)
+        super().on_login(username)
 
     def ftp_RETR(self, file: str):
         self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path
@@ -79,6 +105,12 @@ class XxftpSession:
         return read() if read is not None else default
 
     def handle(self) -> None:
+        refusal = self._refusal()
+        if refusal is not None:
+            self.respond(f"421 {refusal}")
+            self.log(f"connection refused: {refusal}")
+            self.close_when_done()
+            return
         self.on_connect()
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))

@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 from dataclasses import dataclass
 
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import xferlog
+from . import access, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -59,6 +60,10 @@ class Options:
     tls_data_required: bool = False
     upgrade_hashes: bool = False
     xferlog: str | None = None
+    allow_from: list[str] | None = None
+    deny_from: list[str] | None = None
+    ban_after: int = 0
+    ban_time: int = 600
 
 
 def check_root(root: str) -> str:
@@ -83,6 +88,14 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,
     }
+    try:
+        attrs["allow_from"] = access.networks(options.allow_from)
+        attrs["deny_from"] = access.networks(options.deny_from)
+    except ValueError as err:
+        raise ConfigError(f"invalid network: {err}") from None
+    if options.ban_after:
+        shared = options.concurrency == "multi-proc"
+        attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
     if options.xferlog:
         try:
             xferlog.append(options.xferlog, "")
@@ -126,13 +139,28 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _thread_failed(args) -> None:
+    """A worker thread died (pyftpdlib's thread model can race its own
+    shutdown): one clear log line; the traceback only at debug level."""
+    if args.exc_type is SystemExit:
+        return
+    log.error("worker thread %s stopped: %s: %s", getattr(args.thread, "name", "?"),
+              args.exc_type.__name__, args.exc_value)
+    log.debug("worker thread failure", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+
 def serve(server) -> None:
     """Serve until SIGINT or SIGTERM, then close every connection."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    threading.excepthook = _thread_failed
     host, port = server.address[:2]
     settled = reconcile(server.handler.authorizer.root)
     log.debug("%d quota ledger(s) checked", settled)
     log.info("xxftpd listening on %s:%s, serving %s", host, port, server.handler.authorizer.root)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    finally:
+        if server.handler.bans is not None:
+            server.handler.bans.close()
     log.info("xxftpd stopped")

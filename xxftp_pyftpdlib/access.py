@@ -1,0 +1,125 @@
+"""Who may connect and log in: address lists, per-user hosts, bans.
+
+Rules that live here:
+
+- ``--deny-from`` wins over ``--allow-from``; with an allow list, only the
+  addresses in it may connect. Refused connections get ``421`` at once.
+- A home's ``.xxftp/hosts`` lists the networks (one CIDR or address a
+  line, ``#`` comments) a user may log in from. A malformed line is
+  reported and skipped; a file with no valid line lets nobody in (fail
+  closed). An IPv4 address seen as ``::ffff:a.b.c.d`` is matched as IPv4.
+- After ``ban_after`` failed logins an address is banned for ``ban_time``
+  seconds: new connections get ``421`` until then. A successful login
+  clears its count. The table lives in memory; with worker processes it
+  lives in one shared manager process, so every worker sees every failure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from typing import MutableMapping
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    found = ipaddress.ip_address(ip.split("%", 1)[0])
+    if isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None:
+        return found.ipv4_mapped
+    return found
+
+
+def network(text: str) -> Network:
+    """``10.0.0.0/8``, ``192.0.2.7`` or ``::1``; ValueError if malformed."""
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+def networks(items: list[str] | None) -> list[Network]:
+    """Parse flag values: each may hold several networks separated by commas."""
+    out: list[Network] = []
+    for item in items or ():
+        out.extend(network(part) for part in item.split(",") if part.strip())
+    return out
+
+
+def matches(ip: str, nets: list[Network]) -> bool:
+    try:
+        addr = address(ip)
+    except ValueError:
+        return False
+    return any(addr.version == net.version and addr in net for net in nets)
+
+
+def permitted(ip: str, allow: list[Network], deny: list[Network]) -> bool:
+    if matches(ip, deny):
+        return False
+    return not allow or matches(ip, allow)
+
+
+def parse_hosts(text: str, path: str):
+    """(networks, problems) of a ``.xxftp/hosts`` file."""
+    from .config import Parsed, Problem  # config imports nothing from here
+
+    nets: list[Network] = []
+    problems = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            nets.append(network(line))
+        except ValueError:
+            problems.append(Problem(path, number, f"invalid network {line!r} (CIDR or address)"))
+    return Parsed(tuple(nets), tuple(problems))
+
+
+class BanList:
+    """Failed-login counts and bans per address."""
+
+    def __init__(self, ban_after: int, ban_time: float, table: MutableMapping | None = None,
+                 lock=None) -> None:
+        self.ban_after = ban_after
+        self.ban_time = ban_time
+        self._table = table if table is not None else {}
+        self._lock = lock if lock is not None else threading.Lock()
+
+    @classmethod
+    def shared(cls, ban_after: int, ban_time: float) -> "BanList":
+        """A ban list visible to every process forked after this call."""
+        import multiprocessing
+
+        manager = multiprocessing.Manager()
+        ban_list = cls(ban_after, ban_time, manager.dict(), manager.Lock())
+        ban_list._manager = manager  # keep the manager process alive
+        return ban_list
+
+    def close(self) -> None:
+        manager = getattr(self, "_manager", None)
+        if manager is not None:
+            manager.shutdown()
+
+    def banned_for(self, ip: str) -> float:
+        """Seconds left of a ban on ``ip`` (0: not banned)."""
+        entry = self._table.get(ip)
+        if not entry:
+            return 0.0
+        left = entry[1] - time.time()
+        return left if left > 0 else 0.0
+
+    def failed(self, ip: str) -> bool:
+        """Count a failed login; True if the address is now banned."""
+        with self._lock:
+            count, until = self._table.get(ip, (0, 0.0))
+            if until and until <= time.time():
+                count, until = 0, 0.0
+            count += 1
+            if count >= self.ban_after:
+                until = time.time() + self.ban_time
+            self._table[ip] = (count, until)
+            return count >= self.ban_after
+
+    def succeeded(self, ip: str) -> None:
+        with self._lock:
+            self._table.pop(ip, None)
