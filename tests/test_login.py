@@ -13,14 +13,6 @@ import pytest
 from conftest import HOST, listing
 
 
-def reply_of(call, *args) -> str:
-    """The server's reply to a command, whether ftplib raises on it or not."""
-    try:
-        return call(*args)
-    except (ftplib.error_perm, ftplib.error_temp, ftplib.error_reply) as err:
-        return str(err)
-
-
 def names(ftp: ftplib.FTP, path: str = "") -> set[str]:
     return {line.rsplit("/", 1)[-1] for line in listing(ftp, "NLST", path)}
 
@@ -310,7 +302,7 @@ def test_default_max_login_attempts_is_three(users, start_server, connect):
     assert_closed(ftp)
 
 
-def test_second_user_flushes_session(users, start_server, connect):
+def test_second_user_flushes_previous_login(users, start_server, connect):
     srv = start_server(users.root)
     ftp = connect(srv.port, "alice", "secret")
     assert names(ftp) == {"alice_only.txt"}

@@ -18,7 +18,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from . import __version__, admin, certs
-from .server import ConfigError, Options, check_root, make_server, serve
+from .server import ConfigError, Options, check_root, make_server, serve, stop_on_signals
 from .uploads import MODES
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -213,16 +213,24 @@ def main(argv: list[str] | None = None) -> int:
         upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time,
     )
+    stop_on_signals()
+    server = None
     try:
-        _setup_logging(args.log_level, args.log_file)
-        server = make_server(options)
-    except ConfigError as err:
-        print(f"xxftpd: error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"xxftpd: error: cannot open log file {args.log_file!r}: {err.strerror}", file=sys.stderr)
-        return 1
-    serve(server)
+        try:
+            _setup_logging(args.log_level, args.log_file)
+        except OSError as err:
+            print(f"xxftpd: error: cannot open log file {args.log_file!r}: {err.strerror}", file=sys.stderr)
+            return 1
+        try:
+            server = make_server(options)
+        except ConfigError as err:
+            print(f"xxftpd: error: {err}", file=sys.stderr)
+            return 1
+        serve(server)
+    except KeyboardInterrupt:  # a signal during start-up
+        if server is not None:
+            server.close_all()
+        logging.getLogger("xxftpd").info("xxftpd stopped during start-up")
     return 0
 
 

@@ -18,7 +18,9 @@ import sys
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler
 
-from .quota import QuotaExceeded
+import time
+
+from .quota import QuotaExceeded, QuotaWait
 from .uploads import BROKEN, ERROR, QUOTA, Upload
 
 logger = logging.getLogger("pyftpdlib")
@@ -37,9 +39,14 @@ class XxftpDTPMixin:
     """Upload verdicts and replies for a pyftpdlib data channel."""
 
     _why = BROKEN
+    quota_wait = 5.0  # seconds the oldest upload may wait for room held by others
+    _wait_until = 0.0
 
     def handle_error(self) -> None:
         err = sys.exc_info()[1]
+        if isinstance(err, QuotaWait):
+            self._pause_for_room()
+            return
         if isinstance(err, _FileReadWriteError) and err.__cause__ is not None:
             err = err.__cause__
         if isinstance(err, QuotaExceeded) or (isinstance(err, OSError) and self._writing_failed(err)):
@@ -48,6 +55,37 @@ class XxftpDTPMixin:
             self.close()
             return
         super().handle_error()
+
+    def _pause_for_room(self) -> None:
+        """Stop reading and try the held chunk again shortly (never blocks the loop)."""
+        if not self._wait_until:
+            self._wait_until = time.monotonic() + self.quota_wait
+        self.del_channel()
+        self.ioloop.call_later(0.02, self._retry_held, _errback=self.handle_error)
+
+    def _retry_held(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.file_obj.resume()
+        except QuotaWait as err:
+            if time.monotonic() < self._wait_until:
+                self.ioloop.call_later(0.02, self._retry_held, _errback=self.handle_error)
+                return
+            self._fail(QUOTA, QuotaExceeded(str(err).replace("waiting for room held by other uploads",
+                                                               "room still held by other uploads")))
+            return
+        except (QuotaExceeded, OSError) as err:
+            self._fail(QUOTA if isinstance(err, QuotaExceeded) else ERROR, err)
+            return
+        self._wait_until = 0.0
+        self.add_channel(events=self.ioloop.READ)
+
+    def _fail(self, why: str, err: BaseException) -> None:
+        self._why = why
+        self._resp = (error_reply(err), logger.warning)
+        self.add_channel(events=self.ioloop.READ)  # close() expects a registered channel
+        self.close()
 
     def _writing_failed(self, err: OSError) -> bool:
         # A write error of the file, as opposed to a socket error.

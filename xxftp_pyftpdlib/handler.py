@@ -72,8 +72,17 @@ class XxftpSession:
                 return f"Too many failed logins; try again in {math.ceil(left)} seconds."
         return None
 
-    def on_login_failed(self, username: str, password: str) -> None:
+    _banned = False
+
+    def handle_auth_failed(self, msg: str, password: str) -> None:
+        # Count the failure now, before the delayed 530 lets the client try
+        # again (in another thread or process the count must be there first).
         if self.bans is not None and self.bans.failed(self.remote_ip):
+            self._banned = True
+        super().handle_auth_failed(msg, password)
+
+    def on_login_failed(self, username: str, password: str) -> None:
+        if self._banned:
             self.log(f"address {self.remote_ip} banned for {self.bans.ban_time:g} seconds after failed logins")
             self.close_when_done()
         super().on_login_failed(username, password)
@@ -104,21 +113,36 @@ class XxftpSession:
         read = getattr(self.authorizer, method, None)
         return read() if read is not None else default
 
-    def handle(self) -> None:
+    def __init__(self, conn, server, ioloop=None) -> None:
+        super().__init__(conn, server, ioloop)
+        if not self.connected:
+            return
         refusal = self._refusal()
         if refusal is not None:
-            self.respond(f"421 {refusal}")
+            # Refused before the server counts or hands the connection on
+            # (to a thread or a process): it sees an unconnected handler.
+            try:
+                conn.send(f"421 {refusal}\r\n".encode())
+            except OSError:
+                pass
             self.log(f"connection refused: {refusal}")
-            self.close_when_done()
-            return
+            self.close()
+
+    def handle(self) -> None:
         self.on_connect()
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))
 
     def ftp_USER(self, line: str) -> None:
-        name = canonical_name(line)
         needs_password = getattr(self.authorizer, "needs_password", None)
-        if needs_password is None or needs_password(name):
+        if needs_password is None:  # a foreign authorizer: pyftpdlib's rules
+            if not line:
+                self.respond("501 Syntax error: command needs an argument.")
+                return
+            super().ftp_USER(line)
+            return
+        name = canonical_name(line)  # an empty USER means anonymous
+        if needs_password(name):
             super().ftp_USER(name)
             return
         if self.authenticated:

@@ -18,6 +18,13 @@ Rules that live here:
   start time no longer running) is settled by the next process that opens
   the ledger: its temporaries are removed or kept as the upload mode said,
   and the usage matches what is on the disk.
+- When parallel uploads together need more room than is left, an upload
+  that can't get room waits (``QuotaWait``) while another upload holding
+  room can still move (its end frees room). When every upload holding
+  room is stuck, the youngest of them gives way: it is refused (552) and
+  releases what it held. So uploads fail only when they must, the oldest
+  last, in any thread or process. A lone upload past the limit fails at
+  once.
 - The ledger is built by one scan when a limited tree is first needed (or
   when the file is missing or unreadable); after that each upload costs a
   few ledger updates, whatever the number of files in the tree.
@@ -35,6 +42,7 @@ import logging
 import os
 import stat as stat_mod
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -50,6 +58,10 @@ GRANT = 8 * 1024 * 1024  # bytes reserved ahead, so the ledger is touched rarely
 
 class QuotaExceeded(Exception):
     """An upload or move would pass the tree's limit (FTP 552)."""
+
+
+class QuotaWait(QuotaExceeded):
+    """No room now, but younger uploads hold some: try again shortly."""
 
 
 class QuotaInvalid(QuotaExceeded):
@@ -266,7 +278,7 @@ class Ledger:
         """Register an upload; ``crash`` says what recovery does if we die."""
         with self._locked() as state:
             state["pending"][token] = dict(
-                _me(), bytes=0, crash=crash, target=target, old=old, temp=temp)
+                _me(), bytes=0, crash=crash, target=target, old=old, temp=temp, since=time.time())
 
     def reserve(self, token: str, needed: int) -> int:
         """Raise the upload's reservation to at least ``needed`` bytes.
@@ -282,7 +294,15 @@ class Ledger:
             others = sum(p["bytes"] for t, p in state["pending"].items() if t != token)
             free = limit - state["used"] - others
             if needed > free:
+                mine["waiting"] = True
+                holders = [(p.get("since", 0), t, p.get("waiting", False))
+                           for t, p in state["pending"].items() if t != token and p["bytes"]]
+                someone_moves = any(not waiting for _, _, waiting in holders)
+                youngest = max([(since, t) for since, t, _ in holders] + [(mine.get("since", 0), token)])
+                if holders and (someone_moves or youngest[1] != token):
+                    raise QuotaWait(f"quota: waiting for room held by other uploads (limit {limit} bytes)")
                 raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
+            mine.pop("waiting", None)
             grant = max(needed, min(mine["bytes"] + GRANT, needed + (free - needed) // 16))
             mine["bytes"] = grant
             return grant

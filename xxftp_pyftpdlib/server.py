@@ -12,6 +12,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
+from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
 from . import access, xferlog
@@ -26,6 +27,25 @@ try:
     from pyftpdlib.servers import MultiprocessFTPServer
 except ImportError:  # pragma: no cover - platforms without fork
     MultiprocessFTPServer = None
+else:
+
+    class MultiprocessServer(MultiprocessFTPServer):
+        """One process per connection, where a signal to one connection's
+        process ends that connection only.
+
+        pyftpdlib's children inherit the parent's handlers, and an
+        interrupt in any child sets the exit flag that all of them share,
+        so one SIGTERM ended every session. Here a child dies of SIGTERM
+        alone, and leaves SIGINT (a terminal's Ctrl-C) to the parent,
+        which then terminates every child as it shuts down.
+        """
+
+        def _loop(self, handler):
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            return super()._loop(handler)
+
+    MultiprocessFTPServer = MultiprocessServer
 
 try:  # TLS 1.0 and 1.1 are off by default: safe defaults
     from OpenSSL import SSL
@@ -126,8 +146,10 @@ def make_server(options: Options, handler: type | None = None):
     if cls is None:
         raise ConfigError(f"concurrency {options.concurrency!r} is not available here")
     handler = handler or make_handler(options)
-    try:
-        server = cls((options.host, options.port), handler)
+    settled = reconcile(handler.authorizer.root)  # before clients can connect
+    log.debug("%d quota ledger(s) checked", settled)
+    try:  # its own IO loop, not pyftpdlib's process-wide instance: servers stay independent
+        server = cls((options.host, options.port), handler, ioloop=IOLoop())
     except OSError as err:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
     server.max_cons = options.max_cons
@@ -149,14 +171,17 @@ def _thread_failed(args) -> None:
     log.debug("worker thread failure", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
-def serve(server) -> None:
-    """Serve until SIGINT or SIGTERM, then close every connection."""
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt: a clean stop, even at start-up."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+
+
+def serve(server) -> None:
+    """Serve until SIGINT or SIGTERM, then close every connection."""
+    stop_on_signals()
     threading.excepthook = _thread_failed
     host, port = server.address[:2]
-    settled = reconcile(server.handler.authorizer.root)
-    log.debug("%d quota ledger(s) checked", settled)
     log.info("xxftpd listening on %s:%s, serving %s", host, port, server.handler.authorizer.root)
     try:
         server.serve_forever()

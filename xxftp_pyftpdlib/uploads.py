@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from .quota import TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, human, new_token
+from .quota import TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, QuotaWait, human, new_token
 
 MODES = ("atomic", "atomic-resume", "standard")
 
@@ -54,6 +54,7 @@ class Upload:
         self._start = self.old if self._append and self._in_place else 0
         self._written = 0
         self._granted = 0
+        self._held = b""  # a chunk waiting for room (QuotaWait)
         self._limited = ledger is not None and ledger.limited
         if self._in_place:
             self.temp = None
@@ -78,12 +79,22 @@ class Upload:
         if self._limited:
             need = self._final_size(self._written + size) - self.old
             if need > self._granted:
-                self._granted = self.ledger.reserve(self.token, need)
+                try:
+                    self._granted = self.ledger.reserve(self.token, need)
+                except QuotaWait:
+                    self._held = bytes(data)
+                    raise
         view = memoryview(data)
         while view:  # unbuffered: a short write is possible
             view = view[self._file.write(view):]
         self._written += size
         return size
+
+    def resume(self) -> None:
+        """Write the chunk held back by QuotaWait (which may be raised again)."""
+        held, self._held = self._held, b""
+        if held:
+            self.write(held)
 
     def seek(self, offset: int, whence: int = 0) -> int:
         position = self._file.seek(offset, whence)

@@ -5,14 +5,17 @@ fetches the suite from the pyftpdlib sdist of the installed version.
 
 The suite builds every server from names it imports from pyftpdlib:
 ``tests/__init__.py`` has ``FtpdThreadWrapper.handler = FTPHandler`` and
-``reset_server_opts()`` resets options on ``pyftpdlib.handlers.FTPHandler``;
-``test_functional.py`` subclasses ``FTPHandler`` and ``AbstractedFS`` and
-puts ``FTPHandler``/``AbstractedFS`` back on the server handler after some
-tests. So the swap is done on those two module attributes, when this plugin
-is imported: ``-p`` plugins are imported before any conftest or test module
-of the suite, so every ``from pyftpdlib... import`` in the suite binds our
-classes, and nothing else of pyftpdlib is touched. The suite keeps its own
-``DummyAuthorizer`` and its home folder (the working directory).
+``reset_server_opts()`` resets options on ``pyftpdlib.handlers.FTPHandler``
+and ``DTPHandler``; ``test_functional.py`` subclasses ``FTPHandler`` and
+``AbstractedFS``, and after some tests puts ``FTPHandler``, ``DTPHandler``
+and ``AbstractedFS`` back on the server's handler class. So the swap is
+done on those module attributes (``SWAPS``), when this plugin is imported:
+``-p`` plugins are imported before any conftest or test module of the
+suite, so every ``from pyftpdlib... import`` of the suite binds our
+classes, and nothing else of pyftpdlib is touched (the throttling tests
+keep pyftpdlib's ThrottledDTPHandler: xxftpd has no throttled channel).
+The suite keeps its own ``DummyAuthorizer``; its users' home is its
+working directory, an empty folder given with ``--suite-home``.
 
 Tests that differ by design are deselected by exact node id from the file
 given with ``--expected-differences`` (one ``NODE_ID  reason`` per line);
@@ -22,6 +25,8 @@ stale silently.
 
 from __future__ import annotations
 
+import os
+
 import pyftpdlib.filesystems
 import pyftpdlib.handlers
 import pytest
@@ -29,19 +34,22 @@ import pytest
 from xxftp_pyftpdlib.filesystem import XxftpFS
 from xxftp_pyftpdlib.handler import XxftpHandler
 
-ORIGINAL_FTPHandler = pyftpdlib.handlers.FTPHandler
-ORIGINAL_AbstractedFS = pyftpdlib.filesystems.AbstractedFS
+# (module, name, our class): pyftpdlib's classes that the suite gets ours for.
+SWAPS = (
+    (pyftpdlib.handlers, "FTPHandler", XxftpHandler),
+    (pyftpdlib.handlers, "DTPHandler", XxftpHandler.dtp_handler),
+    (pyftpdlib.filesystems, "AbstractedFS", XxftpFS),
+)
+for _module, _name, _ours in SWAPS:
+    setattr(_module, _name, _ours)
 
-pyftpdlib.handlers.FTPHandler = XxftpHandler
-pyftpdlib.filesystems.AbstractedFS = XxftpFS
-
-# Evidence that sessions really ran on our classes, shown in the summary.
-_sessions = {"fs": 0}
+# Evidence that logins really ran on our classes, shown in the summary.
+_logins = {"fs": 0}
 _xxftp_fs_init = XxftpFS.__init__
 
 
 def _counting_init(self, root, cmd_channel):
-    _sessions["fs"] += 1
+    _logins["fs"] += 1
     _xxftp_fs_init(self, root, cmd_channel)
 
 
@@ -53,6 +61,21 @@ def pytest_addoption(parser):
         "--expected-differences", metavar="FILE", default=None,
         help="file of 'NODE_ID  reason' lines: tests deselected as differing by design",
     )
+    parser.addoption(
+        "--suite-home", metavar="DIR", default=None,
+        help="folder the suite serves and works in (it takes its working directory)",
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    # Runs before the suite's conftest imports tests/__init__.py, which
+    # takes HOME = os.getcwd(). pytest itself was started in the suite's
+    # root, so node ids in its reports are the ones expected_differences.txt
+    # uses.
+    home = early_config.known_args_namespace.suite_home
+    if home:
+        os.chdir(home)
 
 
 def pytest_configure(config):
@@ -82,15 +105,11 @@ def _read_expected(path: str | None) -> dict[str, str]:
 def _check_swap(items) -> None:
     """Fail loudly if the suite's modules didn't bind our classes."""
     for module in {item.module for item in items if getattr(item, "module", None)}:
-        bound = {
-            "FTPHandler": (getattr(module, "FTPHandler", XxftpHandler), XxftpHandler),
-            "AbstractedFS": (getattr(module, "AbstractedFS", XxftpFS), XxftpFS),
-            "FtpdThreadWrapper.handler": (
-                getattr(getattr(module, "FtpdThreadWrapper", None), "handler", XxftpHandler),
-                XxftpHandler,
-            ),
-        }
-        for name, (actual, wanted) in bound.items():
+        bound = [(name, getattr(module, name), ours) for _, name, ours in SWAPS if hasattr(module, name)]
+        wrapper = getattr(module, "FtpdThreadWrapper", None)
+        if wrapper is not None:
+            bound.append(("FtpdThreadWrapper.handler", wrapper.handler, XxftpHandler))
+        for name, actual, wanted in bound:
             if actual is not wanted:
                 raise pytest.UsageError(
                     f"{module.__name__}.{name} is {actual!r}, not {wanted!r}: "
@@ -98,12 +117,14 @@ def _check_swap(items) -> None:
                 )
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k/-m narrow the collection
 def pytest_collection_modifyitems(config, items):
     _check_swap(items)
     expected = config._xxftp_expected
     collected = {item.nodeid for item in items}
     stale = sorted(set(expected) - collected)
-    if stale:
+    whole_files = not any("::" in arg for arg in config.args)
+    if stale and whole_files:
         raise pytest.UsageError(
             "expected differences that match no collected test:\n  " + "\n  ".join(stale)
         )
@@ -115,10 +136,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_report_header(config):
+    swaps = ", ".join(
+        f"{module.__name__}.{name} -> {ours.__module__}.{ours.__qualname__}" for module, name, ours in SWAPS
+    )
     return [
-        f"xxftp conformance: pyftpdlib.handlers.FTPHandler -> {XxftpHandler.__module__}.XxftpHandler, "
-        f"pyftpdlib.filesystems.AbstractedFS -> {XxftpFS.__module__}.XxftpFS",
+        f"xxftp conformance: {swaps}",
         f"xxftp conformance: {len(config._xxftp_expected)} expected difference(s) deselected",
+        f"xxftp conformance: the suite's home (DummyAuthorizer users) is {os.getcwd()}",
     ]
 
 
@@ -128,4 +152,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.section("xxftp expected differences (deselected)")
         for node_id, reason in expected.items():
             terminalreporter.write_line(f"{node_id}: {reason}")
-    terminalreporter.write_line(f"xxftp conformance: {_sessions['fs']} XxftpFS session(s) created")
+    terminalreporter.write_line(f"xxftp conformance: {_logins['fs']} logins served by XxftpFS")
