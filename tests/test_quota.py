@@ -178,3 +178,54 @@ def test_parallel_uploads_never_pass_the_limit(tree, start_server, connect, conc
     assert used <= 1024 * KiB
     assert ledger_used(home) == used
     assert no_temporaries(home)
+
+
+def test_dead_process_leftovers_are_settled_exactly(tree):
+    """What a killed process leaves in a ledger is settled by the next reader."""
+    import subprocess
+
+    from xxftp_pyftpdlib.quota import Quotas
+
+    home = tree.user("alice", size="1M")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    temp = home / ".xxftpd-1.a.bin.part"
+    temp.write_bytes(b"t" * 100)
+    replaced = home / "replaced.bin"
+    replaced.write_bytes(b"r" * 300)  # the replace happened, its charge was not written
+    appended = home / "appended.bin"
+    appended.write_bytes(b"a" * 50 + b"partial")
+    deleted_gone = home / "gone.bin"  # the delete happened; 40 bytes to release
+    still_there = home / "kept.bin"
+    still_there.write_bytes(b"k" * 10)  # the delete did not happen
+    who = {"pid": dead.pid, "start": None}
+    state = {
+        "used": 1000,
+        "pending": {
+            "1": {**who, "bytes": 500, "crash": "delete", "target": str(home / "a.bin"), "old": 0,
+                  "temp": str(temp), "ino": 1, "since": 0},
+            "2": {**who, "bytes": 500, "crash": "delete", "target": str(replaced), "old": 200,
+                  "temp": str(home / ".xxftpd-2.r.part"), "ino": replaced.stat().st_ino, "since": 0},
+            "3": {**who, "bytes": 500, "crash": "truncate", "target": str(appended), "old": 50,
+                  "temp": None, "ino": appended.stat().st_ino, "since": 0},
+        },
+        "intents": [{**who, "delta": -40, "gone": str(deleted_gone)},
+                    {**who, "delta": -10, "gone": str(still_there)}],
+    }
+    (home / ".xxftp/ledger").write_text(json.dumps(state))
+    usage = Quotas(ConfigStore(str(tree.root))).limited(str(home)).usage()
+    assert usage.reserved == 0
+    assert usage.used == 1000 + (300 - 200) - 40
+    assert not temp.exists()
+    assert appended.read_bytes() == b"a" * 50
+    assert still_there.exists()
+    assert json.loads((home / ".xxftp/ledger").read_text())["intents"] == []
+
+
+def test_torn_ledger_is_rebuilt(tree):
+    from xxftp_pyftpdlib.quota import Quotas
+
+    home = tree.user("alice", size="1M")
+    tree.file("alice/f.bin", b"f" * 123)
+    (home / ".xxftp/ledger").write_text('{"used": 5, "pend')  # a write cut in the middle
+    assert Quotas(ConfigStore(str(tree.root))).limited(str(home)).usage().used == 123

@@ -95,6 +95,8 @@ def _start_time(pid: int) -> int | None:
 
 
 def _alive(pid: int, start: int | None) -> bool:
+    if pid == os.getpid():  # this very process (not an earlier one with its pid)?
+        return start == _me()["start"]
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -203,94 +205,105 @@ class Ledger:
         return os.path.lexists(self.path)
 
     @contextmanager
-    def _locked(self) -> Iterator[dict]:
+    def _locked(self) -> Iterator[tuple[dict, Callable[[], None]]]:
+        """The state under an exclusive lock on the ledger file itself.
+
+        Yields ``(state, save)``; whatever changed is written back in place
+        when the block ends (``save`` writes at once, for intents). A torn
+        write (a crash in the middle of one) reads back as unparsable and
+        is rebuilt by a scan.
+        """
         os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state = self._load()
-            before = json.dumps(state, sort_keys=True)
+            state, text = self._load(fd)
+            written = [text]
+
+            def save() -> None:
+                new = json.dumps(state, sort_keys=True)
+                if new != written[0]:
+                    data = new.encode()
+                    os.pwrite(fd, data, 0)
+                    os.ftruncate(fd, len(data))
+                    written[0] = new
+
             try:
-                yield state
+                yield state, save
             finally:
-                if json.dumps(state, sort_keys=True) != before:
-                    self._save(state)
+                save()
         finally:
             os.close(fd)  # releases the lock
 
-    def _load(self) -> dict:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                state = json.load(f)
-            if not isinstance(state.get("used"), (int, type(None))):
-                raise ValueError("bad usage")
-            state.setdefault("pending", {})
-            state.setdefault("intents", [])
-        except FileNotFoundError:
-            state = {"used": None, "pending": {}, "intents": []}
-        except (OSError, ValueError, AttributeError) as err:
-            log.warning("%s: unreadable ledger (%s); rebuilding it", self.path, err)
-            state = {"used": None, "pending": {}, "intents": []}
-        changed = self._settle(state)
+    def _load(self, fd: int) -> tuple[dict, str]:
+        chunks = []
+        offset = 0
+        while True:
+            chunk = os.pread(fd, 65536, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        text = b"".join(chunks).decode("utf-8", "replace")
+        state = {"used": None, "pending": {}, "intents": []}
+        if text:
+            try:
+                loaded = json.loads(text)
+                if not isinstance(loaded.get("used"), (int, type(None))):
+                    raise ValueError("bad usage")
+                state.update(loaded)
+            except (ValueError, AttributeError) as err:
+                log.warning("%s: unreadable ledger (%s); rebuilding it", self.path, err)
+                text = ""
+        self._settle(state)
         limited = self.limited
         if limited and state["used"] is None:
             state["used"] = scan(self.root, self.store)
             log.info("%s: usage scanned: %s", self.root, human(state["used"]))
-            changed = True
         elif not limited and state["used"] is not None:
             state["used"] = None  # not tracked from now on
-            changed = True
-        if changed or not os.path.lexists(self.path):
-            self._save(state)
-        return state
+        return state, text
 
-    def _save(self, state: dict) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f)
-        os.replace(tmp, self.path)
-
-    def _settle(self, state: dict) -> bool:
-        """Fold in what dead processes left behind; True if anything was."""
-        settled = False
+    def _settle(self, state: dict) -> None:
+        """Fold in what dead processes left behind."""
         for intent in list(state["intents"]):
             if _alive(intent["pid"], intent["start"]):
                 continue
-            settled = True
             state["intents"].remove(intent)
             if not os.path.lexists(intent["gone"]):
                 _add(state, intent["delta"])
         for token, p in list(state["pending"].items()):
             if _alive(p["pid"], p["start"]):
                 continue
-            settled = True
             del state["pending"][token]
             _add(state, _recover(p))
-        return settled
 
     # --- the operations
 
     def usage(self) -> Usage:
-        with self._locked() as state:
-            return Usage(self.limit, state["used"] or 0, sum(p["bytes"] for p in state["pending"].values()))
+        with self._locked() as (state, _):
+            return _usage(self.limit, state)
 
-    def begin(self, token: str, crash: str, target: str, old: int, temp: str | None) -> None:
-        """Register an upload; ``crash`` says what recovery does if we die."""
-        with self._locked() as state:
-            state["pending"][token] = dict(
-                _me(), bytes=0, crash=crash, target=target, old=old, temp=temp, since=time.time())
+    def journal(self, token: str, entry: dict) -> None:
+        """Register an upload (no room needed: an unlimited tree)."""
+        with self._locked() as (state, _):
+            state["pending"][token] = {**_me(), **entry, "bytes": 0, "since": time.time()}
 
-    def reserve(self, token: str, needed: int) -> int:
+    def reserve(self, token: str, needed: int, ahead: int = GRANT, entry: dict | None = None) -> int:
         """Raise the upload's reservation to at least ``needed`` bytes.
 
-        Returns the new reservation (granted ahead, up to GRANT), or raises
-        QuotaExceeded if ``needed`` does not fit.
+        ``entry`` registers the upload on its first reservation (what crash
+        recovery needs). Returns the new reservation, granted up to
+        ``ahead`` bytes beyond ``needed`` (at most a sixteenth of the room
+        left), or raises QuotaWait / QuotaExceeded by the rules above.
         """
         limit = self.limit
         if limit is None:
             raise QuotaInvalid("quota file is invalid")
-        with self._locked() as state:
-            mine = state["pending"][token]
+        with self._locked() as (state, _):
+            mine = state["pending"].get(token)
+            if mine is None:
+                mine = state["pending"][token] = {**_me(), **(entry or {}), "bytes": 0, "since": time.time()}
             others = sum(p["bytes"] for t, p in state["pending"].items() if t != token)
             free = limit - state["used"] - others
             if needed > free:
@@ -303,54 +316,70 @@ class Ledger:
                     raise QuotaWait(f"quota: waiting for room held by other uploads (limit {limit} bytes)")
                 raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
             mine.pop("waiting", None)
-            grant = max(needed, min(mine["bytes"] + GRANT, needed + (free - needed) // 16))
+            grant = needed + min(ahead, (free - needed) // 16)
             mine["bytes"] = grant
             return grant
 
-    def finish(self, token: str, delta: int, gone: str | None, action: Callable[[], None] | None) -> None:
-        """End an upload: run ``action`` (may raise) and charge ``delta``."""
-        with self._locked() as state:
+    def finish(self, token: str, delta: int, action: Callable[[], None] | None = None) -> Usage:
+        """End an upload: run ``action`` (a replace; may raise) and charge ``delta``.
+
+        The upload's own journal entry (which records the temporary's
+        inode) is what makes this crash-exact: it is removed in the same
+        write that charges the delta.
+        """
+        with self._locked() as (state, _):
             state["pending"].pop(token, None)
             if action is not None:
-                self._apply(state, delta, gone, action)
-            else:
-                _add(state, delta)
+                action()
+            _add(state, delta)
+            return _usage(self.limit, state)
 
     def change(self, delta: int, gone: str, action: Callable[[], None], check_fits: bool = False) -> None:
-        """Make a change to the tree (delete, move) and charge ``delta``."""
-        with self._locked() as state:
+        """Make a change to the tree (delete, move) and charge ``delta``.
+
+        An intent ("apply delta once ``gone`` is gone") is written before
+        the change, so a crash in between is settled exactly.
+        """
+        with self._locked() as (state, save):
             if check_fits and delta > 0:
                 limit = self.limit
                 if limit is None:
                     raise QuotaInvalid("quota file is invalid")
-                reserved = sum(p["bytes"] for p in state["pending"].values())
-                if state["used"] + reserved + delta > limit:
+                if delta > _usage(limit, state).free:
                     raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
-            self._apply(state, delta, gone, action)
-
-    def _apply(self, state: dict, delta: int, gone: str | None, action: Callable[[], None]) -> None:
-        intent = dict(_me(), delta=delta, gone=gone or "")
-        if gone:
+            intent = dict(_me(), delta=delta, gone=gone)
             state["intents"].append(intent)
-            self._save(state)
-        try:
-            action()
-        finally:
-            if gone:
+            save()
+            try:
+                action()
+            finally:
                 state["intents"].remove(intent)
-        if gone is None or not os.path.lexists(gone):
-            _add(state, delta)
+            if not os.path.lexists(gone):
+                _add(state, delta)
 
     def rescan(self, progress: Callable[[int], None] | None = None) -> int:
         """Rebuild the usage from the disk, keeping live reservations."""
-        with self._locked() as state:
+        with self._locked() as (state, _):
             state["used"] = scan(self.root, self.store, progress)
             return state["used"]
+
+
+def _usage(limit: int | None, state: dict) -> Usage:
+    return Usage(limit, state["used"] or 0, sum(p["bytes"] for p in state["pending"].values()))
 
 
 def _add(state: dict, delta: int) -> None:
     if state["used"] is not None:
         state["used"] = max(0, state["used"] + delta)
+
+
+def _replaced(p: dict) -> int:
+    """The growth of a replace that happened before its charge was written."""
+    try:
+        st = os.lstat(p["target"])
+    except OSError:
+        return 0
+    return st.st_size - p["old"] if p.get("ino") == st.st_ino else 0
 
 
 def _recover(p: dict) -> int:
@@ -360,12 +389,15 @@ def _recover(p: dict) -> int:
         if p["crash"] == "delete":
             if temp and os.path.lexists(temp):
                 os.remove(temp)
-            return 0
+                return 0
+            return _replaced(p)
         if p["crash"] == "truncate":
             if os.path.getsize(target) > old:
                 os.truncate(target, old)
             return 0
         if p["crash"] == "keep-new":  # a new file's partial upload, kept for resuming
+            if temp and not os.path.lexists(temp):
+                return _replaced(p)
             if temp and os.path.lexists(temp):
                 if os.path.lexists(target):
                     os.remove(temp)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-from .quota import TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, QuotaWait, human, new_token
+from .quota import GRANT, TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, QuotaWait, human, new_token
 
 MODES = ("atomic", "atomic-resume", "standard")
 
@@ -65,12 +65,12 @@ class Upload:
             self.temp = os.path.join(folder, f"{TEMP_PREFIX}{self.token}.{base[:64]}{TEMP_SUFFIX}")
             self._file = open(self.temp, "xb", buffering=0)
             crash = "keep-new" if upload_mode == "atomic-resume" and not exists else "delete"
-        if ledger is not None:
-            try:
-                ledger.begin(self.token, crash, target, self.old, self.temp)
-            except BaseException:
-                self._discard()
-                raise
+        # What crash recovery needs; journaled with the first write (an
+        # upload that never wrote a byte leaves at most an empty temporary).
+        self._entry = dict(crash=crash, target=target, old=self.old, temp=self.temp,
+                           ino=os.fstat(self._file.fileno()).st_ino)
+        self._journaled = False
+        self._usage = None
 
     # --- what pyftpdlib calls
 
@@ -79,11 +79,17 @@ class Upload:
         if self._limited:
             need = self._final_size(self._written + size) - self.old
             if need > self._granted:
-                try:
-                    self._granted = self.ledger.reserve(self.token, need)
+                try:  # ahead by what was written so far: few ledger updates for big files
+                    self._granted = self.ledger.reserve(self.token, need, max(GRANT, self._written),
+                                                        None if self._journaled else self._entry)
                 except QuotaWait:
                     self._held = bytes(data)
                     raise
+                finally:
+                    self._journaled = True
+        elif self.ledger is not None and not self._journaled:
+            self.ledger.journal(self.token, self._entry)
+            self._journaled = True
         view = memoryview(data)
         while view:  # unbuffered: a short write is possible
             view = view[self._file.write(view):]
@@ -154,8 +160,8 @@ class Upload:
             delta = os.path.getsize(gone) - (os.path.getsize(self.target) if os.path.isfile(self.target) else 0)
         else:  # written in place
             delta = (os.path.getsize(self.target) if os.path.lexists(self.target) else 0) - self.old
-        if self.ledger is not None:
-            self.ledger.finish(self.token, delta, gone, action)
+        if self.ledger is not None and (self._limited or self._journaled):
+            self._usage = self.ledger.finish(self.token, delta, action)
         elif action is not None:
             action()
 
@@ -175,17 +181,15 @@ class Upload:
                 os.remove(self.temp)
             except OSError:
                 pass
-        if self.ledger is not None:
+        if self.ledger is not None and self._journaled:
             try:
-                self.ledger.finish(self.token, 0, None, None)
+                self.ledger.finish(self.token, 0)
             except OSError:
                 pass
 
     def _note(self) -> str:
-        if not self._limited:
-            return ""
-        usage = self.ledger.usage()
-        if usage.limit is None:
+        usage = self._usage
+        if not self._limited or usage is None or usage.limit is None:
             return ""
         return f"{human(usage.free)} free of {human(usage.limit)} quota"
 
