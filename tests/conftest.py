@@ -69,8 +69,10 @@ class ServerThread(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
+        # The IO loop itself: serve_forever(blocking=False) would log a
+        # "starting" line (and query the socket) on every pass.
         while not self._stop_event.is_set():
-            self.server.serve_forever(timeout=0.01, blocking=False, handle_exit=False)
+            self.server.ioloop.loop(timeout=0.01, blocking=False)
         self.server.close_all()
 
     def stop(self) -> None:

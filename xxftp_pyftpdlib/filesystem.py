@@ -285,22 +285,23 @@ class XxftpFS(AbstractedFS):
 
     # --- listings
 
-    def _entry(self, basedir: str, name: str) -> Entry:
-        basedir = os.path.normpath(basedir)
-        if self._listed is not None and self._listed[0] == basedir:
-            entry = self._listed[1].get(name)
-            if entry is not None:
-                return entry
-        node = self.resolve(os.path.join(basedir, name))
-        return Entry(name, node, os.stat(node.real))
-
     def _entries(self, basedir: str, names, ignore_err: bool) -> Iterator[Entry]:
+        """The entries of ``names`` in ``basedir``: from the last listdir if it
+        was of that folder, else resolved one by one (LIST of a file, MLST)."""
+        basedir = os.path.normpath(basedir)
+        listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else {}
         for name in names:
+            entry = listed.get(name)
             try:
-                yield self._entry(basedir, name)
+                if entry is None:
+                    node = self.resolve(os.path.join(basedir, name))
+                    entry = Entry(name, node.area, node.is_top, os.stat(node.real))
+                entry.st  # noqa: B018 - stat now, so a vanished file is skipped here
             except (OSError, FilesystemError):
                 if not ignore_err:
                     raise
+                continue
+            yield entry
 
     def _timefunc(self):
         return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime
@@ -312,17 +313,18 @@ class XxftpFS(AbstractedFS):
     def format_list(self, basedir: str, listing_: list[str], ignore_err: bool = True) -> Iterator[bytes]:
         timefunc, now = self._timefunc(), time.time()
         for e in self._entries(basedir, listing_, ignore_err):
-            mode = listing.shown_mode(e.st.st_mode, e.node.area.permission)
+            st = e.st
+            mode = listing.shown_mode(st.st_mode, e.area.permission)
             yield self._encode(listing.list_line(
-                e.name, e.st, mode, self._owner(e.st.st_uid), self._group(e.st.st_gid), now, timefunc))
+                e.name, st, mode, self._owner(st.st_uid), self._group(st.st_gid), now, timefunc))
 
     def format_mlsx(self, basedir: str, listing_: list[str], perms: str, facts, ignore_err: bool = True) -> Iterator[bytes]:
-        timefunc = self._timefunc()
+        line = listing.mlsx_formatter(facts, self._timefunc())
         for e in self._entries(basedir, listing_, ignore_err):
-            is_dir = stat_mod.S_ISDIR(e.st.st_mode)
-            mode = listing.shown_mode(e.st.st_mode, e.node.area.permission)
-            perm = listing.perm_facts(e.node.area.permission, is_dir, e.node.is_top, perms)
-            yield self._encode(listing.mlsx_line(e.name, e.st, mode, perm, facts, timefunc))
+            st = e.st
+            permission = e.area.permission
+            perm = listing.perm_facts(permission, stat_mod.S_ISDIR(st.st_mode), e.is_top, perms)
+            yield self._encode(line(e.name, st, listing.shown_mode(st.st_mode, permission), perm))
 
     _names: dict[tuple[str, int], str] = {}
 

@@ -14,6 +14,7 @@ Rules that live here:
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import time
@@ -43,6 +44,7 @@ def shown_mode(st_mode: int, permission: Permission) -> int:
     return st_mode
 
 
+@functools.lru_cache(maxsize=256)
 def perm_facts(permission: Permission, is_dir: bool, is_top: bool, granted: str) -> str:
     """The RFC 3659 ``perm`` fact of an entry."""
     words = permission.words
@@ -74,30 +76,37 @@ def list_line(name: str, st: os.stat_result, mode: int, owner: str, group: str,
     )
 
 
-def mlsx_line(name: str, st: os.stat_result, mode: int, perm: str,
-              facts: list[str] | set[str], timefunc: TimeFunc) -> str:
-    """One MLSD line (``fact=value;... name``), CRLF included."""
-    values: dict[str, object] = {}
-    is_dir = stat.S_ISDIR(st.st_mode)
-    if "type" in facts:
-        values["type"] = "dir" if is_dir else "file"
-    if "perm" in facts:
-        values["perm"] = perm
-    if "size" in facts:
-        values["size"] = st.st_size
-    for fact, when in (("modify", st.st_mtime), ("create", st.st_ctime)):
-        if fact in facts:
-            try:
-                values[fact] = time.strftime("%Y%m%d%H%M%S", timefunc(when))
-            except (ValueError, OverflowError, OSError):
-                pass
-    if "unix.mode" in facts:
-        values["unix.mode"] = oct(mode & 0o777)
-    if "unix.uid" in facts:
-        values["unix.uid"] = st.st_uid
-    if "unix.gid" in facts:
-        values["unix.gid"] = st.st_gid
-    if "unique" in facts:
-        values["unique"] = f"{st.st_dev:x}g{st.st_ino:x}"
-    text = "".join(f"{k}={values[k]};" for k in sorted(values))
-    return f"{text} {name}\r\n"
+def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc) -> Callable[[str, os.stat_result, int, str], str]:
+    """A function making MLSD lines (``fact=value;... name``, CRLF included)
+    for the facts asked for, in sorted order, decided once per listing."""
+    wanted = sorted(set(facts) & {"type", "perm", "size", "modify", "create", "unix.mode",
+                                  "unix.uid", "unix.gid", "unique"})
+
+    def when(seconds: float) -> str | None:
+        try:
+            return time.strftime("%Y%m%d%H%M%S", timefunc(seconds))
+        except (ValueError, OverflowError, OSError):
+            return None
+
+    getters = {
+        "type": lambda st, mode, perm: "dir" if stat.S_ISDIR(st.st_mode) else "file",
+        "perm": lambda st, mode, perm: perm,
+        "size": lambda st, mode, perm: st.st_size,
+        "modify": lambda st, mode, perm: when(st.st_mtime),
+        "create": lambda st, mode, perm: when(st.st_ctime),
+        "unix.mode": lambda st, mode, perm: oct(mode & 0o777),
+        "unix.uid": lambda st, mode, perm: st.st_uid,
+        "unix.gid": lambda st, mode, perm: st.st_gid,
+        "unique": lambda st, mode, perm: f"{st.st_dev:x}g{st.st_ino:x}",
+    }
+    plan = [(fact, getters[fact]) for fact in wanted]
+
+    def line(name: str, st: os.stat_result, mode: int, perm: str) -> str:
+        parts = []
+        for fact, get in plan:
+            value = get(st, mode, perm)
+            if value is not None:
+                parts.append(f"{fact}={value};")
+        return f"{''.join(parts)} {name}\r\n"
+
+    return line

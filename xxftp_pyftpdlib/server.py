@@ -23,6 +23,19 @@ from .handler import XxftpHandler, XxftpTLSHandler
 
 log = logging.getLogger("xxftpd")
 
+class ThreadedServer(ThreadedFTPServer):
+    """A thread per connection, with this server's own exit flag and lock.
+
+    pyftpdlib keeps both on the class, so closing one server also stopped
+    the workers of any other (or later) server of the process.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._exit = threading.Event()
+        self._lock = threading.Lock()
+
+
 try:
     from pyftpdlib.servers import MultiprocessFTPServer
 except ImportError:  # pragma: no cover - platforms without fork
@@ -40,6 +53,11 @@ else:
         which then terminates every child as it shuts down.
         """
 
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self._exit = self._mp_context.Event()  # this server's own, as above
+            self._lock = self._mp_context.Lock()
+
         def _loop(self, handler):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -54,7 +72,7 @@ try:  # TLS 1.0 and 1.1 are off by default: safe defaults
 except ImportError:  # pragma: no cover
     _NO_OLD_TLS = 0
 
-SERVERS = {"async": FTPServer, "multi-thread": ThreadedFTPServer, "multi-proc": MultiprocessFTPServer}
+SERVERS = {"async": FTPServer, "multi-thread": ThreadedServer, "multi-proc": MultiprocessFTPServer}
 
 
 class ConfigError(Exception):

@@ -70,13 +70,20 @@ class Node:
         return self.ftp.rsplit("/", 1)[-1] or "/"
 
 
-@dataclass(frozen=True)
 class Entry:
-    """One line of a folder listing."""
+    """One line of a folder listing: its name, area, and (lazily) its stat."""
 
-    name: str
-    node: Node
-    st: os.stat_result
+    __slots__ = ("name", "area", "is_top", "_st", "_dirent")
+
+    def __init__(self, name: str, area: Area, is_top: bool, st: os.stat_result | None = None,
+                 dirent: os.DirEntry | None = None) -> None:
+        self.name, self.area, self.is_top, self._st, self._dirent = name, area, is_top, st, dirent
+
+    @property
+    def st(self) -> os.stat_result:
+        if self._st is None:  # NLST never asks: no stat per name
+            self._st = self._dirent.stat(follow_symlinks=False)
+        return self._st
 
 
 def split_ftp_path(path: str) -> list[str]:
@@ -170,29 +177,26 @@ class Namespace:
         """Visible entries of a folder: real ones (no dot names, no escaping
         or looping links, none hidden by a mount) and then its mounts."""
         mounts = self.store.mounts(node.real)
+        area = node.area
+        forbidden = FORBIDDEN_CHARS.isdisjoint
         entries: list[Entry] = []
         with os.scandir(node.real) as it:
             for de in it:
                 name = de.name
-                if name.startswith(".") or name in mounts or FORBIDDEN_CHARS.intersection(name):
+                if name[0] == "." or name in mounts or not forbidden(name):
                     continue
-                try:
-                    if de.is_symlink():
+                if de.is_symlink():  # rare: resolve it, keep it only if it stays inside
+                    try:
                         child = self.child(node, name)
-                        st = os.stat(child.real)
-                    else:
-                        child = Node(
-                            node.ftp.rstrip("/") + "/" + name, de.path, node.area, False,
-                            node.trail + (de.path,),
-                        )
-                        st = de.stat(follow_symlinks=False)
-                except (OSError, PathRefused):
+                        entries.append(Entry(name, area, False, os.stat(child.real)))
+                    except (OSError, PathRefused):
+                        pass
                     continue
-                entries.append(Entry(name, child, st))
+                entries.append(Entry(name, area, False, dirent=de))
         for name, mount in mounts.items():
             try:
                 child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
-                entries.append(Entry(name, child, os.stat(child.real)))
+                entries.append(Entry(name, child.area, True, os.stat(child.real)))
             except (OSError, PathRefused):
                 continue
         return entries
