@@ -17,6 +17,7 @@ import sys
 
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 
 import time
 
@@ -107,4 +108,40 @@ class XxftpDTPMixin:
 
 
 class XxftpDTPHandler(XxftpDTPMixin, DTPHandler):
-    """pyftpdlib's DTPHandler with xxftpd upload verdicts."""
+    """pyftpdlib's DTPHandler with xxftpd upload verdicts and a leaner data path.
+
+    Uploads are received with ``recv_into`` into one reusable 1 MiB buffer
+    per channel (pyftpdlib makes a new 64 KiB bytes object per read), and
+    ``sendfile`` is asked to move up to 4 MiB per call instead of 64 KiB.
+    """
+
+    ac_out_buffer_size = 4 * 1024 * 1024  # the count pyftpdlib passes to sendfile
+    recv_buffer_size = 1024 * 1024
+    _recv_buffer: bytearray | None = None
+
+    def handle_read(self) -> None:
+        if self._data_wrapper is not None:  # ASCII mode converts line ends: pyftpdlib's way
+            return DTPHandler.handle_read(self)
+        buf = self._recv_buffer
+        if buf is None:
+            buf = self._recv_buffer = bytearray(self.recv_buffer_size)
+        try:
+            size = self.socket.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as err:
+            if err.errno in _ERRNOS_DISCONNECTED:
+                self.handle_close()
+                return None
+            raise
+        if not size:  # the client's end of the upload
+            self.handle_close()
+            return None
+        self.tot_bytes_received += size
+        try:
+            self.file_obj.write(memoryview(buf)[:size])
+        except OSError as err:
+            raise _FileReadWriteError(err) from err
+        return None
+
+    handle_read_event = handle_read  # pyftpdlib binds the event to the method by name
