@@ -58,6 +58,16 @@ class XxftpFS(AbstractedFS):
         self.quotas = quota.shared_quotas(store)
         self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
         self._listed: tuple[str, dict[str, Entry]] | None = None
+        self._memo: dict[str, Node] | None = None  # on once a handler calls forget()
+
+    def forget(self) -> None:
+        """Start a new command: drop what the last one resolved.
+
+        Only a handler that calls this at every command (XxftpHandler does)
+        gets resolutions shared within a command; otherwise every call
+        resolves afresh.
+        """
+        self._memo = {}
 
     # --- path mapping (string operations only)
 
@@ -90,10 +100,17 @@ class XxftpFS(AbstractedFS):
         ftp = self._ftp_of(path)
         if ftp is None:
             raise FilesystemError("path outside the home folder")
+        memo = self._memo
+        node = memo.get(ftp) if memo is not None else None
+        if node is not None:
+            return node
         try:
-            return self.namespace.resolve(ftp)
+            node = self.namespace.resolve(ftp)
         except PathRefused as err:
             raise FilesystemError(str(err)) from None
+        if memo is not None and len(memo) < 64:  # pyftpdlib resolves a path 2-3 times a command
+            memo[ftp] = node
+        return node
 
     def _require(self, node: Node, action: Action, what: str, on_entry: bool = False) -> None:
         try:

@@ -133,6 +133,12 @@ class XxftpSession:
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))
 
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        forget = getattr(self.fs, "forget", None)
+        if forget is not None:  # resolutions are shared within one command only
+            forget()
+        super().pre_process_command(line, cmd, arg)
+
     def ftp_USER(self, line: str) -> None:
         needs_password = getattr(self.authorizer, "needs_password", None)
         if needs_password is None:  # a foreign authorizer: pyftpdlib's rules
