@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cons-per-ip", type=_positive, default=0, metavar="N", help="maximum connections per client address (default: no limit)")
     p.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS", help="idle control connection timeout (default 120)")
     p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="pre-forked async processes sharing the port (default 1); use the cores")
     p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info", help="log verbosity (default info)")
     p.add_argument("--xferlog", metavar="PATH", help="also write transfers in the classic xferlog format")
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
         upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
-        deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time,
+        deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
     )
     stop_on_signals()
     server = None
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"xxftpd: error: {err}", file=sys.stderr)
             return 1
-        serve(server)
+        serve(server, options.workers)
     except KeyboardInterrupt:  # a signal during start-up
         if server is not None:
             server.close_all()

@@ -19,6 +19,7 @@ from . import access, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
+from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 
 log = logging.getLogger("xxftpd")
@@ -102,6 +103,7 @@ class Options:
     deny_from: list[str] | None = None
     ban_after: int = 0
     ban_time: int = 600
+    workers: int = 1
 
 
 def check_root(root: str) -> str:
@@ -132,7 +134,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
     except ValueError as err:
         raise ConfigError(f"invalid network: {err}") from None
     if options.ban_after:
-        shared = options.concurrency == "multi-proc"
+        shared = options.concurrency == "multi-proc" or options.workers > 1
         attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
     if options.xferlog:
         try:
@@ -163,6 +165,10 @@ def make_server(options: Options, handler: type | None = None):
     cls = SERVERS.get(options.concurrency)
     if cls is None:
         raise ConfigError(f"concurrency {options.concurrency!r} is not available here")
+    if options.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    if options.workers > 1 and options.concurrency != "async":
+        raise ConfigError("--workers forks async servers: use it with --concurrency async")
     handler = handler or make_handler(options)
     settled = reconcile(handler.authorizer.root)  # before clients can connect
     log.debug("%d quota ledger(s) checked", settled)
@@ -195,11 +201,22 @@ def stop_on_signals() -> None:
     signal.signal(signal.SIGINT, _interrupt)
 
 
-def serve(server) -> None:
+def serve(server, workers: int = 1) -> None:
     """Serve until SIGINT or SIGTERM, then close every connection."""
     stop_on_signals()
     threading.excepthook = _thread_failed
     host, port = server.address[:2]
+    if workers > 1:
+        log.info("xxftpd listening on %s:%s, serving %s with %d worker processes",
+                 host, port, server.handler.authorizer.root, workers)
+        try:
+            serve_workers(server, workers)
+        finally:
+            if server.handler.bans is not None:
+                server.handler.bans.close()
+            server.close()
+        log.info("xxftpd stopped")
+        return
     log.info("xxftpd listening on %s:%s, serving %s", host, port, server.handler.authorizer.root)
     try:
         server.serve_forever()

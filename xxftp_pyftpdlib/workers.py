@@ -1,0 +1,108 @@
+"""``--workers N``: pre-forked processes sharing one listening socket.
+
+Rules that live here:
+
+- The parent binds the socket and forks N workers; each worker builds its
+  own async server and IO loop around the inherited socket (an epoll set
+  created before a fork would be shared by every process).
+- A worker that dies of a crash is restarted (at most ``MAX_RESTARTS``
+  times in all); one that exits cleanly is not.
+- SIGTERM or SIGINT to the parent stops every worker (SIGTERM, then
+  SIGKILL after ``STOP_TIMEOUT`` seconds) and exits 0: no orphans.
+- Quotas stay exact across workers (the ledgers lock with ``flock``) and
+  bans are shared (a manager process), as with ``multi-proc``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.servers import FTPServer
+
+log = logging.getLogger("xxftpd")
+
+MAX_RESTARTS = 100
+STOP_TIMEOUT = 10.0
+
+
+def _run_worker(server: FTPServer, number: int) -> None:
+    """In a forked child: serve the shared socket until told to stop."""
+    try:
+        server.ioloop._poller.close()  # the parent's epoll set: not ours to use
+    except (AttributeError, OSError):
+        pass
+    worker = FTPServer(server.socket, server.handler, ioloop=IOLoop())
+    worker.max_cons = server.max_cons
+    worker.max_cons_per_ip = server.max_cons_per_ip
+    log.info("worker %d (pid %d) serving", number, os.getpid())
+    status = 0
+    try:
+        worker.serve_forever(handle_exit=True)
+    except BaseException:  # never let a worker fall back into the parent's code
+        log.exception("worker %d failed", number)
+        status = 1
+    finally:
+        os._exit(status)
+
+
+def serve_workers(server: FTPServer, count: int) -> None:
+    """Fork ``count`` workers around ``server``'s socket and supervise them."""
+    children: dict[int, int] = {}
+
+    def start(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            _run_worker(server, number)
+        children[pid] = number
+
+    for number in range(count):
+        start(number)
+    restarts = 0
+    try:
+        while children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            number = children.pop(pid, None)
+            if number is None:
+                continue  # not a worker (e.g. the ban manager)
+            if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    log.error("workers keep failing; giving up after %d restarts", MAX_RESTARTS)
+                    break
+                log.warning("worker %d (pid %d) died (status %d); restarting", number, pid, status)
+                start(number)
+    except KeyboardInterrupt:
+        log.info("stopping %d worker(s)", len(children))
+    finally:
+        _stop(children)
+
+
+def _stop(children: dict[int, int]) -> None:
+    for pid in list(children):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            children.pop(pid, None)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while children and time.monotonic() < deadline:
+        for pid in list(children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                children.pop(pid, None)
+        time.sleep(0.02)
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
