@@ -174,6 +174,16 @@ def listing(ftp: ftplib.FTP, cmd: str = "LIST", path: str = "") -> list[str]:
     return lines
 
 
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

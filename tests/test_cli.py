@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, download, free_port, listing, run_xxftpd, upload
+from conftest import HOST, download, free_port, listing, run_xxftpd, upload, wait_until
 from xxftp_pyftpdlib import __version__
 
 STOP_WITHIN = 5  # seconds a signalled server may take to exit
@@ -262,33 +262,24 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _wait_for(predicate, timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
-
-
 def test_multi_proc_one_connection_process_terminated_leaves_others_serving(served, processes):
     """SIGTERM to the process of one connection (an admin ending a stuck
     client) ends that connection only: the others and new ones are served."""
     proc, port = start(processes, served.root, "--concurrency", "multi-proc")
     greeted(port)
-    assert _wait_for(lambda: len(_children(proc.pid)) <= 1)
+    assert wait_until(lambda: len(_children(proc.pid)) <= 1)
     idle = _children(proc.pid)
     first = ftplib.FTP()
     first.connect(HOST, port, timeout=5)
     assert first.sendcmd("USER bob").startswith("230")
-    assert _wait_for(lambda: len(_children(proc.pid) - idle) == 1)
+    assert wait_until(lambda: len(_children(proc.pid) - idle) == 1)
     (victim,) = _children(proc.pid) - idle
     second = ftplib.FTP()
     second.connect(HOST, port, timeout=5)
     try:
         assert second.login("alice", "secret").startswith("230")
         os.kill(victim, signal.SIGTERM)
-        assert _wait_for(lambda: victim not in _children(proc.pid))
+        assert wait_until(lambda: victim not in _children(proc.pid))
         for _ in range(3):
             assert second.sendcmd("NOOP").startswith("200")
             time.sleep(0.2)

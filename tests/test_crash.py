@@ -9,11 +9,10 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 
-from conftest import HOST, download, free_port, run_xxftpd, store
+from conftest import HOST, download, free_port, run_xxftpd, store, wait_until
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import scan
 
@@ -34,15 +33,6 @@ def start(root, *extra):
     port = free_port()
     proc = run_xxftpd("--root", str(root), "--host", HOST, "--port", str(port), *extra, wait_for_port=port)
     return proc, port
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.parametrize("mode", ["atomic", "atomic-resume", "standard"])

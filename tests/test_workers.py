@@ -6,9 +6,8 @@ import ftplib
 import os
 import signal
 import subprocess
-import time
 
-from conftest import HOST, free_port, run_xxftpd
+from conftest import HOST, free_port, run_xxftpd, wait_until
 from test_crash import _parallel_uploads, ledger_used, temporaries
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import scan
@@ -21,22 +20,13 @@ def workers_of(pid: int) -> set[int]:
     return {int(line.split()[0]) for line in out.splitlines() if "xxftp_pyftpdlib" in line}
 
 
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_workers_share_the_port_and_the_quota_and_stop_together(tree):
     home = tree.user("alice", password="pw", size="1M")
     port = free_port()
     proc = run_xxftpd("--root", str(tree.root), "--host", HOST, "--port", str(port), "--workers", "2",
                       wait_for_port=port)
     try:
-        assert wait_for(lambda: len(workers_of(proc.pid)) == 2)
+        assert wait_until(lambda: len(workers_of(proc.pid)) == 2)
         payloads, results = _parallel_uploads([port])
         ok = [i for i, r in results.items() if r.startswith("226")]
         assert len(results) == 8 and len(ok) == 3, results
@@ -45,7 +35,7 @@ def test_workers_share_the_port_and_the_quota_and_stop_together(tree):
         # a worker that dies is replaced; the others keep serving
         victim = sorted(workers_of(proc.pid))[0]
         os.kill(victim, signal.SIGKILL)
-        assert wait_for(lambda: victim not in workers_of(proc.pid) and len(workers_of(proc.pid)) == 2)
+        assert wait_until(lambda: victim not in workers_of(proc.pid) and len(workers_of(proc.pid)) == 2)
         for _ in range(4):
             ftp = ftplib.FTP()
             ftp.connect(HOST, port, timeout=10)
