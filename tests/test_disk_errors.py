@@ -3,7 +3,6 @@ nothing corrupted, the session goes on."""
 
 from __future__ import annotations
 
-import ftplib
 import os
 import subprocess
 

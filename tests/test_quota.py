@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import download, store, upload
+from conftest import store, upload
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import scan
 
