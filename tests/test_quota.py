@@ -229,3 +229,16 @@ def test_torn_ledger_is_rebuilt(tree):
     tree.file("alice/f.bin", b"f" * 123)
     (home / ".xxftp/ledger").write_text('{"used": 5, "pend')  # a write cut in the middle
     assert Quotas(ConfigStore(str(tree.root))).limited(str(home)).usage().used == 123
+
+
+def test_stou_is_charged_and_leaves_nothing_when_refused(tree, limited, start_server, connect):
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    ftp.cwd("/box")
+    reply = store(ftp, "", b"u" * (4 * KiB), cmd="STOU")
+    assert reply.startswith("226") and "6.0 KiB free" in reply
+    reply = store(ftp, "", os.urandom(20 * KiB), cmd="STOU")
+    assert reply.startswith("552")
+    names = [n for n in os.listdir(tree.root / "box-target") if not n.startswith(".")]
+    assert len(names) == 1 and (tree.root / "box-target" / names[0]).read_bytes() == b"u" * (4 * KiB)
+    assert ledger_used(tree.root / "box-target") == 4 * KiB
+    assert no_temporaries(tree.root)

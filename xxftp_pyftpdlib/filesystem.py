@@ -35,17 +35,6 @@ class QuotaRefused(FilesystemError):
     code = 552
 
 
-class _NamedFile:
-    """A file object that reports an FS path as its name (for STOU)."""
-
-    def __init__(self, file, name: str) -> None:
-        self.file = file
-        self.name = name
-
-    def __getattr__(self, attr):
-        return getattr(self.file, attr)
-
-
 class XxftpFS(AbstractedFS):
     """An AbstractedFS with xxftp mounts, hidden names and permissions."""
 
@@ -166,10 +155,18 @@ class XxftpFS(AbstractedFS):
             self._unique_folder(self.ftp2fs(self.cwd), "ftpd.")
 
     def mkstemp(self, suffix: str = "", prefix: str = "", dir: str | None = None, mode: str = "wb"):
+        """STOU: reserve a unique name, then upload into it like STOR (quota,
+        upload mode); a failed upload removes the name again."""
         folder = self._unique_folder(dir if dir is not None else self.ftp2fs(self.cwd), prefix, suffix)
-        fd, real = tempfile.mkstemp(suffix, prefix, folder.real, text="b" not in mode)
+        fd, real = tempfile.mkstemp(suffix, prefix, folder.real)
+        os.close(fd)
         name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
-        return _NamedFile(os.fdopen(fd, mode), name)
+        try:
+            ledger = self._ledger(self.resolve(name))
+            return Upload(real, name, "wb", self.upload_mode, ledger, placeholder=True)
+        except BaseException:
+            os.remove(real)
+            raise
 
     def remove(self, path: str) -> None:
         node = self.resolve(path)

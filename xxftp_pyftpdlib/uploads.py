@@ -35,8 +35,11 @@ QUOTA, BROKEN, ERROR = "quota", "broken", "error"
 class Upload:
     """A file-like object pyftpdlib's data channel writes into."""
 
-    def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger | None) -> None:
-        """``ledger`` journals the upload (and charges it, if the tree is limited)."""
+    def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger | None,
+                 placeholder: bool = False) -> None:
+        """``ledger`` journals the upload (and charges it, if the tree is limited);
+        ``placeholder``: ``target`` is an empty file made only to hold a unique
+        name (STOU), to be removed if the upload fails."""
         if upload_mode not in MODES:
             raise ValueError(f"unknown upload mode {upload_mode!r}")
         self.name = name  # what pyftpdlib logs and passes to callbacks
@@ -45,7 +48,8 @@ class Upload:
         self.upload_mode = upload_mode
         self.token = new_token()
         self.closed = False
-        exists = os.path.isfile(target)
+        self._placeholder = os.lstat(target).st_ino if placeholder else None
+        exists = os.path.isfile(target) and not placeholder
         if mode.startswith("r") and not exists:
             raise FileNotFoundError(2, "No such file or directory", target)
         self.old = os.path.getsize(target) if exists else 0
@@ -145,10 +149,11 @@ class Upload:
                 if not keep:
                     os.truncate(self.target, self.old)
                 self._charge(None, None)
-            elif keep and (ok or not os.path.lexists(self.target)):
+            elif keep and (ok or not os.path.lexists(self.target) or self._placeholder):
                 self._charge(self.temp, lambda: os.replace(self.temp, self.target))
             else:
                 self._discard()
+                self._drop_placeholder()
         except BaseException:
             self._discard()
             raise
@@ -172,6 +177,14 @@ class Upload:
                 self.finish(False, BROKEN)
             except Exception:
                 pass
+
+    def _drop_placeholder(self) -> None:
+        try:
+            st = os.lstat(self.target)
+            if st.st_ino == self._placeholder and st.st_size == 0:
+                os.remove(self.target)
+        except OSError:
+            pass
 
     def _discard(self) -> None:
         if not self._file.closed:
