@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 
+from .config import shared_store
+
 log = logging.getLogger("xxftpd.banners")
 
 WELCOME = "xxftp.welcome"
@@ -25,16 +27,15 @@ MAX_BYTES = 16 * 1024
 
 
 def read_text(root: str, name: str, default: str) -> str:
-    """The banner text of ``ROOT/name``, or ``default``."""
-    path = os.path.join(root, name)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES)
-    except FileNotFoundError:
+    """The banner text of ``ROOT/name``, or ``default``.
+
+    Read through the root's stat-validated cache: one ``stat`` per
+    connection while the file is unchanged, a fresh read once it is edited.
+    """
+    raw = shared_store(root).text(os.path.join(root, name))
+    if raw is None:
         return default
-    except OSError as err:
-        log.warning("%s: cannot read banner: %s", path, err.strerror)
-        return default
+    data = raw.encode("utf-8", "surrogateescape")[:MAX_BYTES]
     text = data.decode("utf-8", "replace").replace("\r", "").strip("\n")
     return text if text.strip() else default
 

@@ -217,6 +217,10 @@ class ConfigStore:
         path = os.path.join(home, CONFIG_DIR, "hosts")
         return self._load(path, lambda text: parse_hosts(text, path), None, ())
 
+    def text(self, path: str) -> str | None:
+        """A small text file (a banner), or None if missing or unreadable."""
+        return self._load(path, lambda text: Parsed(text), None, None)
+
     def size_limit(self, folder: str) -> int | None:
         """A tree's byte limit: 0 unlimited, None invalid (refuse uploads)."""
         path = os.path.join(folder, CONFIG_DIR, "size")
@@ -229,9 +233,13 @@ _stores_lock = threading.Lock()
 
 def shared_store(server_root: str) -> ConfigStore:
     """The process-wide store of a server root, shared by all its sessions."""
+    store = _stores.get(server_root)  # a session starts here: skip realpath when we can
+    if store is not None:
+        return store
     key = os.path.realpath(server_root)
     with _stores_lock:
         store = _stores.get(key)
         if store is None:
             store = _stores[key] = ConfigStore(key)
+        _stores[server_root] = store
         return store
