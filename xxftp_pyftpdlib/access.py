@@ -45,6 +45,8 @@ def networks(items: list[str] | None) -> list[Network]:
 
 
 def matches(ip: str, nets: list[Network]) -> bool:
+    if not nets:  # every connection asks: no parsing when there is no list
+        return False
     try:
         addr = address(ip)
     except ValueError:
