@@ -129,7 +129,7 @@ def parse_size(text: str, path: str) -> Parsed[int | None]:
         return Parsed(0)
     number, line = lines[0]
     match = _SIZE.fullmatch(line)
-    if not match:
+    if not match or len(match.group(1).lstrip("0")) > 20:  # past any disk (and int()'s limits)
         return Parsed(None, (Problem(path, number, f"invalid size {line!r} (bytes, or a number with K, M or G)"),))
     return Parsed(int(match.group(1)) * _UNITS[match.group(2).lower()])
 

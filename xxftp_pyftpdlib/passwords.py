@@ -23,7 +23,7 @@ import os
 import re
 
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
-_SCRYPT = re.compile(r"\$scrypt\$ln=(\d+),r=(\d+),p=(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
+_SCRYPT = re.compile(r"\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
 LN, R, P = 14, 8, 1  # 16 MiB and ~50 ms per hash on a 2-core machine
 _MAXMEM = 256 * 1024 * 1024
 
@@ -39,8 +39,11 @@ def kind(stored: str) -> str:
     if _MD5_HEX.fullmatch(text.lower()):
         return "md5"
     match = _SCRYPT.fullmatch(text)
-    if match and 1 <= int(match.group(1)) <= 20 and 1 <= int(match.group(2)) <= 32 and 1 <= int(match.group(3)) <= 16:
-        return "scrypt"
+    if match:
+        ln, r, p = (int(g) for g in match.groups()[:3])
+        # sane bounds, and within the memory one check may use (128 * r * 2**ln bytes)
+        if 1 <= ln <= 20 and 1 <= r <= 32 and 1 <= p <= 16 and 129 * r * (1 << ln) <= _MAXMEM:
+            return "scrypt"
     return "unknown"
 
 
@@ -66,7 +69,12 @@ def verify(stored: str, password: str) -> bool:
             salt, expected = base64.b64decode(salt64), base64.b64decode(hash64)
         except (binascii.Error, ValueError):
             return False
-        actual = _scrypt(password, salt, int(ln), int(r), int(p), len(expected) or 32)
+        if not 16 <= len(expected) <= 64:
+            return False
+        try:
+            actual = _scrypt(password, salt, int(ln), int(r), int(p), len(expected))
+        except (ValueError, MemoryError):  # parameters the library refuses after all
+            return False
         return hmac.compare_digest(expected, actual)
     return False
 
