@@ -53,9 +53,16 @@ class XxftpDTPMixin:
         if isinstance(err, QuotaExceeded) or (isinstance(err, OSError) and self._writing_failed(err)):
             self._why = QUOTA if isinstance(err, QuotaExceeded) else ERROR
             self._resp = (error_reply(err), logger.warning)
-            self.close()
+            self._close_safely()
             return
         super().handle_error()
+
+    def _close_safely(self) -> None:
+        """Close, never letting an error escape into the IO loop (it would stop the server)."""
+        try:
+            self.close()
+        except Exception:
+            logger.critical("closing a data channel failed", exc_info=True)
 
     def _pause_for_room(self) -> None:
         """Stop reading and try the held chunk again shortly (never blocks the loop)."""
@@ -86,7 +93,7 @@ class XxftpDTPMixin:
         self._why = why
         self._resp = (error_reply(err), logger.warning)
         self.add_channel(events=self.ioloop.READ)  # close() expects a registered channel
-        self.close()
+        self._close_safely()
 
     def _writing_failed(self, err: OSError) -> bool:
         # A write error of the file, as opposed to a socket error.
@@ -131,7 +138,11 @@ class XxftpDTPHandler(XxftpDTPMixin, DTPHandler):
             return None
         except OSError as err:
             if err.errno in _ERRNOS_DISCONNECTED:
-                self.handle_close()
+                # A reset is a broken upload, not its end (only an orderly
+                # close ends a stream-mode upload): never commit it.
+                self._why = BROKEN
+                self._resp = (f"426 Connection lost ({os.strerror(err.errno)}); transfer aborted.", logger.info)
+                self._close_safely()
                 return None
             raise
         if not size:  # the client's end of the upload

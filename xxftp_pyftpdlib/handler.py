@@ -98,7 +98,9 @@ class XxftpSession:
 
     def log_transfer(self, cmd, filename, receive, completed, elapsed, bytes) -> None:
         """One info line per transfer with the FTP path, and the xferlog line."""
-        path = self.fs.fs2ftp(filename) if receive else self._retr_ftp_path
+        # The data channel may end after the control connection (and its fs) is gone.
+        fs = self.fs
+        path = (fs.fs2ftp(filename) if fs is not None else filename) if receive else self._retr_ftp_path
         result = "ok" if completed else "incomplete"
         self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
         if self.xferlog_path:

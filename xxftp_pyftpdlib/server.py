@@ -24,6 +24,17 @@ from .handler import XxftpHandler, XxftpTLSHandler
 
 log = logging.getLogger("xxftpd")
 
+class AsyncServer(FTPServer):
+    """pyftpdlib's async server, where --max-cons counts client connections.
+
+    pyftpdlib compares the IO loop's map (which holds the listening socket
+    and data channels too) with the limit, so one client short.
+    """
+
+    def _accept_new_cons(self) -> bool:
+        return len(self.ip_map) <= self.max_cons  # ip_map already holds the new client
+
+
 class ThreadedServer(ThreadedFTPServer):
     """A thread per connection, with this server's own exit flag and lock.
 
@@ -35,6 +46,10 @@ class ThreadedServer(ThreadedFTPServer):
         super().__init__(*args, **kwargs)
         self._exit = threading.Event()
         self._lock = threading.Lock()
+
+    def _accept_new_cons(self) -> bool:
+        # pyftpdlib lets max_cons + 1 threads run ("<=" on the running ones)
+        return len(self.ip_map) <= self.max_cons
 
 
 try:
@@ -59,6 +74,11 @@ else:
             self._exit = self._mp_context.Event()  # this server's own, as above
             self._lock = self._mp_context.Lock()
 
+        def _accept_new_cons(self) -> bool:
+            # the new client has no process yet: strictly fewer running ones
+            self._refresh_tasks()
+            return len(self._active_tasks) < self.max_cons
+
         def _loop(self, handler):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -73,7 +93,7 @@ try:  # TLS 1.0 and 1.1 are off by default: safe defaults
 except ImportError:  # pragma: no cover
     _NO_OLD_TLS = 0
 
-SERVERS = {"async": FTPServer, "multi-thread": ThreadedServer, "multi-proc": MultiprocessFTPServer}
+SERVERS = {"async": AsyncServer, "multi-thread": ThreadedServer, "multi-proc": MultiprocessFTPServer}
 
 
 class ConfigError(Exception):

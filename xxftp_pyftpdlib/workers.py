@@ -35,7 +35,7 @@ def _run_worker(server: FTPServer, number: int) -> None:
         server.ioloop._poller.close()  # the parent's epoll set: not ours to use
     except (AttributeError, OSError):
         pass
-    worker = FTPServer(server.socket, server.handler, ioloop=IOLoop())
+    worker = type(server)(server.socket, server.handler, ioloop=IOLoop())
     worker.max_cons = server.max_cons
     worker.max_cons_per_ip = server.max_cons_per_ip
     log.info("worker %d (pid %d) serving", number, os.getpid())
