@@ -73,8 +73,11 @@ else:
             super().__init__(*args, **kwargs)
             self._exit = self._mp_context.Event()  # this server's own, as above
             self._lock = self._mp_context.Lock()
+            self._parent_pid = os.getpid()
 
         def _accept_new_cons(self) -> bool:
+            if os.getpid() != self._parent_pid:  # asked by a connection's process (PASV)
+                return super()._accept_new_cons()
             # the new client has no process yet: strictly fewer running ones
             self._refresh_tasks()
             return len(self._active_tasks) < self.max_cons
