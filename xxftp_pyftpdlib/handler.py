@@ -17,6 +17,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 
 import logging
+import re
 import time
 
 import math
@@ -27,6 +28,13 @@ from .datachannel import XxftpDTPHandler, XxftpDTPMixin
 from .filesystem import XxftpFS
 from .quota import human
 from .uploads import BROKEN, Upload
+
+
+_BARE_CONTROLS = re.compile(r"\r(?!\n)|(?<!\r)\n|\x00")
+
+
+def _escape(match: re.Match) -> str:
+    return {"\r": "\\r", "\n": "\\n", "\x00": "\\0"}[match.group()]
 
 
 def _commands(cmds: dict) -> dict:
@@ -134,6 +142,16 @@ class XxftpSession:
         self.on_connect()
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))
+
+    def respond(self, resp: str, logfun=None) -> None:
+        """Never echo a bare CR, LF or NUL from a client's line: it could
+        forge a reply line (``NOOP x\n226 ...``). Our own multi-line replies
+        join their lines with CRLF, which is kept."""
+        resp = _BARE_CONTROLS.sub(_escape, resp)
+        if logfun is None:
+            super().respond(resp)
+        else:
+            super().respond(resp, logfun=logfun)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         forget = getattr(self.fs, "forget", None)
