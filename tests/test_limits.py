@@ -11,6 +11,7 @@ import json
 import os
 import resource
 import signal
+import threading
 import socket
 import struct
 import time
@@ -404,6 +405,45 @@ def test_two_hundred_aborted_transfers_leak_nothing(tree, users):
         assert hashlib.sha256(out.getvalue()).digest() == hashlib.sha256((home / "big.bin").read_bytes()).digest()
         ftp.quit()
     finally:
+        stop(proc)
+
+
+def test_aborts_do_not_disturb_other_sessions(tree, users):
+    """While 300 transfers are broken off, every other session (the ones
+    about to abort, before they do, and a steady client) is served normally."""
+    proc, port = start(tree.root)
+    errors: list[str] = []
+    rounds = [0]
+    halt = threading.Event()
+
+    def steady():
+        while not halt.is_set():
+            try:
+                ftp = ftplib.FTP()
+                ftp.connect(HOST, port, timeout=10)
+                ftp.login("alice", "pw")
+                for _ in range(3):
+                    ftp.voidcmd("NOOP")
+                    out = io.BytesIO()
+                    ftp.retrbinary("RETR big.bin", out.write)
+                    assert out.getvalue() == (users / "big.bin").read_bytes()
+                    rounds[0] += 1
+                ftp.quit()
+            except (AssertionError, OSError, ftplib.Error) as err:
+                errors.append(repr(err))
+
+    watcher = threading.Thread(target=steady, daemon=True)
+    try:
+        watcher.start()
+        done, _ = run_aborts(port, 300, workers=16)
+        halt.set()
+        watcher.join(30)
+        disturbed = [d for d in done if d.startswith("disturbed")]
+        assert rounds[0] > 0
+        assert disturbed == [] and errors == [], \
+            f"{len(disturbed)} of 300 sessions and {len(errors)} steady rounds failed: {disturbed[:4]} {errors[:4]}"
+    finally:
+        halt.set()
         stop(proc)
 
 

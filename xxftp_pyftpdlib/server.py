@@ -12,7 +12,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from pyftpdlib.ioloop import IOLoop
+from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
 from . import access, xferlog
@@ -23,6 +23,39 @@ from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 
 log = logging.getLogger("xxftpd")
+
+class SafeIOLoop(IOLoop):
+    """The platform IO loop, dispatching each event only to the channel that
+    owned its fd when the batch of events was read.
+
+    pyftpdlib looks the channel up by fd number at dispatch time: when a
+    socket closes in the middle of a batch and a new connection reuses its
+    fd, the old socket's event (a hang-up, a read) went to the new
+    connection, which was then reset or closed under load.
+    """
+
+    if hasattr(IOLoop, "_poller") or hasattr(IOLoop, "_ERROR"):
+
+        def poll(self, timeout):
+            if timeout is None:
+                timeout = -1
+            try:
+                events = self._poller.poll(timeout)
+            except InterruptedError:
+                return
+            owners = self.socket_map.get
+            batch = [(fd, event, owners(fd)) for fd, event in events]
+            for fd, event, inst in batch:
+                if inst is None or owners(fd) is not inst:
+                    continue  # closed, or its fd now belongs to someone else
+                if event & self._ERROR and not event & self.READ:
+                    inst.handle_close()
+                else:
+                    if event & self.READ and inst.readable():
+                        _read(inst)
+                    if event & self.WRITE and inst.writable():
+                        _write(inst)
+
 
 class AsyncServer(FTPServer):
     """pyftpdlib's async server, where --max-cons counts client connections.
@@ -196,7 +229,7 @@ def make_server(options: Options, handler: type | None = None):
     settled = reconcile(handler.authorizer.root)  # before clients can connect
     log.debug("%d quota ledger(s) checked", settled)
     try:  # its own IO loop, not pyftpdlib's process-wide instance: servers stay independent
-        server = cls((options.host, options.port), handler, ioloop=IOLoop())
+        server = cls((options.host, options.port), handler, ioloop=SafeIOLoop())
     except OSError as err:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
     server.max_cons = options.max_cons

@@ -20,7 +20,6 @@ import os
 import signal
 import time
 
-from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 log = logging.getLogger("xxftpd")
@@ -35,7 +34,7 @@ def _run_worker(server: FTPServer, number: int) -> None:
         server.ioloop._poller.close()  # the parent's epoll set: not ours to use
     except (AttributeError, OSError):
         pass
-    worker = type(server)(server.socket, server.handler, ioloop=IOLoop())
+    worker = type(server)(server.socket, server.handler, ioloop=type(server.ioloop)())
     worker.max_cons = server.max_cons
     worker.max_cons_per_ip = server.max_cons_per_ip
     log.info("worker %d (pid %d) serving", number, os.getpid())
