@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd
+from conftest import HOST, free_port, run_xxftpd, wait_until
 from xxftp_pyftpdlib import XxftpHandler
 
 KiB = 1024
@@ -195,14 +195,6 @@ def snapshot(base: Path, skip: list[Path]) -> dict[str, tuple]:
 def temporaries(root: Path) -> list[str]:
     return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
 
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 class Watcher(threading.Thread):
