@@ -262,21 +262,16 @@ def serve(server, workers: int = 1) -> None:
     stop_on_signals()
     threading.excepthook = _thread_failed
     host, port = server.address[:2]
-    if workers > 1:
-        log.info("xxftpd listening on %s:%s, serving %s with %d worker processes",
-                 host, port, server.handler.authorizer.root, workers)
-        try:
-            serve_workers(server, workers)
-        finally:
-            if server.handler.bans is not None:
-                server.handler.bans.close()
-            server.close()
-        log.info("xxftpd stopped")
-        return
-    log.info("xxftpd listening on %s:%s, serving %s", host, port, server.handler.authorizer.root)
+    extra = f" with {workers} worker processes" if workers > 1 else ""
+    log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
     try:
-        server.serve_forever()
+        if workers > 1:
+            serve_workers(server, workers)
+        else:
+            server.serve_forever()  # closes every connection itself
     finally:
         if server.handler.bans is not None:
             server.handler.bans.close()
+        if workers > 1:
+            server.close()
     log.info("xxftpd stopped")

@@ -65,10 +65,6 @@ class Node:
     is_top: bool  # the home or a mount point
     trail: tuple[str, ...]  # real folders walked from the home to here
 
-    @property
-    def name(self) -> str:
-        return self.ftp.rsplit("/", 1)[-1] or "/"
-
 
 class Entry:
     """One line of a folder listing: its name, area, and (lazily) its stat."""
