@@ -224,6 +224,49 @@ def test_unreadable_password_file_refuses_and_logs(tree, start_server, connect, 
     assert all(r.levelno >= logging.WARNING for r in records)
 
 
+def test_every_refusal_by_an_unreadable_password_file_is_logged(tree, start_server, connect, caplog):
+    home = tree.user("alice", password="secret")
+    path = home / ".xxftp" / "password"
+    _make_unreadable(path)
+    caplog.set_level(logging.INFO, logger="xxftpd.accounts")
+    srv = start_server(tree.root, max_login_attempts=100)
+    try:
+        ftp = connect(srv.port)
+        for _ in range(3):
+            failed_login(ftp, "alice", "secret")
+    finally:
+        if path.is_file():
+            os.chmod(path, 0o600)
+    unreadable = [r for r in caplog.records if "cannot read password file" in r.getMessage()]
+    assert len(unreadable) == 3, [r.getMessage() for r in caplog.records]
+
+
+def test_password_file_edits_take_effect_at_the_next_login(tree, start_server, connect):
+    """Logins read password files through a cache: every kind of edit must show."""
+    home = tree.user("alice", password="secret")
+    path = home / ".xxftp" / "password"
+    srv = start_server(tree.root, max_login_attempts=100)
+    ftp = connect(srv.port)
+    ftp.login("alice", "secret")
+    # rewritten in place, same inode and same length (an MD5 hex is always 32)
+    with open(path, "r+") as f:
+        f.write(hashlib.md5(b"changed").hexdigest())
+    failed_login(ftp, "alice", "secret")
+    assert ftp.login("alice", "changed").startswith("230")
+    # replaced by another file (as `xxftpd passwd` does)
+    tmp = path.with_name("password.new")
+    tmp.write_text(hashlib.md5(b"again").hexdigest() + "\n")
+    os.replace(tmp, path)
+    failed_login(ftp, "alice", "changed")
+    assert ftp.login("alice", "again").startswith("230")
+    # removed: USER alone logs in; back again: a password is needed
+    os.remove(path)
+    assert ftp.sendcmd("USER alice").startswith("230")
+    path.write_text(hashlib.md5(b"back").hexdigest() + "\n")
+    failed_login(ftp, "alice", "again")
+    assert ftp.login("alice", "back").startswith("230")
+
+
 @pytest.mark.parametrize("content", [
     "garbage\n",
     "",

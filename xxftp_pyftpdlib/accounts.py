@@ -48,22 +48,51 @@ class Login:
 
 
 class Accounts:
-    """The users of one server root."""
+    """The users of one server root.
+
+    Password files are read through a small cache validated by ``stat``
+    (one ``stat`` per check while a file is unchanged; an edit or a new
+    file is seen at the next login). A file that can't be read is never
+    cached: every login it refuses is logged.
+    """
 
     def __init__(self, root: str, upgrade_hashes: bool = False) -> None:
         self.root = os.path.realpath(root)
         self.upgrade_hashes = upgrade_hashes
+        self._prefix = self.root.rstrip("/") + "/"
+        self._hashes: dict[str, tuple[tuple[int, ...], str]] = {}
 
     def home_of(self, name: str) -> str | None:
         """The home folder of ``name``, or None if there is no such user."""
         name = canonical_name(name)
         if not USER_NAME.fullmatch(name):
             return None
-        home = os.path.join(self.root, name)
+        home = self._prefix + name
         return home if os.path.isdir(home) else None
 
     def password_file(self, name: str) -> str:
-        return os.path.join(self.root, canonical_name(name), CONFIG_DIR, "password")
+        return f"{self._prefix}{canonical_name(name)}/{CONFIG_DIR}/password"
+
+    def _stored(self, path: str) -> str | None:
+        """The stored hash at ``path``; None if there is no file; OSError if unreadable."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None if not os.path.islink(path) else self._read(path)  # a dangling link is unreadable
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        hit = self._hashes.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        stored = self._read(path)
+        if len(self._hashes) > 100_000:
+            self._hashes.clear()
+        self._hashes[path] = (key, stored)
+        return stored
+
+    @staticmethod
+    def _read(path: str) -> str:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(4096)
 
     def needs_password(self, name: str) -> bool:
         """False only for an existing user whose home has no password file.
@@ -71,43 +100,50 @@ class Accounts:
         Unknown users answer True so they get 331 like everybody else.
         """
         name = canonical_name(name)
-        home = self.home_of(name)
-        if home is None or name == ANONYMOUS:
+        if name == ANONYMOUS or not USER_NAME.fullmatch(name):
             return True
-        return os.path.lexists(self.password_file(name))
+        if os.path.lexists(self.password_file(name)):
+            return True  # (and the home exists)
+        return self.home_of(name) is None
 
-    def _stored(self, name: str) -> str | None:
-        try:
-            with open(self.password_file(name), encoding="utf-8", errors="replace") as f:
-                return f.read(4096)
-        except OSError:
-            return None
+    def _account(self, name: str) -> tuple[str | None, str | None]:
+        """(home, stored hash) of a user; (None, None) if there is no such user.
+
+        OSError if the password file can't be read. A password file that
+        exists implies its home, which then needs no check of its own.
+        """
+        if not USER_NAME.fullmatch(name):
+            return None, None
+        stored = self._stored(self.password_file(name))
+        if stored is not None:
+            return self._prefix + name, stored
+        return self.home_of(name), None
 
     def slow_login(self, name: str) -> bool:
         """True if checking this login takes real time (modern hash, unknown user, upgrade)."""
-        name = canonical_name(name)
-        if self.home_of(name) is None:
+        try:
+            home, stored = self._account(canonical_name(name))
+        except OSError:
+            return False  # refused (and logged) at once by login()
+        if home is None:
             return True
-        stored = self._stored(name)
         if stored is None:
             return False
         return passwords.is_slow(stored) or self.upgrade_hashes
 
     def login(self, name: str, password: str) -> Login:
         name = canonical_name(name)
-        home = self.home_of(name)
         path = self.password_file(name)
-        if home is None:
-            passwords.waste_time(password)  # the same work as a real check
-            return Login(False, reason="no such user")
-        if not os.path.lexists(path):
-            return Login(True, home)
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                stored = f.read(4096)
+            home, stored = self._account(name)
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
             return Login(False, reason=f"unreadable password file {path}")
+        if home is None:
+            passwords.waste_time(password)  # the same work as a real check
+            return Login(False, reason="no such user")
+        if stored is None:
+            return Login(True, home)
         if passwords.kind(stored) == "unknown":
             log.error("%s: unrecognised password format; login refused", path)
         if passwords.verify(stored, password):

@@ -13,7 +13,6 @@ Rules that live here:
 from __future__ import annotations
 
 import logging
-import os
 
 from .config import shared_store
 
@@ -32,7 +31,7 @@ def read_text(root: str, name: str, default: str) -> str:
     Read through the root's stat-validated cache: one ``stat`` per
     connection while the file is unchanged, a fresh read once it is edited.
     """
-    raw = shared_store(root).text(os.path.join(root, name))
+    raw = shared_store(root).text(f"{root}/{name}")
     if raw is None:
         return default
     data = raw.encode("utf-8", "surrogateescape")[:MAX_BYTES]

@@ -147,7 +147,8 @@ class XxftpSession:
         """Never echo a bare CR, LF or NUL from a client's line: it could
         forge a reply line (``NOOP x\n226 ...``). Our own multi-line replies
         join their lines with CRLF, which is kept."""
-        resp = _BARE_CONTROLS.sub(_escape, resp)
+        if "\n" in resp or "\r" in resp or "\x00" in resp:
+            resp = _BARE_CONTROLS.sub(_escape, resp)
         if logfun is None:
             super().respond(resp)
         else:
@@ -294,10 +295,11 @@ class XxftpSession:
         super().close()
 
     def ftp_QUIT(self, line: str) -> None:
-        default = banners.DEFAULT_GOODBYE
         if self.authenticated:
-            default = self.authorizer.get_msg_quit(self.username)
-        self.respond(banners.reply(221, self._text("goodbye", default)))
+            text = self.authorizer.get_msg_quit(self.username)
+        else:
+            text = self._text("goodbye", banners.DEFAULT_GOODBYE)
+        self.respond(banners.reply(221, text))
         # As pyftpdlib: let a running transfer finish, then close.
         if self.data_channel:
             self._quit_pending = True

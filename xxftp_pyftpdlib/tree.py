@@ -113,12 +113,29 @@ def _loops(real: str, trail: tuple[str, ...]) -> bool:
     return any(_inside(walked, real) for walked in trail)
 
 
+def _real_home(server_root: str, home: str) -> str:
+    """``realpath(home)``, without a walk for the usual ``ROOT/<user>`` folder.
+
+    The server root is already a real path, so a plain folder (not a
+    link) right inside it is its own real path: one ``lstat`` instead of
+    one per component.
+    """
+    parent, _, name = home.rstrip("/").rpartition("/")
+    if parent == server_root and name not in ("", ".", ".."):
+        try:
+            if stat_mod.S_ISDIR(os.lstat(home).st_mode):
+                return home.rstrip("/")
+        except OSError:
+            pass
+    return os.path.realpath(home)
+
+
 class Namespace:
     """Resolves and lists FTP paths of one home. Cheap to create."""
 
     def __init__(self, store: ConfigStore, home: str) -> None:
         self.store = store
-        self.home = os.path.realpath(home)
+        self.home = _real_home(store.server_root, home)
 
     def root(self) -> Node:
         area = Area(self.home, "/", self.store.permission(self.home), None)
