@@ -9,8 +9,7 @@ which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 from pyftpdlib.filesystems import FilesystemError
@@ -22,7 +21,7 @@ import time
 
 import math
 
-from . import access, banners, xferlog
+from . import access, banners, hashpool, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler, XxftpDTPMixin
 from .filesystem import XxftpFS
@@ -44,19 +43,6 @@ def _commands(cmds: dict) -> dict:
     cmds["SITE QUOTA"] = dict(perm=None, auth=True, arg=None,
                               help="Syntax: SITE QUOTA [<SP> path] (show the quota of a tree).")
     return cmds
-
-
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-
-
-def _login_pool() -> ThreadPoolExecutor:
-    """The process's pool for slow password checks (made anew after a fork)."""
-    global _pool, _pool_pid
-    if _pool is None or _pool_pid != os.getpid():
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="xxftpd-login")
-        _pool_pid = os.getpid()
-    return _pool
 
 
 class XxftpSession:
@@ -187,7 +173,7 @@ class XxftpSession:
         if self.authenticated or not self.username or slow is None or not slow(self.username):
             return super().ftp_PASS(line)
         self.del_channel()
-        future = _login_pool().submit(self._check_login, self.username, line)
+        future = hashpool.pool().submit(self._check_login, self.username, line)
         self.ioloop.call_later(0.002, self._login_verdict, future, line, _errback=self.handle_error)
         return None
 
