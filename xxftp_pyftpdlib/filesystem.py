@@ -325,20 +325,32 @@ class XxftpFS(AbstractedFS):
         return line.encode(getattr(channel, "encoding", "utf8"), getattr(channel, "unicode_errors", "replace"))
 
     def format_list(self, basedir: str, listing_: list[str], ignore_err: bool = True) -> Iterator[bytes]:
-        timefunc, now = self._timefunc(), time.time()
-        for e in self._entries(basedir, listing_, ignore_err):
-            st = e.st
-            mode = listing.shown_mode(st.st_mode, e.area.permission)
-            yield self._encode(listing.list_line(
-                e.name, st, mode, self._owner(st.st_uid), self._group(st.st_gid), now, timefunc))
+        line = listing.list_formatter(self._owner, self._group, self._timefunc(), time.time())
+        return self._batched(line(e.name, e.st, e.area.permission)
+                             for e in self._entries(basedir, listing_, ignore_err))
 
     def format_mlsx(self, basedir: str, listing_: list[str], perms: str, facts, ignore_err: bool = True) -> Iterator[bytes]:
         line = listing.mlsx_formatter(facts, self._timefunc())
-        for e in self._entries(basedir, listing_, ignore_err):
-            st = e.st
-            permission = e.area.permission
-            perm = listing.perm_facts(permission, stat_mod.S_ISDIR(st.st_mode), e.is_top, perms)
-            yield self._encode(line(e.name, st, listing.shown_mode(st.st_mode, permission), perm))
+        shown, perm_facts, isdir = listing.shown_mode, listing.perm_facts, stat_mod.S_ISDIR
+
+        def lines() -> Iterator[str]:
+            for e in self._entries(basedir, listing_, ignore_err):
+                st, permission = e.st, e.area.permission
+                perm = perm_facts(permission, isdir(st.st_mode), e.is_top, perms)
+                yield line(e.name, st, shown(st.st_mode, permission), perm)
+
+        return self._batched(lines())
+
+    def _batched(self, lines: Iterator[str], size: int = 128) -> Iterator[bytes]:
+        """Lines encoded ``size`` at a time (pyftpdlib's producer joins what it gets)."""
+        batch: list[str] = []
+        for text in lines:
+            batch.append(text)
+            if len(batch) == size:
+                yield self._encode("".join(batch))
+                batch.clear()
+        if batch:
+            yield self._encode("".join(batch))
 
     _names: dict[tuple[str, int], str] = {}
 

@@ -57,56 +57,91 @@ def perm_facts(permission: Permission, is_dir: bool, is_top: bool, granted: str)
     return "".join(sorted(f for f in facts if _FACT_LETTER[f] in granted))
 
 
-def _mtime_text(mtime: float, now: float, timefunc: TimeFunc) -> str:
-    fmt = "%d  %Y" if now - mtime > SIX_MONTHS else "%d %H:%M"
-    try:
-        t = timefunc(mtime)
-        return f"{_MONTHS[t.tm_mon - 1]} {time.strftime(fmt, t)}"
-    except (ValueError, OverflowError, OSError):
-        t = timefunc(now)
-        return f"{_MONTHS[t.tm_mon - 1]} {time.strftime('%d %H:%M', t)}"
+class _Clock:
+    """The time texts of one listing, each made once per distinct second
+    (the files of a folder share few: gmtime + strftime per line was a
+    third of a LIST)."""
+
+    def __init__(self, timefunc: TimeFunc, now: float) -> None:
+        self.timefunc, self.now = timefunc, now
+        self._ls: dict[int, str] = {}
+        self._mlsx: dict[int, str | None] = {}
+
+    def ls(self, mtime: float) -> str:
+        """``Mon dd HH:MM`` for the last six months, ``Mon dd  YYYY`` before."""
+        key = int(mtime) if mtime == mtime and abs(mtime) < 1e15 else 0
+        text = self._ls.get(key)
+        if text is None:
+            text = self._ls[key] = self._ls_text(mtime)
+        return text
+
+    def _ls_text(self, mtime: float) -> str:
+        fmt = "%d  %Y" if self.now - mtime > SIX_MONTHS else "%d %H:%M"
+        try:
+            t = self.timefunc(mtime)
+            return f"{_MONTHS[t.tm_mon - 1]} {time.strftime(fmt, t)}"
+        except (ValueError, OverflowError, OSError):
+            t = self.timefunc(self.now)
+            return f"{_MONTHS[t.tm_mon - 1]} {time.strftime('%d %H:%M', t)}"
+
+    def mlsx(self, seconds: float) -> str | None:
+        """``YYYYMMDDHHMMSS``, or None for a time that can't be shown."""
+        key = int(seconds) if seconds == seconds and abs(seconds) < 1e15 else None
+        if key is not None and key in self._mlsx:
+            return self._mlsx[key]
+        try:
+            text = time.strftime("%Y%m%d%H%M%S", self.timefunc(seconds))
+        except (ValueError, OverflowError, OSError):
+            text = None
+        if key is not None:
+            self._mlsx[key] = text
+        return text
 
 
-def list_line(name: str, st: os.stat_result, mode: int, owner: str, group: str,
-              now: float, timefunc: TimeFunc) -> str:
-    """One ``ls -l`` style line, CRLF included."""
-    return "%s %3s %-8s %-8s %8s %s %s\r\n" % (
-        stat.filemode(mode), st.st_nlink or 1, owner, group, st.st_size,
-        _mtime_text(st.st_mtime, now, timefunc), name,
-    )
+def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], timefunc: TimeFunc,
+                   now: float) -> Callable[[str, os.stat_result, Permission], str]:
+    """A function making ``ls -l`` style lines (CRLF included) for one listing."""
+    clock = _Clock(timefunc, now)
+    modes: dict[tuple[int, int], str] = {}
+
+    def line(name: str, st: os.stat_result, permission: Permission) -> str:
+        key = (st.st_mode, id(permission))  # the permissions outlive the listing
+        mode = modes.get(key)
+        if mode is None:
+            mode = modes[key] = stat.filemode(shown_mode(st.st_mode, permission))
+        return (f"{mode} {st.st_nlink or 1:>3} {owner(st.st_uid):<8} {group(st.st_gid):<8} "
+                f"{st.st_size:>8} {clock.ls(st.st_mtime)} {name}\r\n")
+
+    return line
+
+
+_MLSX_FACTS = ("type", "perm", "size", "modify", "create", "unix.mode", "unix.uid", "unix.gid", "unique")
 
 
 def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc) -> Callable[[str, os.stat_result, int, str], str]:
     """A function making MLSD lines (``fact=value;... name``, CRLF included)
     for the facts asked for, in sorted order, decided once per listing."""
-    wanted = sorted(set(facts) & {"type", "perm", "size", "modify", "create", "unix.mode",
-                                  "unix.uid", "unix.gid", "unique"})
-
-    def when(seconds: float) -> str | None:
-        try:
-            return time.strftime("%Y%m%d%H%M%S", timefunc(seconds))
-        except (ValueError, OverflowError, OSError):
-            return None
-
-    getters = {
+    wanted = sorted(set(facts) & set(_MLSX_FACTS))
+    clock = _Clock(timefunc, time.time())
+    values: dict[str, Callable[[os.stat_result, int, str], object]] = {
         "type": lambda st, mode, perm: "dir" if stat.S_ISDIR(st.st_mode) else "file",
         "perm": lambda st, mode, perm: perm,
         "size": lambda st, mode, perm: st.st_size,
-        "modify": lambda st, mode, perm: when(st.st_mtime),
-        "create": lambda st, mode, perm: when(st.st_ctime),
+        "modify": lambda st, mode, perm: clock.mlsx(st.st_mtime),
+        "create": lambda st, mode, perm: clock.mlsx(st.st_ctime),
         "unix.mode": lambda st, mode, perm: oct(mode & 0o777),
         "unix.uid": lambda st, mode, perm: st.st_uid,
         "unix.gid": lambda st, mode, perm: st.st_gid,
         "unique": lambda st, mode, perm: f"{st.st_dev:x}g{st.st_ino:x}",
     }
-    plan = [(fact, getters[fact]) for fact in wanted]
+    getters = [values[fact] for fact in wanted]
+    template = "".join(f"{fact}=%s;" for fact in wanted) + " %s\r\n"
 
     def line(name: str, st: os.stat_result, mode: int, perm: str) -> str:
-        parts = []
-        for fact, get in plan:
-            value = get(st, mode, perm)
-            if value is not None:
-                parts.append(f"{fact}={value};")
-        return f"{''.join(parts)} {name}\r\n"
+        got = [get(st, mode, perm) for get in getters]
+        if None in got:  # a time that can't be shown: leave that fact out
+            return "".join(f"{fact}={value};" for fact, value in zip(wanted, got) if value is not None) + f" {name}\r\n"
+        got.append(name)
+        return template % tuple(got)
 
     return line
