@@ -242,3 +242,20 @@ def test_stou_is_charged_and_leaves_nothing_when_refused(tree, limited, start_se
     assert len(names) == 1 and (tree.root / "box-target" / names[0]).read_bytes() == b"u" * (4 * KiB)
     assert ledger_used(tree.root / "box-target") == 4 * KiB
     assert no_temporaries(tree.root)
+
+
+@pytest.mark.parametrize("mode", ["atomic", "atomic-resume", "standard"])
+@pytest.mark.parametrize("cmd", ["STOR", "APPE"])
+def test_upload_onto_a_folder_is_refused_before_any_data(tree, limited, start_server, connect, mode, cmd):
+    (limited / "folder").mkdir()
+    (limited / "folder" / "inside.txt").write_bytes(b"kept")
+    srv = start_server(tree.root, upload_mode=mode)
+    ftp = connect(srv.port, "alice", "pw")
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PASV")  # a data connection is offered but never used
+    with pytest.raises(ftplib.error_perm) as exc:
+        ftp.sendcmd(f"{cmd} folder")  # the answer comes before any 150
+    assert str(exc.value).startswith("550 ") and "folder" in str(exc.value)
+    assert (limited / "folder" / "inside.txt").read_bytes() == b"kept"
+    assert no_temporaries(tree.root)
+    assert ftp.voidcmd("NOOP").startswith("200")

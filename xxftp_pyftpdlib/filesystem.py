@@ -114,7 +114,15 @@ class XxftpFS(AbstractedFS):
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
             return open(node.real, mode)
-        if os.path.isfile(node.real):
+        try:
+            mode_bits = os.stat(node.real).st_mode
+        except OSError:
+            mode_bits = 0
+        if stat_mod.S_ISDIR(mode_bits) and not node.is_top:
+            # Refused before the data connection (an atomic upload would
+            # only fail at its final rename, after the whole transfer).
+            raise FilesystemError(f"{node.ftp} is a folder")
+        if stat_mod.S_ISREG(mode_bits):
             self._require(node, Action.OVERWRITE, "changing an existing file", on_entry=True)
         else:
             self._require(node, Action.CREATE, "uploading a new file", on_entry=True)
