@@ -28,6 +28,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
+from .access import parse_hosts
 from .permissions import FULL, NONE, Permission
 
 log = logging.getLogger("xxftpd.config")
@@ -212,9 +213,7 @@ class ConfigStore:
 
     def hosts(self, home: str) -> tuple | None:
         """Networks a user may log in from; None without a hosts file."""
-        from .access import parse_hosts
-
-        path = os.path.join(home, CONFIG_DIR, "hosts")
+        path = f"{home}/{CONFIG_DIR}/hosts"
         return self._load(path, lambda text: parse_hosts(text, path), None, ())
 
     def text(self, path: str) -> str | None:
