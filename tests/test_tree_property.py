@@ -78,7 +78,7 @@ def test_listings_show_only_reachable_names(world, path):
     namespace, allowed = world
     try:
         node = namespace.resolve(path)
-        entries = namespace.listing(node)
+        entries = namespace.listing(node).entries()
     except (PathRefused, OSError):
         return
     for entry in entries:

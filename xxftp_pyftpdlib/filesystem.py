@@ -17,7 +17,7 @@ import os
 import stat as stat_mod
 import tempfile
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
@@ -25,7 +25,7 @@ from . import listing, quota
 from .config import shared_store
 from .permissions import Action
 from .quota import QuotaExceeded
-from .tree import Entry, Namespace, Node, PathRefused, check_name, require
+from .tree import Area, Entry, Namespace, Node, PathRefused, check_name, require
 from .uploads import Upload
 
 
@@ -265,9 +265,9 @@ class XxftpFS(AbstractedFS):
         os.rmdir(node.real)
 
     def listdir(self, path: str) -> list[str]:
-        entries = self.namespace.listing(self.resolve(path))
-        self._listed = (os.path.normpath(path), {e.name: e for e in entries})
-        return [e.name for e in entries]
+        listed = self.namespace.listing(self.resolve(path))
+        self._listed = (os.path.normpath(path), listed)
+        return list(listed.names)
 
     listdirinfo = listdir
 
@@ -307,58 +307,51 @@ class XxftpFS(AbstractedFS):
 
     # --- listings
 
-    def _entries(self, basedir: str, names, ignore_err: bool) -> Iterator[Entry]:
-        """The entries of ``names`` in ``basedir``: from the last listdir if it
-        was of that folder, else resolved one by one (LIST of a file, MLST)."""
+    def _stats(self, basedir: str, names, ignore_err: bool) -> Iterator[tuple[str, os.stat_result, Area, bool]]:
+        """(name, stat, area, is_top) of ``names`` in ``basedir``: from the last
+        listdir if it was of that folder, else resolved one by one (LIST of a
+        file, MLST). Entries that vanished are skipped."""
         basedir = os.path.normpath(basedir)
-        listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else {}
+        listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else None
+        plain = listed.plain if listed is not None else {}
+        others = listed.others if listed is not None else {}
         for name in names:
-            entry = listed.get(name)
             try:
-                if entry is None:
-                    node = self.resolve(os.path.join(basedir, name))
-                    entry = Entry(name, node.area, node.is_top, os.stat(node.real))
-                entry.st  # noqa: B018 - stat now, so a vanished file is skipped here
+                dirent = plain.get(name)
+                if dirent is not None:
+                    found = (name, dirent.stat(follow_symlinks=False), listed.area, False)
+                else:
+                    entry = others.get(name)
+                    if entry is None:
+                        node = self.resolve(os.path.join(basedir, name))
+                        entry = Entry(name, node.area, node.is_top, os.stat(node.real))
+                    found = (name, entry.st, entry.area, entry.is_top)
             except (OSError, FilesystemError):
                 if not ignore_err:
                     raise
                 continue
-            yield entry
+            yield found
 
     def _timefunc(self):
         return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime
 
-    def _encode(self, line: str) -> bytes:
+    def _encoder(self) -> Callable[[str], bytes]:
         channel = self.cmd_channel
-        return line.encode(getattr(channel, "encoding", "utf8"), getattr(channel, "unicode_errors", "replace"))
+        encoding = getattr(channel, "encoding", "utf8")
+        errors = getattr(channel, "unicode_errors", "replace")
+        return lambda text: text.encode(encoding, errors)
 
     def format_list(self, basedir: str, listing_: list[str], ignore_err: bool = True) -> Iterator[bytes]:
         line = listing.list_formatter(self._owner, self._group, self._timefunc(), time.time())
-        return self._batched(line(e.name, e.st, e.area.permission)
-                             for e in self._entries(basedir, listing_, ignore_err))
+        encode = self._encoder()
+        for name, st, area, _top in self._stats(basedir, listing_, ignore_err):
+            yield encode(line(name, st, area.permission))
 
     def format_mlsx(self, basedir: str, listing_: list[str], perms: str, facts, ignore_err: bool = True) -> Iterator[bytes]:
-        line = listing.mlsx_formatter(facts, self._timefunc())
-        shown, perm_facts, isdir = listing.shown_mode, listing.perm_facts, stat_mod.S_ISDIR
-
-        def lines() -> Iterator[str]:
-            for e in self._entries(basedir, listing_, ignore_err):
-                st, permission = e.st, e.area.permission
-                perm = perm_facts(permission, isdir(st.st_mode), e.is_top, perms)
-                yield line(e.name, st, shown(st.st_mode, permission), perm)
-
-        return self._batched(lines())
-
-    def _batched(self, lines: Iterator[str], size: int = 128) -> Iterator[bytes]:
-        """Lines encoded ``size`` at a time (pyftpdlib's producer joins what it gets)."""
-        batch: list[str] = []
-        for text in lines:
-            batch.append(text)
-            if len(batch) == size:
-                yield self._encode("".join(batch))
-                batch.clear()
-        if batch:
-            yield self._encode("".join(batch))
+        line = listing.mlsx_formatter(facts, self._timefunc(), perms)
+        encode = self._encoder()
+        for name, st, area, is_top in self._stats(basedir, listing_, ignore_err):
+            yield encode(line(name, st, area.permission, is_top))
 
     _names: dict[tuple[str, int], str] = {}
 

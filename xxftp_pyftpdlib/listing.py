@@ -116,32 +116,49 @@ def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], tim
 
 
 _MLSX_FACTS = ("type", "perm", "size", "modify", "create", "unix.mode", "unix.uid", "unix.gid", "unique")
+_BY_MODE = {"type", "perm", "unix.mode"}  # facts decided by the mode, the area and is_top alone
 
 
-def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc) -> Callable[[str, os.stat_result, int, str], str]:
+def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc,
+                   granted: str) -> Callable[[str, os.stat_result, Permission, bool], str]:
     """A function making MLSD lines (``fact=value;... name``, CRLF included)
-    for the facts asked for, in sorted order, decided once per listing."""
+    for the facts asked for, in sorted order, decided once per listing.
+
+    The facts fixed by an entry's mode and area (type, perm, unix.mode) are
+    written into one template per kind of entry; a line fills in the rest.
+    """
     wanted = sorted(set(facts) & set(_MLSX_FACTS))
     clock = _Clock(timefunc, time.time())
-    values: dict[str, Callable[[os.stat_result, int, str], object]] = {
-        "type": lambda st, mode, perm: "dir" if stat.S_ISDIR(st.st_mode) else "file",
-        "perm": lambda st, mode, perm: perm,
-        "size": lambda st, mode, perm: st.st_size,
-        "modify": lambda st, mode, perm: clock.mlsx(st.st_mtime),
-        "create": lambda st, mode, perm: clock.mlsx(st.st_ctime),
-        "unix.mode": lambda st, mode, perm: oct(mode & 0o777),
-        "unix.uid": lambda st, mode, perm: st.st_uid,
-        "unix.gid": lambda st, mode, perm: st.st_gid,
-        "unique": lambda st, mode, perm: f"{st.st_dev:x}g{st.st_ino:x}",
+    per_entry: dict[str, Callable[[os.stat_result], object]] = {
+        "size": lambda st: st.st_size,
+        "modify": lambda st: clock.mlsx(st.st_mtime),
+        "create": lambda st: clock.mlsx(st.st_ctime),
+        "unix.uid": lambda st: st.st_uid,
+        "unix.gid": lambda st: st.st_gid,
+        "unique": lambda st: f"{st.st_dev:x}g{st.st_ino:x}",
     }
-    getters = [values[fact] for fact in wanted]
-    template = "".join(f"{fact}=%s;" for fact in wanted) + " %s\r\n"
+    getters = [per_entry[fact] for fact in wanted if fact not in _BY_MODE]
+    templates: dict[tuple[int, int, bool], tuple[str, dict[str, str]]] = {}
 
-    def line(name: str, st: os.stat_result, mode: int, perm: str) -> str:
-        got = [get(st, mode, perm) for get in getters]
-        if None in got:  # a time that can't be shown: leave that fact out
-            return "".join(f"{fact}={value};" for fact, value in zip(wanted, got) if value is not None) + f" {name}\r\n"
-        got.append(name)
-        return template % tuple(got)
+    def template(st_mode: int, permission: Permission, is_top: bool) -> tuple[str, dict[str, str]]:
+        fixed = {
+            "type": "dir" if stat.S_ISDIR(st_mode) else "file",
+            "perm": perm_facts(permission, stat.S_ISDIR(st_mode), is_top, granted),
+            "unix.mode": oct(shown_mode(st_mode, permission) & 0o777),
+        }
+        text = "".join(f"{fact}={fixed[fact]};" if fact in _BY_MODE else f"{fact}=%s;" for fact in wanted)
+        return text + " %s\r\n", fixed
+
+    def line(name: str, st: os.stat_result, permission: Permission, is_top: bool) -> str:
+        key = (st.st_mode, id(permission), is_top)  # the permissions outlive the listing
+        found = templates.get(key)
+        if found is None:
+            found = templates[key] = template(st.st_mode, permission, is_top)
+        values = [get(st) for get in getters]
+        if None in values:  # a time that can't be shown: leave that fact out
+            given = dict(zip((f for f in wanted if f not in _BY_MODE), values), **found[1])
+            return "".join(f"{f}={given[f]};" for f in wanted if given[f] is not None) + f" {name}\r\n"
+        values.append(name)
+        return found[0] % tuple(values)
 
     return line

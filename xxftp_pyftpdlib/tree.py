@@ -186,13 +186,14 @@ class Namespace:
         area = Area(target, ftp, mount.permission, mount)
         return Node(ftp, target, area, True, node.trail + (target,))
 
-    def listing(self, node: Node) -> list[Entry]:
+    def listing(self, node: Node) -> Listing:
         """Visible entries of a folder: real ones (no dot names, no escaping
         or looping links, none hidden by a mount) and then its mounts."""
         mounts = self.store.mounts(node.real)
-        area = node.area
         forbidden = FORBIDDEN_CHARS.isdisjoint
-        entries: list[Entry] = []
+        names: list[str] = []
+        plain: dict[str, os.DirEntry] = {}
+        others: dict[str, Entry] = {}
         with os.scandir(node.real) as it:
             for de in it:
                 name = de.name
@@ -201,18 +202,39 @@ class Namespace:
                 if de.is_symlink():  # rare: resolve it, keep it only if it stays inside
                     try:
                         child = self.child(node, name)
-                        entries.append(Entry(name, area, False, os.stat(child.real)))
+                        others[name] = Entry(name, node.area, False, os.stat(child.real))
                     except (OSError, PathRefused):
-                        pass
-                    continue
-                entries.append(Entry(name, area, False, dirent=de))
+                        continue
+                else:
+                    plain[name] = de
+                names.append(name)
         for name, mount in mounts.items():
             try:
                 child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
-                entries.append(Entry(name, child.area, True, os.stat(child.real)))
+                others[name] = Entry(name, child.area, True, os.stat(child.real))
             except (OSError, PathRefused):
                 continue
-        return entries
+            names.append(name)
+        return Listing(names, node.area, plain, others)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """A folder's visible entries, in listing order.
+
+    Plain entries keep their ``os.DirEntry``: a LIST line stats it when it
+    is made, NLST never does. Kept links and mount points are resolved
+    (and stat'ed) when listed; they are few.
+    """
+
+    names: list[str]
+    area: Area  # the area of the plain entries
+    plain: dict[str, os.DirEntry]
+    others: dict[str, Entry]
+
+    def entries(self) -> list[Entry]:
+        return [self.others[n] if n in self.others else Entry(n, self.area, False, dirent=self.plain[n])
+                for n in self.names]
 
 
 def require(node: Node, action: Action, *, what: str, on_entry: bool = False) -> None:

@@ -1,0 +1,85 @@
+"""LIST and MLSD lines: the same text as pyftpdlib's for the same entries,
+and times that can't be shown never break a listing."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from pyftpdlib.filesystems import AbstractedFS
+
+from xxftp_pyftpdlib import listing
+from xxftp_pyftpdlib.authorizer import XxftpAuthorizer
+from xxftp_pyftpdlib.filesystem import XxftpFS
+from xxftp_pyftpdlib.permissions import FULL, Permission
+
+FACTS = ["type", "perm", "size", "modify", "create", "unix.mode", "unix.uid", "unix.gid", "unique"]
+
+
+class Channel:
+    use_gmt_times = True
+    encoding = "utf8"
+    unicode_errors = "replace"
+
+    def __init__(self, root) -> None:
+        self.authorizer = XxftpAuthorizer(str(root))
+
+
+def _both(tree):
+    home = tree.user("alice")
+    folder = home / "stuff"
+    folder.mkdir()
+    now = time.time()
+    for i, age in enumerate([0, 3600, 200 * 86400, 20 * 365 * 86400]):  # recent and old files
+        path = folder / f"file{i}.txt"
+        path.write_bytes(b"x" * (i * 1000))
+        os.utime(path, (now - age, now - age))
+    (folder / "sub").mkdir()
+    (folder / "name with spaces and é").write_bytes(b"")
+    ours = XxftpFS(str(home), Channel(tree.root))
+    theirs = AbstractedFS(str(home), Channel(tree.root))
+    return ours, theirs
+
+
+def _lines(fs, method: str, *args) -> list[str]:
+    path = fs.ftp2fs("/stuff")
+    names = sorted(fs.listdir(path))
+    return b"".join(getattr(fs, method)(path, names, *args)).decode().split("\r\n")
+
+
+def test_list_lines_are_pyftpdlib_s(tree):
+    ours, theirs = _both(tree)
+    assert _lines(ours, "format_list") == _lines(theirs, "format_list")
+
+
+def test_mlsd_lines_are_pyftpdlib_s_but_for_the_perm_fact(tree):
+    ours, theirs = _both(tree)
+
+    def without_perm(lines: list[str]) -> list[str]:
+        return [";".join(f for f in line.split(";") if not f.startswith("perm=")) for line in lines]
+
+    mine = _lines(ours, "format_mlsx", "elradfmwMT", FACTS)
+    assert len(mine) == 7 and all("perm=" in line for line in mine if line)
+    assert without_perm(mine) == without_perm(_lines(theirs, "format_mlsx", "elradfmwMT", FACTS))
+
+
+def test_facts_follow_each_entry_s_kind_and_permission():
+    line = listing.mlsx_formatter(["type", "perm", "unix.mode", "size"], time.gmtime, "elradfmwMT")
+    read_only = Permission.parse("read")[0]
+    st_file = os.stat_result((0o100664, 1, 1, 1, 0, 0, 5, 0, 0, 0))
+    st_dir = os.stat_result((0o40775, 2, 1, 1, 0, 0, 4096, 0, 0, 0))
+    assert line("a", st_file, FULL, False) == "perm=adfrw;size=5;type=file;unix.mode=0o664; a\r\n"
+    assert line("b", st_file, read_only, False) == "perm=r;size=5;type=file;unix.mode=0o444; b\r\n"
+    assert line("c", st_dir, FULL, True) == "perm=celmp;size=4096;type=dir;unix.mode=0o775; c\r\n"
+    assert line("d", st_dir, read_only, False) == "perm=el;size=4096;type=dir;unix.mode=0o555; d\r\n"
+    assert line("e", st_file, FULL, False) == "perm=adfrw;size=5;type=file;unix.mode=0o664; e\r\n"  # template reused
+
+
+def test_a_time_that_can_t_be_shown_leaves_its_fact_out():
+    st = os.stat_result((0o100644, 5, 6, 1, 0, 0, 10, 1e300, 1e300, 1e300))
+    line = listing.mlsx_formatter(FACTS, time.gmtime, "elradfmwMT")
+    text = line("f", st, FULL, False)
+    assert "modify=" not in text and "create=" not in text
+    assert text == "perm=adfrw;size=10;type=file;unique=6g5;unix.gid=0;unix.mode=0o644;unix.uid=0; f\r\n"
+    ls = listing.list_formatter(str, str, time.gmtime, time.time())("f", st, FULL)
+    assert ls.startswith("-rw-r--r--   1 0        0              10 ") and ls.endswith(" f\r\n")
