@@ -136,10 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
+
+
 def _setup_logging(level: str, path: str | None) -> None:
     handler: logging.Handler
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    # The format shows no caller, thread or process: don't gather them for
+    # every record (the logging HOWTO's "Optimization"; a few lines a login).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LOG_LEVELS[level])
