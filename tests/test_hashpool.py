@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ftplib
+import os
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -30,18 +33,44 @@ def _rss_mib(pid: int) -> float:
 
 
 @linux_only
-def test_hash_threads_run_at_low_priority_and_nothing_else_does(tree, start_server, connect):
+def test_hash_threads_take_idle_cpu_only_and_nothing_else_does(tree, start_server, connect):
     home = tree.user("alice")
     tree.xxftp(home, "password", passwords.scrypt_hash("pw"))
     srv = start_server(tree.root)
     connect(srv.port, "alice", "pw")  # a slow login: the pool exists
-    workers = [t for t in threading.enumerate() if t.name.startswith("xxftpd-login")]
+    workers = [t for t in threading.enumerate() if t.name.startswith("xxftpd-login_")]
     assert workers, "the slow login ran in no pool thread"
-    assert all(_nice(t.native_id) == hashpool.NICE for t in workers)
-    base = _nice(threading.main_thread().native_id)
-    assert base < hashpool.NICE
+    assert all(os.sched_getscheduler(t.native_id) == os.SCHED_IDLE for t in workers)
     others = [t for t in threading.enumerate() if not t.name.startswith("xxftpd-login")]
+    assert all(os.sched_getscheduler(t.native_id) == os.SCHED_OTHER for t in others)
+    base = _nice(threading.main_thread().native_id)
     assert all(_nice(t.native_id) == base for t in others)
+
+
+def test_a_login_starved_of_idle_cpu_is_still_checked(tree, start_server, connect, monkeypatch):
+    """When the idle pool can't run (the CPU is busy), an overdue check goes
+    to the overdue pool: the login ends in about OVERDUE seconds, right or wrong."""
+    home = tree.user("alice")
+    tree.xxftp(home, "password", passwords.scrypt_hash("pw"))
+    blocked = ThreadPoolExecutor(max_workers=1)
+    release = threading.Event()
+    blocked.submit(release.wait, 30)  # the only idle thread is busy
+    monkeypatch.setattr(hashpool, "pool", lambda: blocked)
+    monkeypatch.setattr(hashpool, "OVERDUE", 0.3)
+    srv = start_server(tree.root)
+    try:
+        t0 = time.monotonic()
+        ftp = connect(srv.port)
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftp.login("alice", "wrong")
+        assert ftp.login("alice", "pw").startswith("230")
+        assert time.monotonic() - t0 < 5
+        if sys.platform.startswith("linux"):
+            overdue = [t for t in threading.enumerate() if t.name.startswith("xxftpd-login-overdue")]
+            assert overdue and all(_nice(t.native_id) >= hashpool.OVERDUE_NICE for t in overdue)
+    finally:
+        release.set()
+        blocked.shutdown(wait=True)
 
 
 @linux_only

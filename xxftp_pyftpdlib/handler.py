@@ -168,28 +168,40 @@ class XxftpSession:
 
         The session stops reading commands until the verdict arrives, so
         the event loop (and every transfer on it) never waits for a hash.
+        Hashes take idle CPU only; one that waited ``hashpool.OVERDUE``
+        seconds also goes to the overdue pool (see ``hashpool``).
         """
         slow = getattr(self.authorizer, "slow_login", None)
         if self.authenticated or not self.username or slow is None or not slow(self.username):
             return super().ftp_PASS(line)
         self.del_channel()
-        future = hashpool.pool().submit(self._check_login, self.username, line)
-        self.ioloop.call_later(0.002, self._login_verdict, future, line, _errback=self.handle_error)
+        futures = [hashpool.pool().submit(self._check_login, self.username, line)]
+        overdue_at = time.monotonic() + hashpool.OVERDUE
+        self.ioloop.call_later(0.002, self._login_verdict, futures, self.username, line, overdue_at,
+                               _errback=self.handle_error)
         return None
 
     def _check_login(self, username: str, password: str) -> tuple[str, str]:
         self.authorizer.validate_authentication(username, password, self)
         return self.authorizer.get_home_dir(username), self.authorizer.get_msg_login(username)
 
-    def _login_verdict(self, future: Future, password: str) -> None:
+    def _login_verdict(self, futures: list[Future], username: str, password: str, overdue_at: float) -> None:
         if self._closed:
+            for future in futures:
+                future.cancel()
             return
-        if not future.done():
-            self.ioloop.call_later(0.002, self._login_verdict, future, password, _errback=self.handle_error)
+        done = next((f for f in futures if f.done()), None)
+        if done is None:
+            if len(futures) == 1 and time.monotonic() >= overdue_at:
+                futures.append(hashpool.overdue_pool().submit(self._check_login, username, password))
+            self.ioloop.call_later(0.002, self._login_verdict, futures, username, password, overdue_at,
+                                   _errback=self.handle_error)
             return
+        for future in futures:
+            future.cancel()  # a copy still queued never runs
         self.add_channel()
         try:
-            home, msg_login = future.result()
+            home, msg_login = done.result()
         except (AuthenticationFailed, AuthorizerError) as err:
             self.handle_auth_failed(str(err), password)
         else:
