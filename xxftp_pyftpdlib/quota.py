@@ -191,6 +191,9 @@ class Ledger:
         self.store = store
         self.dir = os.path.join(self.root, CONFIG_DIR)
         self.path = os.path.join(self.dir, "ledger")
+        # The last state this process read or wrote, with its exact text:
+        # when the file still holds that text, it needs no parsing.
+        self._last: tuple[str, dict] | None = None
 
     @property
     def limit(self) -> int | None:
@@ -218,6 +221,7 @@ class Ledger:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             state, text = self._load(fd)
+            self._last = None  # until this operation's state is on disk
             written = [text]
 
             def save() -> None:
@@ -232,6 +236,7 @@ class Ledger:
                 yield state, save
             finally:
                 save()
+                self._last = (written[0], state)
         finally:
             os.close(fd)  # releases the lock
 
@@ -245,6 +250,25 @@ class Ledger:
             chunks.append(chunk)
             offset += len(chunk)
         text = b"".join(chunks).decode("utf-8", "replace")
+        last = self._last
+        if last is not None and last[0] == text and text:
+            state = last[1]
+        else:
+            state = self._parse(text)
+            if state is None:
+                text = ""
+                state = {"used": None, "pending": {}, "intents": []}
+        self._settle(state)
+        limited = self.limited
+        if limited and state["used"] is None:
+            state["used"] = scan(self.root, self.store)
+            log.info("%s: usage scanned: %s", self.root, human(state["used"]))
+        elif not limited and state["used"] is not None:
+            state["used"] = None  # not tracked from now on
+        return state, text
+
+    def _parse(self, text: str) -> dict | None:
+        """The state a ledger text holds; None if it is unreadable."""
         state = {"used": None, "pending": {}, "intents": []}
         if text:
             try:
@@ -254,15 +278,8 @@ class Ledger:
                 state.update(loaded)
             except (ValueError, AttributeError) as err:
                 log.warning("%s: unreadable ledger (%s); rebuilding it", self.path, err)
-                text = ""
-        self._settle(state)
-        limited = self.limited
-        if limited and state["used"] is None:
-            state["used"] = scan(self.root, self.store)
-            log.info("%s: usage scanned: %s", self.root, human(state["used"]))
-        elif not limited and state["used"] is not None:
-            state["used"] = None  # not tracked from now on
-        return state, text
+                return None
+        return state
 
     def _settle(self, state: dict) -> None:
         """Fold in what dead processes left behind."""
