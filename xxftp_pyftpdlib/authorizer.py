@@ -41,6 +41,11 @@ class XxftpAuthorizer:
         return self.accounts.slow_login(username)
 
     def validate_authentication(self, username: str, password: str, handler) -> None:
+        self.check_login(username, password, handler)
+
+    def check_login(self, username: str, password: str, handler) -> tuple[str, str]:
+        """``validate_authentication``, ``get_home_dir`` and ``get_msg_login``
+        in one pass: (home, login message), or AuthenticationFailed."""
         result = self.accounts.login(username, password)
         if not result.ok:
             log.info("login refused for %r: %s", username, result.reason)
@@ -50,6 +55,7 @@ class XxftpAuthorizer:
         if nets is not None and not access.matches(ip, list(nets)):
             log.info("login refused for %r: %s is not in its .xxftp/hosts", username, ip)
             raise AuthenticationFailed("Authentication failed.")
+        return result.home, self.get_msg_login(username)
 
     def get_home_dir(self, username: str) -> str:
         home = self.accounts.home_of(username)

@@ -172,8 +172,11 @@ class XxftpSession:
         seconds also goes to the overdue pool (see ``hashpool``).
         """
         slow = getattr(self.authorizer, "slow_login", None)
-        if self.authenticated or not self.username or slow is None or not slow(self.username):
+        if self.authenticated or not self.username or slow is None:
             return super().ftp_PASS(line)
+        if not slow(self.username):
+            self._conclude_login(lambda: self._check_login(self.username, line), line)
+            return None
         self.del_channel()
         futures = [hashpool.pool().submit(self._check_login, self.username, line)]
         overdue_at = time.monotonic() + hashpool.OVERDUE
@@ -182,8 +185,21 @@ class XxftpSession:
         return None
 
     def _check_login(self, username: str, password: str) -> tuple[str, str]:
+        """(home, login message), or AuthenticationFailed / AuthorizerError."""
+        check = getattr(self.authorizer, "check_login", None)
+        if check is not None:
+            return check(username, password, self)
         self.authorizer.validate_authentication(username, password, self)
         return self.authorizer.get_home_dir(username), self.authorizer.get_msg_login(username)
+
+    def _conclude_login(self, outcome, password: str) -> None:
+        """pyftpdlib's end of PASS, given how the check came out."""
+        try:
+            home, msg_login = outcome()
+        except (AuthenticationFailed, AuthorizerError) as err:
+            self.handle_auth_failed(str(err), password)
+        else:
+            self.handle_auth_success(home, password, msg_login)
 
     def _login_verdict(self, futures: list[Future], username: str, password: str, overdue_at: float) -> None:
         if self._closed:
@@ -200,12 +216,7 @@ class XxftpSession:
         for future in futures:
             future.cancel()  # a copy still queued never runs
         self.add_channel()
-        try:
-            home, msg_login = done.result()
-        except (AuthenticationFailed, AuthorizerError) as err:
-            self.handle_auth_failed(str(err), password)
-        else:
-            self.handle_auth_success(home, password, msg_login)
+        self._conclude_login(done.result, password)
 
     def _refused(self, check: str, *args) -> bool:
         """Run the filesystem's pre-check ``check``; answer 550 if it refuses.

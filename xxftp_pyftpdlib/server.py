@@ -44,25 +44,19 @@ class SafeIOLoop(IOLoop):
             except InterruptedError:
                 return
             owners = self.socket_map.get
-            if len(events) == 1:  # nothing else in the batch can close it first
-                fd, event = events[0]
-                self._dispatch(owners(fd), event)
-                return
-            batch = [(fd, event, owners(fd)) for fd, event in events]
-            for fd, event, inst in batch:
-                if owners(fd) is inst:  # else closed, or its fd now belongs to someone else
-                    self._dispatch(inst, event)
-
-        def _dispatch(self, inst, event: int) -> None:
-            if inst is None:
-                return
-            if event & self._ERROR and not event & self.READ:
-                inst.handle_close()
-            else:
-                if event & self.READ and inst.readable():
-                    _read(inst)
-                if event & self.WRITE and inst.writable():
-                    _write(inst)
+            # With several events, note each fd's owner before any runs.
+            snapshot = [owners(fd) for fd, _ in events] if len(events) > 1 else None
+            for i, (fd, event) in enumerate(events):
+                inst = owners(fd)
+                if inst is None or (snapshot is not None and snapshot[i] is not inst):
+                    continue  # closed, or its fd now belongs to someone else
+                if event & self._ERROR and not event & self.READ:
+                    inst.handle_close()
+                else:
+                    if event & self.READ and inst.readable():
+                        _read(inst)
+                    if event & self.WRITE and inst.writable():
+                        _write(inst)
 
 
 class AsyncServer(FTPServer):
