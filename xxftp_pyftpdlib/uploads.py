@@ -22,11 +22,14 @@ Rules that live here (the upload modes):
 
 from __future__ import annotations
 
+import errno
 import os
 
 from .quota import GRANT, TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, QuotaWait, human, new_token
 
 MODES = ("atomic", "atomic-resume", "standard")
+_SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
+_NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the target can't be spliced into
 
 # Why a transfer ended without success
 QUOTA, BROKEN, ERROR = "quota", "broken", "error"
@@ -58,6 +61,7 @@ class Upload:
         self._start = self.old if self._append and self._in_place else 0
         self._written = 0
         self._granted = 0
+        self._spliceable = _SPLICE
         self._held = b""  # a chunk waiting for room (QuotaWait)
         self._limited = ledger is not None and ledger.limited
         if self._in_place:
@@ -80,25 +84,68 @@ class Upload:
 
     def write(self, data: bytes) -> int:
         size = len(data)
+        try:
+            self._make_room(size)
+        except QuotaWait:
+            self._held = bytes(data)
+            raise
+        view = memoryview(data)
+        while view:  # unbuffered: a short write is possible
+            view = view[self._file.write(view):]
+        self._written += size
+        return size
+
+    @property
+    def can_splice(self) -> bool:
+        """True if ``write_from_pipe`` may be used (Linux can't splice into O_APPEND)."""
+        return self._spliceable and not (self._append and self._in_place)
+
+    def write_from_pipe(self, pipe: int, size: int) -> int:
+        """Write the ``size`` bytes waiting in ``pipe`` (moved there from the
+        socket by ``os.splice``) without copying them through user memory.
+
+        The pipe is always left empty: on QuotaWait its bytes are held like
+        a refused ``write``'s, on any other failure they are dropped.
+        """
+        try:
+            self._make_room(size)
+        except QuotaWait:
+            self._held = _read_exactly(pipe, size)
+            raise
+        except BaseException:
+            _read_exactly(pipe, size)
+            raise
+        left = size
+        try:
+            while left:
+                left -= os.splice(pipe, self._file.fileno(), left)
+        except OSError as err:
+            if err.errno not in _NO_SPLICE:
+                raise
+            self._spliceable = False  # a filesystem without splice: copy, from now on
+            view = memoryview(_read_exactly(pipe, left))
+            left = 0
+            while view:
+                view = view[self._file.write(view):]
+        finally:
+            if left:  # a write error: the rest must not reach the next upload
+                _read_exactly(pipe, left)
+        self._written += size
+        return size
+
+    def _make_room(self, size: int) -> None:
+        """Reserve quota for ``size`` more bytes (journaling the upload first)."""
         if self._limited:
             need = self._final_size(self._written + size) - self.old
             if need > self._granted:
                 try:  # ahead by what was written so far: few ledger updates for big files
                     self._granted = self.ledger.reserve(self.token, need, max(GRANT, self._written),
                                                         None if self._journaled else self._entry)
-                except QuotaWait:
-                    self._held = bytes(data)
-                    raise
                 finally:
                     self._journaled = True
         elif self.ledger is not None and not self._journaled:
             self.ledger.journal(self.token, self._entry)
             self._journaled = True
-        view = memoryview(data)
-        while view:  # unbuffered: a short write is possible
-            view = view[self._file.write(view):]
-        self._written += size
-        return size
 
     def resume(self) -> None:
         """Write the chunk held back by QuotaWait (which may be raised again)."""
@@ -205,6 +252,21 @@ class Upload:
         if not self._limited or usage is None or usage.limit is None:
             return ""
         return f"{human(usage.free)} free of {human(usage.limit)} quota"
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    """Read ``size`` bytes that are known to be waiting in a pipe."""
+    parts = []
+    while size > 0:
+        try:
+            part = os.read(fd, size)
+        except BlockingIOError:
+            break
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
 
 
 __all__ = ["Upload", "MODES", "QUOTA", "BROKEN", "ERROR", "QuotaExceeded"]
