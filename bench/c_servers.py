@@ -40,7 +40,8 @@ if str(HERE) not in sys.path:
 
 from run import (  # noqa: E402  (bench/run.py: the client every server is measured with)
     CHUNK, HOST, MiB, RECV_BUF, Ctrl, ServerError, batch, close_all, cpu_seconds, free_port, listing, log,
-    login_bursts, machine_info, make_big_file, make_flat, median, process_tree, pss_mib, raise_nofile, retr, stor,
+    login_bursts, machine_info, make_big_file, make_flat, median, process_tree, pss_mib, raise_nofile, retr_rate,
+    stor_rate,
 )
 
 PLAIN_USER, PLAIN_PASSWORD = "alice", "pw"  # fixed in plain_server.py
@@ -376,17 +377,9 @@ def session(srv: FtpServer) -> ftplib.FTP:
 
 def fig_stor(srv: FtpServer, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
-    size = sz.big_mib * MiB
-    rates = []
     ftp = session(srv)
     try:
-        for _ in range(sz.transfers):
-            secs = stor(ftp, "/stor_test.bin", size, ctx["chunk"])
-            got = int(ftp.sendcmd("SIZE /stor_test.bin").split()[1])
-            if got != size:
-                raise RuntimeError(f"{srv.name}: uploaded {size} bytes, server has {got}")
-            ftp.delete("/stor_test.bin")  # so that every STOR creates a new file
-            rates.append(size / MiB / secs)
+        rates = [stor_rate(ftp, srv.name, sz.big_mib * MiB, ctx["chunk"]) for _ in range(sz.transfers)]
     finally:
         ftp.close()
     return {"stor": median(rates)}
@@ -394,15 +387,10 @@ def fig_stor(srv: FtpServer, ctx: dict) -> dict:
 
 def fig_retr(srv: FtpServer, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
-    size = sz.big_mib * MiB
-    rates = []
     ftp = session(srv)
     try:
-        for _ in range(sz.transfers):
-            secs, got = retr(ftp, "RETR /big.bin", ctx["recv_buf"])
-            if got != size:
-                raise RuntimeError(f"{srv.name}: RETR /big.bin gave {got} bytes, expected {size}")
-            rates.append(size / MiB / secs)
+        rates = [retr_rate(ftp, srv.name, "/big.bin", sz.big_mib * MiB, ctx["recv_buf"])
+                 for _ in range(sz.transfers)]
     finally:
         ftp.close()
     return {"retr": median(rates)}

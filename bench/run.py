@@ -788,19 +788,29 @@ def median(values):
     return statistics.median(values)
 
 
+def stor_rate(ftp: ftplib.FTP, label: str, size: int, chunk: memoryview) -> float:
+    """One STOR of a new file, checked with SIZE and deleted; MiB/s."""
+    secs = stor(ftp, "/stor_test.bin", size, chunk)
+    got = int(ftp.sendcmd("SIZE /stor_test.bin").split()[1])
+    if got != size:
+        raise RuntimeError(f"{label}: uploaded {size} bytes, server has {got}")
+    ftp.delete("/stor_test.bin")  # so that every STOR creates a new file
+    return size / MiB / secs
+
+
+def retr_rate(ftp: ftplib.FTP, label: str, path: str, size: int, buf: bytearray) -> float:
+    """One RETR of ``path``, checked for its size; MiB/s."""
+    secs, got = retr(ftp, f"RETR {path}", buf)
+    if got != size:
+        raise RuntimeError(f"{label}: RETR {path} gave {got} bytes, expected {size}")
+    return size / MiB / secs
+
+
 def fig_stor(srv: Server, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
-    size = sz.big_mib * MiB
-    rates = []
     ftp = session(srv)
     try:
-        for _ in range(sz.transfers):
-            secs = stor(ftp, "/stor_test.bin", size, ctx["chunk"])
-            got = int(ftp.sendcmd("SIZE /stor_test.bin").split()[1])
-            if got != size:
-                raise RuntimeError(f"{srv.label}: uploaded {size} bytes, server has {got}")
-            ftp.delete("/stor_test.bin")  # so that every STOR creates a new file
-            rates.append(size / MiB / secs)
+        rates = [stor_rate(ftp, srv.label, sz.big_mib * MiB, ctx["chunk"]) for _ in range(sz.transfers)]
     finally:
         ftp.close()
     return {"stor": median(rates)}
@@ -808,20 +818,15 @@ def fig_stor(srv: Server, ctx: dict) -> dict:
 
 def fig_retr(srv: Server, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
-    size = sz.big_mib * MiB
     rates: dict[str, list[float]] = {"retr": [], "retr_m1": []}
     ftp = session(srv)
     try:
         for _ in range(sz.transfers):
             for key, path in (("retr", "/big.bin"), ("retr_m1", "/m1/big.bin")):
-                secs, got = retr(ftp, f"RETR {path}", ctx["recv_buf"])
-                if got != size:
-                    raise RuntimeError(f"{srv.label}: RETR {path} gave {got} bytes, expected {size}")
-                rates[key].append(size / MiB / secs)
-        out = {key: median(values) for key, values in rates.items()}
+                rates[key].append(retr_rate(ftp, srv.label, path, sz.big_mib * MiB, ctx["recv_buf"]))
     finally:
         ftp.close()
-    return out
+    return {key: median(values) for key, values in rates.items()}
 
 
 def _small_upload(ftp: ftplib.FTP, path: str, data: memoryview) -> tuple[float, float]:
