@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from . import passwords
 from .config import CONFIG_DIR
@@ -38,8 +38,7 @@ def canonical_name(name: str) -> str:
     return name or ANONYMOUS
 
 
-@dataclass(frozen=True)
-class Login:
+class Login(NamedTuple):
     """The outcome of a login attempt."""
 
     ok: bool

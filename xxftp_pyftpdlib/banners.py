@@ -12,6 +12,7 @@ Rules that live here:
 
 from __future__ import annotations
 
+import functools
 import logging
 
 from .config import shared_store
@@ -39,6 +40,7 @@ def read_text(root: str, name: str, default: str) -> str:
     return text if text.strip() else default
 
 
+@functools.lru_cache(maxsize=64)  # the same few banners, for every connection
 def reply(code: int, text: str) -> str:
     """``text`` as a complete (possibly multi-line) reply, without final CRLF."""
     lines = [line.replace("\x00", "") for line in text.split("\n")] or [""]
