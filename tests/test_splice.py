@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import download, upload
+from conftest import download, upload, wait_until
 from xxftp_pyftpdlib import uploads
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import Quotas, QuotaExceeded
@@ -108,3 +108,19 @@ def test_uploads_of_every_kind_through_the_server(tree, start_server, connect):
     upload(ftp, "b.bin", second)
     assert download(ftp, "b.bin") == second
     assert (home / "a.bin").stat().st_size == len(first) + len(second)
+
+
+def test_threaded_server_closes_each_thread_s_pipe(tree, start_server, connect):
+    """A thread per connection means a pipe per thread: gone with the thread."""
+    tree.user("alice", password="pw")
+    srv = start_server(tree.root, concurrency="multi-thread")
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = fds()
+    for i in range(20):
+        ftp = connect(srv.port, "alice", "pw")
+        upload(ftp, f"f{i}.bin", os.urandom(200_000))
+        ftp.quit()
+    assert wait_until(lambda: fds() <= before, 10), f"{fds() - before} descriptors left open"
