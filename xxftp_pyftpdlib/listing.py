@@ -64,15 +64,15 @@ class _Clock:
 
     def __init__(self, timefunc: TimeFunc, now: float) -> None:
         self.timefunc, self.now = timefunc, now
-        self._ls: dict[int, str] = {}
+        self.ls_texts: dict[int, str] = {}  # by whole second
         self._mlsx: dict[int, str | None] = {}
 
     def ls(self, mtime: float) -> str:
         """``Mon dd HH:MM`` for the last six months, ``Mon dd  YYYY`` before."""
         key = int(mtime) if mtime == mtime and abs(mtime) < 1e15 else 0
-        text = self._ls.get(key)
+        text = self.ls_texts.get(key)
         if text is None:
-            text = self._ls[key] = self._ls_text(mtime)
+            text = self.ls_texts[key] = self._ls_text(mtime)
         return text
 
     def _ls_text(self, mtime: float) -> str:
@@ -100,23 +100,33 @@ class _Clock:
 
 def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], timefunc: TimeFunc,
                    now: float) -> Callable[[str, os.stat_result, Permission], str]:
-    """A function making ``ls -l`` style lines (CRLF included) for one listing."""
+    """A function making ``ls -l`` style lines (CRLF included) for one listing.
+
+    The part before the size (mode, links, owner, group) is made once per
+    distinct combination, the time once per second: most lines of a big
+    folder only fill in a size and a name.
+    """
     clock = _Clock(timefunc, now)
-    modes: dict[tuple[int, int], str] = {}
+    heads: dict[tuple[int, int, int, int, int], str] = {}
+    times = clock.ls_texts
 
     def line(name: str, st: os.stat_result, permission: Permission) -> str:
-        key = (st.st_mode, id(permission))  # the permissions outlive the listing
-        mode = modes.get(key)
-        if mode is None:
-            mode = modes[key] = stat.filemode(shown_mode(st.st_mode, permission))
-        return (f"{mode} {st.st_nlink or 1:>3} {owner(st.st_uid):<8} {group(st.st_gid):<8} "
-                f"{st.st_size:>8} {clock.ls(st.st_mtime)} {name}\r\n")
+        key = (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, id(permission))  # permissions outlive the listing
+        head = heads.get(key)
+        if head is None:
+            mode = stat.filemode(shown_mode(st.st_mode, permission))
+            head = heads[key] = f"{mode} {st.st_nlink or 1:>3} {owner(st.st_uid):<8} {group(st.st_gid):<8} "
+        mtime = st.st_mtime
+        when = times.get(int(mtime)) if -1e15 < mtime < 1e15 else None
+        if when is None:
+            when = clock.ls(mtime)
+        return f"{head}{st.st_size:>8} {when} {name}\r\n"
 
     return line
 
 
 _MLSX_FACTS = ("type", "perm", "size", "modify", "create", "unix.mode", "unix.uid", "unix.gid", "unique")
-_BY_MODE = {"type", "perm", "unix.mode"}  # facts decided by the mode, the area and is_top alone
+_FIXED = {"type", "perm", "unix.mode", "unix.uid", "unix.gid"}  # the same for every entry of a kind
 
 
 def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc,
@@ -124,8 +134,9 @@ def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc,
     """A function making MLSD lines (``fact=value;... name``, CRLF included)
     for the facts asked for, in sorted order, decided once per listing.
 
-    The facts fixed by an entry's mode and area (type, perm, unix.mode) are
-    written into one template per kind of entry; a line fills in the rest.
+    The facts fixed by an entry's mode, owner and area (type, perm,
+    unix.mode, unix.uid, unix.gid) are written into one template per kind
+    of entry; a line fills in the rest.
     """
     wanted = sorted(set(facts) & set(_MLSX_FACTS))
     clock = _Clock(timefunc, time.time())
@@ -133,30 +144,31 @@ def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc,
         "size": lambda st: st.st_size,
         "modify": lambda st: clock.mlsx(st.st_mtime),
         "create": lambda st: clock.mlsx(st.st_ctime),
-        "unix.uid": lambda st: st.st_uid,
-        "unix.gid": lambda st: st.st_gid,
         "unique": lambda st: f"{st.st_dev:x}g{st.st_ino:x}",
     }
-    getters = [per_entry[fact] for fact in wanted if fact not in _BY_MODE]
-    templates: dict[tuple[int, int, bool], tuple[str, dict[str, str]]] = {}
+    varying = [fact for fact in wanted if fact not in _FIXED]
+    getters = [per_entry[fact] for fact in varying]
+    templates: dict[tuple, tuple[str, dict[str, object]]] = {}
 
-    def template(st_mode: int, permission: Permission, is_top: bool) -> tuple[str, dict[str, str]]:
+    def template(st: os.stat_result, permission: Permission, is_top: bool) -> tuple[str, dict[str, object]]:
         fixed = {
-            "type": "dir" if stat.S_ISDIR(st_mode) else "file",
-            "perm": perm_facts(permission, stat.S_ISDIR(st_mode), is_top, granted),
-            "unix.mode": oct(shown_mode(st_mode, permission) & 0o777),
+            "type": "dir" if stat.S_ISDIR(st.st_mode) else "file",
+            "perm": perm_facts(permission, stat.S_ISDIR(st.st_mode), is_top, granted),
+            "unix.mode": oct(shown_mode(st.st_mode, permission) & 0o777),
+            "unix.uid": st.st_uid,
+            "unix.gid": st.st_gid,
         }
-        text = "".join(f"{fact}={fixed[fact]};" if fact in _BY_MODE else f"{fact}=%s;" for fact in wanted)
-        return text + " %s\r\n", fixed
+        text = "".join(f"{fact}={fixed[fact]};" if fact in _FIXED else f"{fact}=%s;" for fact in wanted)
+        return text.replace("%", "%%").replace("=%%s;", "=%s;") + " %s\r\n", fixed
 
     def line(name: str, st: os.stat_result, permission: Permission, is_top: bool) -> str:
-        key = (st.st_mode, id(permission), is_top)  # the permissions outlive the listing
+        key = (st.st_mode, st.st_uid, st.st_gid, id(permission), is_top)  # permissions outlive the listing
         found = templates.get(key)
         if found is None:
-            found = templates[key] = template(st.st_mode, permission, is_top)
+            found = templates[key] = template(st, permission, is_top)
         values = [get(st) for get in getters]
         if None in values:  # a time that can't be shown: leave that fact out
-            given = dict(zip((f for f in wanted if f not in _BY_MODE), values), **found[1])
+            given = dict(zip(varying, values), **found[1])
             return "".join(f"{f}={given[f]};" for f in wanted if given[f] is not None) + f" {name}\r\n"
         values.append(name)
         return found[0] % tuple(values)
