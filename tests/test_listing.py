@@ -83,3 +83,17 @@ def test_a_time_that_can_t_be_shown_leaves_its_fact_out():
     assert text == "perm=adfrw;size=10;type=file;unique=6g5;unix.gid=0;unix.mode=0o644;unix.uid=0; f\r\n"
     ls = listing.list_formatter(str, str, time.gmtime, time.time())("f", st, FULL)
     assert ls.startswith("-rw-r--r--   1 0        0              10 ") and ls.endswith(" f\r\n")
+
+
+def test_names_with_line_breaks_are_never_listed(tree, start_server, connect):
+    """A CR or LF in a name would forge listing lines: such files stay unlisted."""
+    from conftest import listing as lines_of
+
+    home = tree.user("alice", password="pw")
+    for name in ("ok.txt", "bad\nname.txt", "bad\rname.txt", "tail\n"):
+        (home / name).write_bytes(b"x")
+    srv = start_server(tree.root)
+    ftp = connect(srv.port, "alice", "pw")
+    assert [line.rsplit("/", 1)[-1] for line in lines_of(ftp, "NLST")] == ["ok.txt"]
+    assert [line.split()[-1] for line in lines_of(ftp, "LIST")] == ["ok.txt"]
+    assert [name for name, _ in ftp.mlsd()] == ["ok.txt"]

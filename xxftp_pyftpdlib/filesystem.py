@@ -267,7 +267,7 @@ class XxftpFS(AbstractedFS):
     def listdir(self, path: str) -> list[str]:
         listed = self.namespace.listing(self.resolve(path))
         self._listed = (os.path.normpath(path), listed)
-        return list(listed.names)
+        return listed.names
 
     listdirinfo = listdir
 
@@ -313,24 +313,22 @@ class XxftpFS(AbstractedFS):
         file, MLST). Entries that vanished are skipped."""
         basedir = os.path.normpath(basedir)
         listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else None
-        plain = listed.plain if listed is not None else {}
-        others = listed.others if listed is not None else {}
+        found = listed.found if listed is not None else {}
         for name in names:
             try:
-                dirent = plain.get(name)
-                if dirent is not None:
-                    found = (name, dirent.stat(follow_symlinks=False), listed.area, False)
-                else:
-                    entry = others.get(name)
-                    if entry is None:
-                        node = self.resolve(os.path.join(basedir, name))
-                        entry = Entry(name, node.area, node.is_top, os.stat(node.real))
-                    found = (name, entry.st, entry.area, entry.is_top)
+                entry = found.get(name)
+                if entry is None:
+                    node = self.resolve(os.path.join(basedir, name))
+                    entry = Entry(name, node.area, node.is_top, os.stat(node.real))
+                if type(entry) is Entry:
+                    result = (name, entry.st, entry.area, entry.is_top)
+                else:  # an os.DirEntry: a plain file or folder
+                    result = (name, entry.stat(follow_symlinks=False), listed.area, False)
             except (OSError, FilesystemError):
                 if not ignore_err:
                     raise
                 continue
-            yield found
+            yield result
 
     def _timefunc(self):
         return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime

@@ -190,51 +190,51 @@ class Namespace:
         """Visible entries of a folder: real ones (no dot names, no escaping
         or looping links, none hidden by a mount) and then its mounts."""
         mounts = self.store.mounts(node.real)
-        forbidden = FORBIDDEN_CHARS.isdisjoint
-        names: list[str] = []
-        plain: dict[str, os.DirEntry] = {}
-        others: dict[str, Entry] = {}
+        found: dict[str, os.DirEntry | Entry] = {}
+        links = []
         with os.scandir(node.real) as it:
-            for de in it:
+            for de in it:  # the hot loop of a big folder: keep it short
                 name = de.name
-                if name[0] == "." or name in mounts or not forbidden(name):
+                # FORBIDDEN_CHARS, but for NUL, which no file name holds
+                if name[0] == "." or "\n" in name or "\r" in name:
                     continue
-                if de.is_symlink():  # rare: resolve it, keep it only if it stays inside
-                    try:
-                        child = self.child(node, name)
-                        others[name] = Entry(name, node.area, False, os.stat(child.real))
-                    except (OSError, PathRefused):
-                        continue
-                else:
-                    plain[name] = de
-                names.append(name)
+                found[name] = de
+                if de.is_symlink():
+                    links.append(name)
+        for name in links:  # rare: resolve each, keep it only if it stays inside
+            try:
+                child = self.child(node, name)
+                found[name] = Entry(name, node.area, False, os.stat(child.real))
+            except (OSError, PathRefused):
+                del found[name]
         for name, mount in mounts.items():
+            found.pop(name, None)  # a mount hides a real entry of its name
             try:
                 child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
-                others[name] = Entry(name, child.area, True, os.stat(child.real))
+                found[name] = Entry(name, child.area, True, os.stat(child.real))
             except (OSError, PathRefused):
                 continue
-            names.append(name)
-        return Listing(names, node.area, plain, others)
+        return Listing(found, node.area)
 
 
 @dataclass(frozen=True)
 class Listing:
-    """A folder's visible entries, in listing order.
+    """A folder's visible entries, in listing order (mounts last).
 
-    Plain entries keep their ``os.DirEntry``: a LIST line stats it when it
-    is made, NLST never does. Kept links and mount points are resolved
-    (and stat'ed) when listed; they are few.
+    Plain entries are ``os.DirEntry`` objects: a LIST line stats one when
+    it is made, NLST never does. Kept links and mount points are resolved
+    (and stat'ed) ``Entry`` objects; they are few.
     """
 
-    names: list[str]
+    found: dict[str, os.DirEntry | Entry]
     area: Area  # the area of the plain entries
-    plain: dict[str, os.DirEntry]
-    others: dict[str, Entry]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.found)
 
     def entries(self) -> list[Entry]:
-        return [self.others[n] if n in self.others else Entry(n, self.area, False, dirent=self.plain[n])
-                for n in self.names]
+        return [e if isinstance(e, Entry) else Entry(n, self.area, False, dirent=e) for n, e in self.found.items()]
 
 
 def require(node: Node, action: Action, *, what: str, on_entry: bool = False) -> None:
