@@ -218,6 +218,24 @@ class XxftpSession:
         self.add_channel()
         self._conclude_login(done.result, password)
 
+    _handed_over = None  # the ActiveDTP whose socket the data channel now uses
+
+    def _on_dtp_connection(self) -> None:
+        self._handed_over = self._dtp_connector
+        super()._on_dtp_connection()
+
+    def _shutdown_connecting_dtp(self) -> None:
+        # pyftpdlib keeps an ActiveDTP that has handed its socket to the data
+        # channel as _dtp_connector and closes it here (next PORT, PASV, ABOR,
+        # logout). Its close unregisters the fd *number* it once had, which by
+        # then may belong to another connection: that one would never hear
+        # from the loop again. It left the loop at the handover already.
+        connector = self._dtp_connector
+        if connector is not None and connector is self._handed_over:
+            connector._fileno = None
+        self._handed_over = None
+        super()._shutdown_connecting_dtp()
+
     def _refused(self, check: str, *args) -> bool:
         """Run the filesystem's pre-check ``check``; answer 550 if it refuses.
 
