@@ -57,6 +57,12 @@ def perm_facts(permission: Permission, is_dir: bool, is_top: bool, granted: str)
     return "".join(sorted(f for f in facts if _FACT_LETTER[f] in granted))
 
 
+def _second(seconds: float) -> int | None:
+    """The whole second a time falls in, the key of its cached text (None
+    for a time int() can't take: it is formatted, or refused, each time)."""
+    return int(seconds) if -1e15 < seconds < 1e15 else None
+
+
 class _Clock:
     """The time texts of one listing, each made once per distinct second
     (the files of a folder share few: gmtime + strftime per line was a
@@ -64,15 +70,17 @@ class _Clock:
 
     def __init__(self, timefunc: TimeFunc, now: float) -> None:
         self.timefunc, self.now = timefunc, now
-        self.ls_texts: dict[int, str] = {}  # by whole second
+        self._ls: dict[int, str] = {}  # by whole second
         self._mlsx: dict[int, str | None] = {}
 
     def ls(self, mtime: float) -> str:
         """``Mon dd HH:MM`` for the last six months, ``Mon dd  YYYY`` before."""
-        key = int(mtime) if mtime == mtime and abs(mtime) < 1e15 else 0
-        text = self.ls_texts.get(key)
+        key = _second(mtime)
+        text = self._ls.get(key)
         if text is None:
-            text = self.ls_texts[key] = self._ls_text(mtime)
+            text = self._ls_text(mtime)
+            if key is not None:
+                self._ls[key] = text
         return text
 
     def _ls_text(self, mtime: float) -> str:
@@ -86,7 +94,7 @@ class _Clock:
 
     def mlsx(self, seconds: float) -> str | None:
         """``YYYYMMDDHHMMSS``, or None for a time that can't be shown."""
-        key = int(seconds) if seconds == seconds and abs(seconds) < 1e15 else None
+        key = _second(seconds)
         if key is not None and key in self._mlsx:
             return self._mlsx[key]
         try:
@@ -108,7 +116,6 @@ def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], tim
     """
     clock = _Clock(timefunc, now)
     heads: dict[tuple[int, int, int, int, int], str] = {}
-    times = clock.ls_texts
 
     def line(name: str, st: os.stat_result, permission: Permission) -> str:
         key = (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, id(permission))  # permissions outlive the listing
@@ -116,11 +123,7 @@ def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], tim
         if head is None:
             mode = stat.filemode(shown_mode(st.st_mode, permission))
             head = heads[key] = f"{mode} {st.st_nlink or 1:>3} {owner(st.st_uid):<8} {group(st.st_gid):<8} "
-        mtime = st.st_mtime
-        when = times.get(int(mtime)) if -1e15 < mtime < 1e15 else None
-        if when is None:
-            when = clock.ls(mtime)
-        return f"{head}{st.st_size:>8} {when} {name}\r\n"
+        return f"{head}{st.st_size:>8} {clock.ls(st.st_mtime)} {name}\r\n"
 
     return line
 
@@ -158,8 +161,9 @@ def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc,
             "unix.uid": st.st_uid,
             "unix.gid": st.st_gid,
         }
+        # (the fixed values are words, octal modes and numbers: no "%" to escape)
         text = "".join(f"{fact}={fixed[fact]};" if fact in _FIXED else f"{fact}=%s;" for fact in wanted)
-        return text.replace("%", "%%").replace("=%%s;", "=%s;") + " %s\r\n", fixed
+        return text + " %s\r\n", fixed
 
     def line(name: str, st: os.stat_result, permission: Permission, is_top: bool) -> str:
         key = (st.st_mode, st.st_uid, st.st_gid, id(permission), is_top)  # permissions outlive the listing

@@ -89,11 +89,14 @@ class Upload:
         except QuotaWait:
             self._held = bytes(data)
             raise
+        self._write_all(data)
+        self._written += size
+        return size
+
+    def _write_all(self, data) -> None:
         view = memoryview(data)
         while view:  # unbuffered: a short write is possible
             view = view[self._file.write(view):]
-        self._written += size
-        return size
 
     @property
     def can_splice(self) -> bool:
@@ -123,10 +126,9 @@ class Upload:
             if err.errno not in _NO_SPLICE:
                 raise
             self._spliceable = False  # a filesystem without splice: copy, from now on
-            view = memoryview(_read_exactly(pipe, left))
+            data = _read_exactly(pipe, left)
             left = 0
-            while view:
-                view = view[self._file.write(view):]
+            self._write_all(data)
         finally:
             if left:  # a write error: the rest must not reach the next upload
                 _read_exactly(pipe, left)
