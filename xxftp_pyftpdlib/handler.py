@@ -45,10 +45,26 @@ def _commands(cmds: dict) -> dict:
     return cmds
 
 
+class XxftpActiveDTP(FTPHandler.active_dtp):
+    """pyftpdlib's ActiveDTP, which only ever unregisters its own fd.
+
+    It hands its socket to the data channel once connected, yet the
+    session keeps it and closes it later (next PORT, PASV, ABOR, logout).
+    pyftpdlib's close unregisters the fd *number* it once had, which by
+    then may belong to another connection: that one would never hear from
+    the loop again.
+    """
+
+    def del_channel(self, map=None) -> None:
+        if self._fileno is not None and self.ioloop.socket_map.get(self._fileno) is self:
+            super().del_channel(map)
+
+
 class XxftpSession:
     """The behaviour shared by the plain and the TLS handler."""
 
     abstracted_fs = XxftpFS
+    active_dtp = XxftpActiveDTP
     upload_mode = "atomic"
     xferlog_path: str | None = None
     allow_from: list = []
@@ -217,24 +233,6 @@ class XxftpSession:
             future.cancel()  # a copy still queued never runs
         self.add_channel()
         self._conclude_login(done.result, password)
-
-    _handed_over = None  # the ActiveDTP whose socket the data channel now uses
-
-    def _on_dtp_connection(self) -> None:
-        self._handed_over = self._dtp_connector
-        super()._on_dtp_connection()
-
-    def _shutdown_connecting_dtp(self) -> None:
-        # pyftpdlib keeps an ActiveDTP that has handed its socket to the data
-        # channel as _dtp_connector and closes it here (next PORT, PASV, ABOR,
-        # logout). Its close unregisters the fd *number* it once had, which by
-        # then may belong to another connection: that one would never hear
-        # from the loop again. It left the loop at the handover already.
-        connector = self._dtp_connector
-        if connector is not None and connector is self._handed_over:
-            connector._fileno = None
-        self._handed_over = None
-        super()._shutdown_connecting_dtp()
 
     def _refused(self, check: str, *args) -> bool:
         """Run the filesystem's pre-check ``check``; answer 550 if it refuses.
