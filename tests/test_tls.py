@@ -6,8 +6,11 @@ import ftplib
 import io
 import os
 import shutil
+import socket
 import ssl
+import struct
 import subprocess
+import time
 
 import pytest
 
@@ -156,3 +159,131 @@ def test_curl_and_lftp_over_ftps(tree, pair, tmp_path):
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
+
+
+# --- the TLS data path: records moved in batches
+
+
+MiB = 1024 * KiB
+
+
+@pytest.fixture
+def roomy(tree, tls_server):
+    """A TLS server whose alice has room for large transfers."""
+    srv = tls_server()
+    tree.user("alice", password="pw", size="100M")
+    return srv
+
+
+def _temporaries(home):
+    return [p.name for p in home.iterdir() if p.name.startswith(".xxftpd-")]
+
+
+def test_large_tls_transfers_arrive_whole_both_ways(tree, roomy):
+    home = tree.root / "alice"
+    data = os.urandom(8 * MiB + 12345)  # many records per read event, and a short last one
+    ftp = tls_client(roomy.port)
+    ftp.storbinary("STOR big.bin", io.BytesIO(data), blocksize=256 * KiB)  # TYPE I  # ends with close_notify
+    assert (home / "big.bin").read_bytes() == data
+    out = io.BytesIO()
+    ftp.retrbinary("RETR big.bin", out.write)
+    assert out.getvalue() == data
+    # a client that closes without close_notify still ends its upload
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR plain-close.bin")
+    conn.sendall(data[:3 * MiB])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert (home / "plain-close.bin").read_bytes() == data[:3 * MiB]
+    assert ftp.sendcmd("SIZE big.bin") == f"213 {len(data)}"
+    assert not _temporaries(home)
+    ftp.quit()
+
+
+def test_tls_download_to_a_slow_reader_and_from_an_offset(tree, roomy):
+    """The socket fills up (the TLS write must be retried with what is
+    left), and REST starts the file where it says."""
+    data = os.urandom(4 * MiB)
+    (tree.root / "alice/slow.bin").write_bytes(data)
+    ftp = tls_client(roomy.port)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR slow.bin")
+    got = bytearray()
+    while True:
+        piece = conn.recv(4096 if len(got) < MiB else 256 * KiB)
+        if not piece:
+            break
+        got += piece
+        if len(got) < MiB and len(got) % (64 * KiB) < 4096:
+            time.sleep(0.02)  # let the server's writes meet a full socket
+    conn.unwrap()
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert bytes(got) == data
+    out = io.BytesIO()
+    ftp.retrbinary("RETR slow.bin", out.write, rest=MiB + 7)
+    assert out.getvalue() == data[MiB + 7:]
+    ftp.quit()
+
+
+def test_tls_ascii_mode_converts_line_ends(tree, roomy):
+    (tree.root / "alice/unix.txt").write_bytes(b"one\ntwo\n" * 1000)
+    ftp = tls_client(roomy.port)
+    lines = []
+    ftp.retrlines("RETR unix.txt", lines.append)
+    assert lines == ["one", "two"] * 1000
+    ftp.storlines("STOR dos.txt", io.BytesIO(b"a\r\nb\r\n" * 1000))
+    assert (tree.root / "alice/dos.txt").read_bytes() == b"a\nb\n" * 1000
+    ftp.quit()
+
+
+def test_clear_data_on_a_tls_session(tree, roomy):
+    """PROT C: the data connection is plain TCP and takes the clear path."""
+    data = os.urandom(2 * MiB + 1)
+    ftp = tls_client(roomy.port)
+    ftp.prot_c()
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR clear.bin")
+    assert not isinstance(conn, ssl.SSLSocket)
+    conn.sendall(data)
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert (tree.root / "alice/clear.bin").read_bytes() == data
+    out = io.BytesIO()
+    ftp.retrbinary("RETR clear.bin", out.write)
+    assert out.getvalue() == data
+    ftp.quit()
+
+
+def test_tls_upload_reset_is_not_committed_and_the_session_goes_on(tree, roomy):
+    home = tree.root / "alice"
+    (home / "victim.bin").write_bytes(b"old")
+    ftp = tls_client(roomy.port)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR victim.bin")
+    conn.sendall(os.urandom(MiB))
+    time.sleep(0.3)  # the server has read it
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()  # a reset, no close_notify
+    with pytest.raises(ftplib.error_temp, match="^426"):
+        ftp.voidresp()
+    assert (home / "victim.bin").read_bytes() == b"old"
+    assert not _temporaries(home)
+    assert ftp.voidcmd("NOOP").startswith("200")
+    ftp.quit()
+
+
+def test_tls_download_cut_by_the_client_is_426_and_the_session_goes_on(tree, roomy):
+    (tree.root / "alice/long.bin").write_bytes(os.urandom(16 * MiB))
+    ftp = tls_client(roomy.port)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("RETR long.bin")
+    assert len(conn.recv(64 * KiB)) > 0
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn.close()
+    with pytest.raises(ftplib.error_temp, match="^426"):
+        ftp.voidresp()
+    out = io.BytesIO()
+    ftp.retrbinary("RETR long.bin", out.write)
+    assert len(out.getvalue()) == 16 * MiB
+    ftp.quit()

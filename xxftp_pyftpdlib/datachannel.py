@@ -42,6 +42,7 @@ class XxftpDTPMixin:
     """Upload verdicts and replies for a pyftpdlib data channel."""
 
     _why = BROKEN
+    recv_buffer_size = 1024 * 1024  # bytes moved per read event: one buffer (or pipe) per thread
     quota_wait = 5.0  # seconds the oldest upload may wait for room held by others
     _wait_until = 0.0
 
@@ -100,6 +101,45 @@ class XxftpDTPMixin:
     def _writing_failed(self, err: OSError) -> bool:
         # A write error of the file, as opposed to a socket error.
         return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES)
+
+    def _read_clear(self) -> None:
+        """Read what the socket holds into the upload (a plain TCP data channel)."""
+        if self._data_wrapper is not None:  # ASCII mode converts line ends: pyftpdlib's way
+            return DTPHandler.handle_read(self)
+        upload = self.file_obj
+        splicing = isinstance(upload, Upload) and upload.can_splice
+        try:
+            if splicing:
+                pipe = _splice_pipe(self.recv_buffer_size)
+                size = os.splice(self.socket.fileno(), pipe.w, self.recv_buffer_size)
+            else:
+                buf = _recv_buffer(self.recv_buffer_size)
+                size = self.socket.recv_into(buf)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as err:
+            if err.errno in _ERRNOS_DISCONNECTED:
+                return self._connection_lost(err.errno)
+            raise
+        if not size:  # the client's end of the upload
+            self.handle_close()
+            return None
+        self.tot_bytes_received += size
+        try:
+            if splicing:
+                upload.write_from_pipe(pipe.r, size)
+            else:
+                upload.write(memoryview(buf)[:size])
+        except OSError as err:
+            raise _FileReadWriteError(err) from err
+        return None
+
+    def _connection_lost(self, code: int) -> None:
+        # A reset is a broken upload, not its end (only an orderly close
+        # ends a stream-mode upload): never commit it.
+        self._why = BROKEN
+        self._resp = (f"426 Connection lost ({os.strerror(code)}); transfer aborted.", logger.info)
+        self._close_safely()
 
     def close(self) -> None:
         upload = self.file_obj
@@ -170,42 +210,5 @@ class XxftpDTPHandler(XxftpDTPMixin, DTPHandler):
     """
 
     ac_out_buffer_size = 256 * 1024  # the count pyftpdlib passes to sendfile
-    recv_buffer_size = 1024 * 1024
 
-    def handle_read(self) -> None:
-        if self._data_wrapper is not None:  # ASCII mode converts line ends: pyftpdlib's way
-            return DTPHandler.handle_read(self)
-        upload = self.file_obj
-        splicing = isinstance(upload, Upload) and upload.can_splice
-        try:
-            if splicing:
-                pipe = _splice_pipe(self.recv_buffer_size)
-                size = os.splice(self.socket.fileno(), pipe.w, self.recv_buffer_size)
-            else:
-                buf = _recv_buffer(self.recv_buffer_size)
-                size = self.socket.recv_into(buf)
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError as err:
-            if err.errno in _ERRNOS_DISCONNECTED:
-                # A reset is a broken upload, not its end (only an orderly
-                # close ends a stream-mode upload): never commit it.
-                self._why = BROKEN
-                self._resp = (f"426 Connection lost ({os.strerror(err.errno)}); transfer aborted.", logger.info)
-                self._close_safely()
-                return None
-            raise
-        if not size:  # the client's end of the upload
-            self.handle_close()
-            return None
-        self.tot_bytes_received += size
-        try:
-            if splicing:
-                upload.write_from_pipe(pipe.r, size)
-            else:
-                upload.write(memoryview(buf)[:size])
-        except OSError as err:
-            raise _FileReadWriteError(err) from err
-        return None
-
-    handle_read_event = handle_read  # pyftpdlib binds the event to the method by name
+    handle_read = handle_read_event = XxftpDTPMixin._read_clear  # pyftpdlib binds the event by name

@@ -23,7 +23,7 @@ import math
 
 from . import access, banners, hashpool, xferlog
 from .accounts import ANONYMOUS, canonical_name
-from .datachannel import XxftpDTPHandler, XxftpDTPMixin
+from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
 from .quota import human
 from .uploads import BROKEN, Upload
@@ -344,42 +344,13 @@ class XxftpHandler(XxftpSession, FTPHandler):
 
 
 try:
-    from pyftpdlib.handlers import TLS_DTPHandler, TLS_FTPHandler
+    from pyftpdlib.handlers import TLS_FTPHandler
+
+    from .tlschannel import XxftpTLSDTPHandler
 except ImportError:  # pyopenssl missing: FTPS unavailable
     TLS_FTPHandler = None
 
 if TLS_FTPHandler is not None:
-
-    from OpenSSL import SSL
-
-    class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
-        """pyftpdlib's TLS_DTPHandler with xxftpd upload verdicts.
-
-        Data connections use TLS 1.2 without session tickets. Under TLS
-        1.3 the server sends session tickets after the handshake; a client
-        that only writes (an upload) never reads them, and when it closes
-        right after its last byte (lftp does) its kernel answers the
-        unread tickets with a reset, which makes the server's kernel drop
-        the tail of the upload that was not read yet.
-        """
-
-        def secure_connection(self, ssl_context) -> None:
-            super().secure_connection(_data_context(type(self.cmd_channel)))
-
-    def _data_context(handler: type) -> "SSL.Context":
-        context = handler.__dict__.get("_data_ssl_context")
-        if context is None:
-            control = handler.get_ssl_context()  # validates certfile/keyfile as pyftpdlib does
-            if not handler.certfile:  # a ready-made ssl_context was given: use it as it is
-                return control
-            context = SSL.Context(SSL.TLS_SERVER_METHOD)
-            context.set_min_proto_version(SSL.TLS1_2_VERSION)
-            context.set_max_proto_version(SSL.TLS1_2_VERSION)
-            context.set_options((handler.ssl_options or 0) | SSL.OP_NO_TICKET)
-            context.use_certificate_chain_file(handler.certfile)
-            context.use_privatekey_file(handler.keyfile or handler.certfile)
-            handler._data_ssl_context = context
-        return context
 
     class XxftpTLSHandler(XxftpSession, TLS_FTPHandler):
         """TLS_FTPHandler (explicit FTPS) serving an xxftp tree."""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Conformance check: pyftpdlib's own functional test-suite run against
-# XxftpHandler / XxftpFS.
+# XxftpHandler / XxftpFS, and its FTPS twin against XxftpTLSHandler.
 #
 #   tests/conformance/run.sh [extra pytest arguments, e.g. -x, -k NAME,
 #                             or node ids such as tests/test_functional.py::TestFtpAbort]
@@ -79,7 +79,7 @@ cd "$suite_root"
 
 # Extra arguments go before the suite's path; naming tests/... (a node id
 # such as tests/test_functional.py::TestFtpFsOperations) replaces it.
-suite=(tests/test_functional.py)
+suite=(tests/test_functional.py tests/test_functional_ssl.py)
 for arg in "$@"; do
     case "$arg" in tests/*) suite=() ;; esac
 done

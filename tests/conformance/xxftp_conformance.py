@@ -1,4 +1,4 @@
-"""pytest plugin: run pyftpdlib's own functional suite against xxftpd's classes.
+"""pytest plugin: run pyftpdlib's own functional suites (FTP and FTPS) against xxftpd's classes.
 
 Loaded with ``-p xxftp_conformance`` by ``tests/conformance/run.sh``, which
 fetches the suite from the pyftpdlib sdist of the installed version.
@@ -8,7 +8,9 @@ The suite builds every server from names it imports from pyftpdlib:
 ``reset_server_opts()`` resets options on ``pyftpdlib.handlers.FTPHandler``
 and ``DTPHandler``; ``test_functional.py`` subclasses ``FTPHandler`` and
 ``AbstractedFS``, and after some tests puts ``FTPHandler``, ``DTPHandler``
-and ``AbstractedFS`` back on the server's handler class. So the swap is
+and ``AbstractedFS`` back on the server's handler class;
+``test_functional_ssl.py`` runs the same tests through ``TLS_FTPHandler``
+(``TLS_DTPHandler`` for data) with PROT P. So the swap is
 done on those module attributes (``SWAPS``), when this plugin is imported:
 ``-p`` plugins are imported before any conftest or test module of the
 suite, so every ``from pyftpdlib... import`` of the suite binds our
@@ -32,12 +34,14 @@ import pyftpdlib.handlers
 import pytest
 
 from xxftp_pyftpdlib.filesystem import XxftpFS
-from xxftp_pyftpdlib.handler import XxftpHandler
+from xxftp_pyftpdlib.handler import XxftpHandler, XxftpTLSHandler
 
 # (module, name, our class): pyftpdlib's classes that the suite gets ours for.
 SWAPS = (
     (pyftpdlib.handlers, "FTPHandler", XxftpHandler),
     (pyftpdlib.handlers, "DTPHandler", XxftpHandler.dtp_handler),
+    (pyftpdlib.handlers, "TLS_FTPHandler", XxftpTLSHandler),
+    (pyftpdlib.handlers, "TLS_DTPHandler", XxftpTLSHandler.dtp_handler),
     (pyftpdlib.filesystems, "AbstractedFS", XxftpFS),
 )
 for _module, _name, _ours in SWAPS:
