@@ -97,3 +97,20 @@ def test_names_with_line_breaks_are_never_listed(tree, start_server, connect):
     assert [line.rsplit("/", 1)[-1] for line in lines_of(ftp, "NLST")] == ["ok.txt"]
     assert [line.split()[-1] for line in lines_of(ftp, "LIST")] == ["ok.txt"]
     assert [name for name, _ in ftp.mlsd()] == ["ok.txt"]
+
+
+def test_big_folders_list_every_entry_once_across_chunks(tree):
+    """Lines go out in chunks of several lines: every entry lands in exactly
+    one, in order, and one that vanishes between NLST and its stat is left out."""
+    ours, theirs = _both(tree)
+    folder = tree.root / "alice/stuff"
+    for i in range(3 * 16 + 5):
+        (folder / f"n{i:03d}").write_bytes(b"z" * i)
+    assert _lines(ours, "format_list") == _lines(theirs, "format_list")
+    path = ours.ftp2fs("/stuff")
+    names = sorted(ours.listdir(path))
+    (folder / "n007").unlink()
+    chunks = list(ours.format_list(path, names))
+    assert len(chunks) > 3 and all(chunk.endswith(b"\r\n") for chunk in chunks)
+    shown = [line.rsplit(" ", 1)[-1] for line in b"".join(chunks).decode().split("\r\n") if line]
+    assert shown == [name for name in names if name != "n007"]

@@ -23,7 +23,7 @@ from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
 from . import listing, quota
 from .config import shared_store
-from .permissions import Action
+from .permissions import Action, Permission
 from .quota import QuotaExceeded
 from .tree import Area, Entry, Namespace, Node, PathRefused, check_name, require
 from .uploads import Upload
@@ -307,13 +307,14 @@ class XxftpFS(AbstractedFS):
 
     # --- listings
 
-    def _stats(self, basedir: str, names, ignore_err: bool) -> Iterator[tuple[str, os.stat_result, Area, bool]]:
-        """(name, stat, area, is_top) of ``names`` in ``basedir``: from the last
-        listdir if it was of that folder, else resolved one by one (LIST of a
-        file, MLST). Entries that vanished are skipped."""
+    def _stats(self, basedir: str, names, ignore_err: bool) -> Iterator[tuple[str, os.stat_result, Permission, bool]]:
+        """(name, stat, permission, is_top) of ``names`` in ``basedir``: from
+        the last listdir if it was of that folder, else resolved one by one
+        (LIST of a file, MLST). Entries that vanished are skipped."""
         basedir = os.path.normpath(basedir)
         listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else None
         found = listed.found if listed is not None else {}
+        permission = listed.area.permission if listed is not None else None
         for name in names:
             try:
                 entry = found.get(name)
@@ -321,9 +322,9 @@ class XxftpFS(AbstractedFS):
                     node = self.resolve(os.path.join(basedir, name))
                     entry = Entry(name, node.area, node.is_top, os.stat(node.real))
                 if type(entry) is Entry:
-                    result = (name, entry.st, entry.area, entry.is_top)
+                    result = (name, entry.st, entry.area.permission, entry.is_top)
                 else:  # an os.DirEntry: a plain file or folder
-                    result = (name, entry.stat(follow_symlinks=False), listed.area, False)
+                    result = (name, entry.stat(follow_symlinks=False), permission, False)
             except (OSError, FilesystemError):
                 if not ignore_err:
                     raise
@@ -333,23 +334,17 @@ class XxftpFS(AbstractedFS):
     def _timefunc(self):
         return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime
 
-    def _encoder(self) -> Callable[[str], bytes]:
+    def _encoding(self) -> tuple[str, str]:
         channel = self.cmd_channel
-        encoding = getattr(channel, "encoding", "utf8")
-        errors = getattr(channel, "unicode_errors", "replace")
-        return lambda text: text.encode(encoding, errors)
+        return getattr(channel, "encoding", "utf8"), getattr(channel, "unicode_errors", "replace")
 
     def format_list(self, basedir: str, listing_: list[str], ignore_err: bool = True) -> Iterator[bytes]:
         line = listing.list_formatter(self._owner, self._group, self._timefunc(), time.time())
-        encode = self._encoder()
-        for name, st, area, _top in self._stats(basedir, listing_, ignore_err):
-            yield encode(line(name, st, area.permission))
+        return _chunks(self._stats(basedir, listing_, ignore_err), line, *self._encoding())
 
     def format_mlsx(self, basedir: str, listing_: list[str], perms: str, facts, ignore_err: bool = True) -> Iterator[bytes]:
         line = listing.mlsx_formatter(facts, self._timefunc(), perms)
-        encode = self._encoder()
-        for name, st, area, is_top in self._stats(basedir, listing_, ignore_err):
-            yield encode(line(name, st, area.permission, is_top))
+        return _chunks(self._stats(basedir, listing_, ignore_err), line, *self._encoding())
 
     _names: dict[tuple[str, int], str] = {}
 
@@ -364,3 +359,25 @@ class XxftpFS(AbstractedFS):
         if key not in self._names:
             self._names[key] = str(self.get_group_by_gid(gid))
         return self._names[key]
+
+
+LINES_PER_CHUNK = 16
+
+
+def _chunks(entries: Iterator[tuple[str, os.stat_result, Permission, bool]], line: Callable[..., str],
+            encoding: str, errors: str) -> Iterator[bytes]:
+    """The listing lines of ``entries``, encoded ``LINES_PER_CHUNK`` at a time.
+
+    pyftpdlib's producer takes 20 items per send: one line each made a
+    send (and a turn of the IO loop) per 20 lines of a big folder. Much
+    larger chunks cost more than they save: asynchat copies what a
+    partial send leaves over.
+    """
+    batch: list[str] = []
+    for name, st, permission, is_top in entries:
+        batch.append(line(name, st, permission, is_top))
+        if len(batch) == LINES_PER_CHUNK:
+            yield "".join(batch).encode(encoding, errors)
+            batch = []
+    if batch:
+        yield "".join(batch).encode(encoding, errors)

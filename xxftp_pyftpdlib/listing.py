@@ -57,57 +57,48 @@ def perm_facts(permission: Permission, is_dir: bool, is_top: bool, granted: str)
     return "".join(sorted(f for f in facts if _FACT_LETTER[f] in granted))
 
 
-def _second(seconds: float) -> int | None:
-    """The whole second a time falls in, the key of its cached text (None
-    for a time int() can't take: it is formatted, or refused, each time)."""
-    return int(seconds) if -1e15 < seconds < 1e15 else None
-
-
 class _Clock:
     """The time texts of one listing, each made once per distinct second
     (the files of a folder share few: gmtime + strftime per line was a
-    third of a LIST)."""
+    third of a LIST).
+
+    Times come as whole seconds, ``stat_result[8]`` (mtime) and ``[9]``
+    (ctime): ints from the kernel, so every one is a good cache key.
+    """
 
     def __init__(self, timefunc: TimeFunc, now: float) -> None:
         self.timefunc, self.now = timefunc, now
-        self._ls: dict[int, str] = {}  # by whole second
-        self._mlsx: dict[int, str | None] = {}
+        self.ls_texts: dict[float, str] = {}
+        self._mlsx: dict[float, str | None] = {}
 
-    def ls(self, mtime: float) -> str:
+    def ls(self, second: float) -> str:
         """``Mon dd HH:MM`` for the last six months, ``Mon dd  YYYY`` before."""
-        key = _second(mtime)
-        text = self._ls.get(key)
+        text = self.ls_texts.get(second)
         if text is None:
-            text = self._ls_text(mtime)
-            if key is not None:
-                self._ls[key] = text
+            fmt = "%d  %Y" if self.now - second > SIX_MONTHS else "%d %H:%M"
+            try:
+                t = self.timefunc(second)
+                text = f"{_MONTHS[t.tm_mon - 1]} {time.strftime(fmt, t)}"
+            except (ValueError, OverflowError, OSError):  # a time gmtime can't take: show now
+                t = self.timefunc(self.now)
+                text = f"{_MONTHS[t.tm_mon - 1]} {time.strftime('%d %H:%M', t)}"
+            self.ls_texts[second] = text
         return text
 
-    def _ls_text(self, mtime: float) -> str:
-        fmt = "%d  %Y" if self.now - mtime > SIX_MONTHS else "%d %H:%M"
-        try:
-            t = self.timefunc(mtime)
-            return f"{_MONTHS[t.tm_mon - 1]} {time.strftime(fmt, t)}"
-        except (ValueError, OverflowError, OSError):
-            t = self.timefunc(self.now)
-            return f"{_MONTHS[t.tm_mon - 1]} {time.strftime('%d %H:%M', t)}"
-
-    def mlsx(self, seconds: float) -> str | None:
+    def mlsx(self, second: float) -> str | None:
         """``YYYYMMDDHHMMSS``, or None for a time that can't be shown."""
-        key = _second(seconds)
-        if key is not None and key in self._mlsx:
-            return self._mlsx[key]
+        if second in self._mlsx:
+            return self._mlsx[second]
         try:
-            text = time.strftime("%Y%m%d%H%M%S", self.timefunc(seconds))
+            text = time.strftime("%Y%m%d%H%M%S", self.timefunc(second))
         except (ValueError, OverflowError, OSError):
             text = None
-        if key is not None:
-            self._mlsx[key] = text
+        self._mlsx[second] = text
         return text
 
 
 def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], timefunc: TimeFunc,
-                   now: float) -> Callable[[str, os.stat_result, Permission], str]:
+                   now: float) -> Callable[[str, os.stat_result, Permission, bool], str]:
     """A function making ``ls -l`` style lines (CRLF included) for one listing.
 
     The part before the size (mode, links, owner, group) is made once per
@@ -115,15 +106,17 @@ def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], tim
     folder only fill in a size and a name.
     """
     clock = _Clock(timefunc, now)
+    times = clock.ls_texts
     heads: dict[tuple[int, int, int, int, int], str] = {}
 
-    def line(name: str, st: os.stat_result, permission: Permission) -> str:
+    def line(name: str, st: os.stat_result, permission: Permission, is_top: bool = False) -> str:
         key = (st.st_mode, st.st_nlink, st.st_uid, st.st_gid, id(permission))  # permissions outlive the listing
         head = heads.get(key)
         if head is None:
             mode = stat.filemode(shown_mode(st.st_mode, permission))
             head = heads[key] = f"{mode} {st.st_nlink or 1:>3} {owner(st.st_uid):<8} {group(st.st_gid):<8} "
-        return f"{head}{st.st_size:>8} {clock.ls(st.st_mtime)} {name}\r\n"
+        when = times.get(st[8]) or clock.ls(st[8])
+        return f"{head}{st.st_size:>8} {when} {name}\r\n"
 
     return line
 
@@ -145,8 +138,8 @@ def mlsx_formatter(facts: list[str] | set[str], timefunc: TimeFunc,
     clock = _Clock(timefunc, time.time())
     per_entry: dict[str, Callable[[os.stat_result], object]] = {
         "size": lambda st: st.st_size,
-        "modify": lambda st: clock.mlsx(st.st_mtime),
-        "create": lambda st: clock.mlsx(st.st_ctime),
+        "modify": lambda st: clock.mlsx(st[8]),
+        "create": lambda st: clock.mlsx(st[9]),
         "unique": lambda st: f"{st.st_dev:x}g{st.st_ino:x}",
     }
     varying = [fact for fact in wanted if fact not in _FIXED]
