@@ -112,5 +112,5 @@ def test_big_folders_list_every_entry_once_across_chunks(tree):
     (folder / "n007").unlink()
     chunks = list(ours.format_list(path, names))
     assert len(chunks) > 3 and all(chunk.endswith(b"\r\n") for chunk in chunks)
-    shown = [line.rsplit(" ", 1)[-1] for line in b"".join(chunks).decode().split("\r\n") if line]
+    shown = [line.split(None, 8)[-1] for line in b"".join(chunks).decode().split("\r\n") if line]
     assert shown == [name for name in names if name != "n007"]
