@@ -1492,6 +1492,7 @@ def main(argv: list[str] | None = None) -> int:
                 for srv in (pair if rnd % 2 == 0 else pair[::-1]):
                     if fig.fresh:
                         srv.start()
+                    os.sync()  # the last figure's writeback must not run into this one
                     t0 = time.monotonic()
                     try:
                         values = fig.run(srv, ctx)
