@@ -173,6 +173,30 @@ def test_edit_takes_effect_on_next_command(tree, start_server, connect):
     assert names(ftp) == ["a", "late"]
 
 
+def test_a_target_swapped_on_disk_is_followed_on_the_next_command(tree, start_server, connect):
+    """The real folder of a mount target is remembered only while its path
+    leads to the same folder: a target moved away and replaced (by another
+    folder, a link, a file) is seen as it is now."""
+    tree.user("alice", password="pw", virtual="m $root/target read\n")
+    tree.file("target/first.txt", b"1")
+    tree.file("other/second.txt", b"2")
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    ftp.cwd("/m")  # crossed once: its real folder is known
+    assert names(ftp, "/m") == ["first.txt"]
+    target = tree.root / "target"
+    target.rename(tree.root / "old-target")
+    target.symlink_to(tree.root / "other")
+    assert names(ftp, "/m") == ["second.txt"]
+    assert download(ftp, "/m/second.txt") == b"2"
+    target.unlink()
+    target.write_bytes(b"not a folder")
+    with pytest.raises(ftplib.error_perm, match="unavailable"):
+        ftp.cwd("/m")
+    target.unlink()
+    (tree.root / "old-target").rename(target)
+    assert names(ftp, "/m") == ["first.txt"]
+
+
 @pytest.mark.parametrize("virtual, bad_path", [
     ("loop $root/alice read\n", "/loop"),
     ("all $root read\n", "/all"),

@@ -154,6 +154,7 @@ class ConfigStore:
         self._cache: dict[str, tuple[tuple[int, ...], Parsed]] = {}
         self._lock = threading.Lock()
         self._reported: set[tuple] = set()
+        self._folders: dict[str, tuple[tuple[int, int], str]] = {}
 
     def _load(self, path: str, parse: Callable[[str], Parsed[T]], missing: T, unreadable: T) -> T:
         try:
@@ -193,6 +194,29 @@ class ConfigStore:
             self._reported.add(key)
         log.warning("%s", message)
 
+    def real_folder(self, path: str) -> str | None:
+        """``realpath(path)`` if ``path`` leads to a folder, else None.
+
+        Kept while ``path`` still leads to the same folder (device and
+        inode): walking a mount target's path at every crossing was most of
+        the time of a deep CWD. A folder reached by a new path keeps its old
+        real path only if it is the very same folder.
+        """
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        key = (st.st_dev, st.st_ino)
+        hit = self._folders.get(path)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        real = os.path.realpath(path)
+        with self._lock:
+            self._folders[path] = (key, real)
+        return real
+
     def version(self, path: str) -> tuple[int, ...] | None:
         hit = self._cache.get(path)
         return hit[0] if hit else None
@@ -201,12 +225,12 @@ class ConfigStore:
 
     def permission(self, folder: str) -> Permission:
         """A home's permission; all rights without a file, none if unreadable."""
-        path = os.path.join(folder, CONFIG_DIR, "permission")
+        path = f"{folder}/{CONFIG_DIR}/permission"
         return self._load(path, lambda text: parse_permission(text, path), FULL, NONE)
 
     def mounts(self, folder: str) -> dict[str, Mount]:
         """Mounts declared in ``folder`` (name -> Mount); empty if none."""
-        path = os.path.join(folder, CONFIG_DIR, "virtual")
+        path = f"{folder}/{CONFIG_DIR}/virtual"
         return self._load(
             path, lambda text: parse_virtual(text, path, folder, self.server_root), {}, {}
         )
@@ -222,7 +246,7 @@ class ConfigStore:
 
     def size_limit(self, folder: str) -> int | None:
         """A tree's byte limit: 0 unlimited, None invalid (refuse uploads)."""
-        path = os.path.join(folder, CONFIG_DIR, "size")
+        path = f"{folder}/{CONFIG_DIR}/size"
         return self._load(path, lambda text: parse_size(text, path), 0, None)
 
 

@@ -100,7 +100,7 @@ def check_name(name: str) -> None:
     """Refuse hidden names and names no FTP client could mean."""
     if name.startswith("."):
         raise PathRefused(f"{name!r}: names starting with '.' are hidden")
-    if FORBIDDEN_CHARS.intersection(name):
+    if "\n" in name or "\r" in name or "\x00" in name:  # FORBIDDEN_CHARS
         raise PathRefused(f"{name!r}: invalid character in name")
 
 
@@ -155,7 +155,7 @@ class Namespace:
         mount = self.store.mounts(node.real).get(name)
         if mount is not None:
             return self._enter_mount(node, ftp, mount)
-        real = os.path.join(node.real, name)
+        real = f"{node.real}/{name}" if node.real != "/" else f"/{name}"
         try:
             st = os.lstat(real)
         except (OSError, ValueError):
@@ -169,8 +169,8 @@ class Namespace:
         return Node(ftp, real, node.area, False, node.trail + (real,))
 
     def _enter_mount(self, node: Node, ftp: str, mount: Mount) -> Node:
-        target = os.path.realpath(mount.target)
-        if not os.path.isdir(target):
+        target = self.store.real_folder(mount.target)
+        if target is None:
             self.store.report_once(
                 ("target", mount.source, self.store.version(mount.source.rsplit(":", 1)[0])),
                 f"{mount.source}: mount target {mount.target!r} is missing or not a folder",
