@@ -118,19 +118,10 @@ class Accounts:
             return self._prefix + name, stored
         return self.home_of(name), None
 
-    def slow_login(self, name: str) -> bool:
-        """True if checking this login takes real time (modern hash, unknown user, upgrade)."""
-        try:
-            home, stored = self._account(canonical_name(name))
-        except OSError:
-            return False  # refused (and logged) at once by login()
-        if home is None:
-            return True
-        if stored is None:
-            return False
-        return passwords.is_slow(stored) or self.upgrade_hashes
-
-    def login(self, name: str, password: str) -> Login:
+    def login(self, name: str, password: str, quick: bool = False) -> Login | None:
+        """The verdict on a login. With ``quick``, None instead of a check
+        that takes real time (a modern hash, an unknown user, an upgrade),
+        so that the caller can run it off the event loop."""
         name = canonical_name(name)
         path = self.password_file(name)
         try:
@@ -139,14 +130,19 @@ class Accounts:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
             return Login(False, reason=f"unreadable password file {path}")
         if home is None:
+            if quick:
+                return None
             passwords.waste_time(password)  # the same work as a real check
             return Login(False, reason="no such user")
         if stored is None:
             return Login(True, home)
-        if passwords.kind(stored) == "unknown":
+        found = passwords.kind(stored)
+        if quick and (found != "md5" or self.upgrade_hashes):
+            return None
+        if found == "unknown":
             log.error("%s: unrecognised password format; login refused", path)
         if passwords.verify(stored, password):
-            if self.upgrade_hashes and passwords.kind(stored) == "md5":
+            if self.upgrade_hashes and found == "md5":
                 self._upgrade(path, password)
             return Login(True, home)
         return Login(False, reason="wrong password")

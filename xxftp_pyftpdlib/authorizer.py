@@ -36,17 +36,21 @@ class XxftpAuthorizer:
         """False if USER alone logs ``username`` in (a home without password)."""
         return self.accounts.needs_password(username)
 
-    def slow_login(self, username: str) -> bool:
-        """True if validating ``username`` should run off the event loop."""
-        return self.accounts.slow_login(username)
-
     def validate_authentication(self, username: str, password: str, handler) -> None:
         self.check_login(username, password, handler)
 
-    def check_login(self, username: str, password: str, handler) -> tuple[str, str]:
+    def quick_login(self, username: str, password: str, handler) -> tuple[str, str] | None:
+        """``check_login`` if its verdict comes at once; None if the check
+        takes real time (a modern hash, an unknown user), to run it off the
+        event loop with ``check_login``."""
+        return self.check_login(username, password, handler, quick=True)
+
+    def check_login(self, username: str, password: str, handler, quick: bool = False) -> tuple[str, str] | None:
         """``validate_authentication``, ``get_home_dir`` and ``get_msg_login``
         in one pass: (home, login message), or AuthenticationFailed."""
-        result = self.accounts.login(username, password)
+        result = self.accounts.login(username, password, quick)
+        if result is None:
+            return None
         if not result.ok:
             log.info("login refused for %r: %s", username, result.reason)
             raise AuthenticationFailed("Authentication failed.")

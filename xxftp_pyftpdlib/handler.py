@@ -187,11 +187,11 @@ class XxftpSession:
         Hashes take idle CPU only; one that waited ``hashpool.OVERDUE``
         seconds also goes to the overdue pool (see ``hashpool``).
         """
-        slow = getattr(self.authorizer, "slow_login", None)
-        if self.authenticated or not self.username or slow is None:
+        quick = getattr(self.authorizer, "quick_login", None)
+        if self.authenticated or not self.username or quick is None:
             return super().ftp_PASS(line)
-        if not slow(self.username):
-            self._conclude_login(lambda: self._check_login(self.username, line), line)
+        username = self.username
+        if self._conclude_login(lambda: quick(username, line, self), line):
             return None
         self.del_channel()
         futures = [hashpool.pool().submit(self._check_login, self.username, line)]
@@ -208,14 +208,19 @@ class XxftpSession:
         self.authorizer.validate_authentication(username, password, self)
         return self.authorizer.get_home_dir(username), self.authorizer.get_msg_login(username)
 
-    def _conclude_login(self, outcome, password: str) -> None:
-        """pyftpdlib's end of PASS, given how the check came out."""
+    def _conclude_login(self, outcome, password: str) -> bool:
+        """pyftpdlib's end of PASS, given how the check came out; False if
+        ``outcome`` gave no verdict (a check that takes real time)."""
         try:
-            home, msg_login = outcome()
+            verdict = outcome()
         except (AuthenticationFailed, AuthorizerError) as err:
             self.handle_auth_failed(str(err), password)
-        else:
-            self.handle_auth_success(home, password, msg_login)
+            return True
+        if verdict is None:
+            return False
+        home, msg_login = verdict
+        self.handle_auth_success(home, password, msg_login)
+        return True
 
     def _login_verdict(self, futures: list[Future], username: str, password: str, overdue_at: float) -> None:
         if self._closed:

@@ -16,6 +16,7 @@ Rules that live here:
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import hashlib
 import hmac
@@ -33,8 +34,10 @@ def _encode(password: str) -> bytes:
     return password.encode("utf-8", "surrogateescape")
 
 
+@functools.lru_cache(maxsize=1024)
 def kind(stored: str) -> str:
-    """The format of a stored hash: ``md5``, ``scrypt`` or ``unknown``."""
+    """The format of a stored hash: ``md5``, ``scrypt`` or ``unknown``
+    (remembered: every login asks, and the stored hashes are few)."""
     text = stored.strip()
     if _MD5_HEX.fullmatch(text.lower()):
         return "md5"
