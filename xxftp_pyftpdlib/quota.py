@@ -54,6 +54,7 @@ log = logging.getLogger("xxftpd.quota")
 TEMP_PREFIX = ".xxftpd-"
 TEMP_SUFFIX = ".part"
 GRANT = 8 * 1024 * 1024  # bytes reserved ahead, so the ledger is touched rarely
+_UNREAD = object()  # a limit not read yet
 
 
 class QuotaExceeded(Exception):
@@ -208,19 +209,23 @@ class Ledger:
         return os.path.lexists(self.path)
 
     @contextmanager
-    def _locked(self) -> Iterator[tuple[dict, Callable[[], None]]]:
+    def _locked(self, limit: int | None | object = _UNREAD) -> Iterator[tuple[dict, Callable[[], None]]]:
         """The state under an exclusive lock on the ledger file itself.
 
         Yields ``(state, save)``; whatever changed is written back in place
         when the block ends (``save`` writes at once, for intents). A torn
         write (a crash in the middle of one) reads back as unparsable and
-        is rebuilt by a scan.
+        is rebuilt by a scan. ``limit``: the tree's limit if the caller has
+        just read it.
         """
-        os.makedirs(self.dir, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # no .xxftp folder yet
+            os.makedirs(self.dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state, text = self._load(fd)
+            state, text = self._load(fd, self.limit if limit is _UNREAD else limit)
             self._last = None  # until this operation's state is on disk
             written = [text]
 
@@ -240,7 +245,7 @@ class Ledger:
         finally:
             os.close(fd)  # releases the lock
 
-    def _load(self, fd: int) -> tuple[dict, str]:
+    def _load(self, fd: int, limit: int | None) -> tuple[dict, str]:
         chunks = []
         offset = 0
         while True:
@@ -259,7 +264,7 @@ class Ledger:
                 text = ""
                 state = {"used": None, "pending": {}, "intents": []}
         self._settle(state)
-        limited = self.limited
+        limited = limit != 0
         if limited and state["used"] is None:
             state["used"] = scan(self.root, self.store)
             log.info("%s: usage scanned: %s", self.root, human(state["used"]))
@@ -298,8 +303,9 @@ class Ledger:
     # --- the operations
 
     def usage(self) -> Usage:
-        with self._locked() as (state, _):
-            return _usage(self.limit, state)
+        limit = self.limit
+        with self._locked(limit) as (state, _):
+            return _usage(limit, state)
 
     def journal(self, token: str, entry: dict) -> None:
         """Register an upload (no room needed: an unlimited tree)."""
@@ -317,7 +323,7 @@ class Ledger:
         limit = self.limit
         if limit is None:
             raise QuotaInvalid("quota file is invalid")
-        with self._locked() as (state, _):
+        with self._locked(limit) as (state, _):
             mine = state["pending"].get(token)
             if mine is None:
                 mine = state["pending"][token] = {**_me(), **(entry or {}), "bytes": 0, "since": time.time()}
@@ -344,12 +350,13 @@ class Ledger:
         inode) is what makes this crash-exact: it is removed in the same
         write that charges the delta.
         """
-        with self._locked() as (state, _):
+        limit = self.limit
+        with self._locked(limit) as (state, _):
             state["pending"].pop(token, None)
             if action is not None:
                 action()
             _add(state, delta)
-            return _usage(self.limit, state)
+            return _usage(limit, state)
 
     def change(self, delta: int, gone: str, action: Callable[[], None], check_fits: bool = False) -> None:
         """Make a change to the tree (delete, move) and charge ``delta``.
