@@ -635,7 +635,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args: argparse.Namespace, sz: Sizes, servers: list[FtpServer], results: dict, started: float,
-           load_before: float, cpu_before: tuple[float, float]) -> None:
+           load_before: float, cpu_before: tuple[float, float, float]) -> None:
     elapsed = time.monotonic() - started
     cpu_after = cpu_seconds()
     other = max(0.0, (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1]))

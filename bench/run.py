@@ -1372,22 +1372,26 @@ def summary(results: dict, rows: list[Row]) -> list[dict]:
 # main
 
 
-def cpu_seconds() -> tuple[float, float]:
+def cpu_seconds() -> tuple[float, float, float]:
     """(user+system seconds of every CPU of the machine, from /proc/stat;
-    user+system seconds of this process and its reaped children)."""
-    machine = float("nan")
+    user+system seconds of this process and its reaped children; seconds
+    the hypervisor ran something else while this VM's CPUs wanted to run,
+    "steal")."""
+    machine = steal = float("nan")
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()
         # user nice system idle iowait irq softirq steal ...: user + nice + system
-        machine = (int(fields[1]) + int(fields[2]) + int(fields[3])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        machine = (int(fields[1]) + int(fields[2]) + int(fields[3])) / tick
+        steal = int(fields[8]) / tick
     except (OSError, IndexError, ValueError):
         pass
     own = 0.0
     for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
         usage = resource.getrusage(who)
         own += usage.ru_utime + usage.ru_stime
-    return machine, own
+    return machine, own, steal
 
 
 def raise_nofile(need: int) -> int:
@@ -1524,10 +1528,12 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     cpu_after = cpu_seconds()  # every server has been waited for: its CPU time is in RUSAGE_CHILDREN
     other = max(0.0, (cpu_after[0] - cpu_before[0]) - (cpu_after[1] - cpu_before[1]))
+    steal = cpu_after[2] - cpu_before[2]
     rows = rows_for(sz)
     info = machine_info()
     info["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     info["other_cpu_s"] = round(other, 1) if other == other else None  # nan: no /proc/stat
+    info["steal_cpu_s"] = round(steal, 1) if steal == steal else None
     print()
     print(table(results, rows))
     print()
@@ -1537,7 +1543,8 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio = xxftpd/pyftpdlib unless the row says otherwise; load average {load_before:.2f} at start, "
           f"{info['loadavg_1min'][1]:.2f} at end; run took {elapsed:.0f} s"
           + (f"; other processes used about {other:.0f} CPU-seconds meanwhile "
-             f"({other / elapsed:.2f} of a CPU on average)" if other == other else ""))
+             f"({other / elapsed:.2f} of a CPU on average)" if other == other else "")
+          + (f"; the hypervisor took {steal:.0f} CPU-seconds from this VM (steal)" if steal == steal else ""))
     if args.json:
         doc = {"machine": info, "sizes": asdict(sz), "quick": args.quick, "repeat": args.repeat,
                "figures_run": [f.name for f in figures], "tls_data": ctx["tls_info"],
