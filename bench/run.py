@@ -640,6 +640,19 @@ def process_tree(pid: int) -> list[int]:
     return pids
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a server and its child processes have used."""
+    ticks = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pss_mib(pid: int) -> float:
     """Proportional set size of a server and its child processes, MiB."""
     kib = 0
@@ -966,9 +979,11 @@ def fig_held(srv: Server, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
     out = {"pss_idle": pss_mib(srv.pid)}
     for count in sz.held:
+        cpu = server_cpu(srv.pid)
         secs, held = login_bursts(srv, ctx, count)
         try:
             out[f"held_{count}"] = secs
+            out[f"held_{count}_server_cpu"] = server_cpu(srv.pid) - cpu
             out[f"pss_{count}"] = pss_mib(srv.pid)
         finally:
             close_all(held)
