@@ -16,12 +16,11 @@ import logging
 import os
 import sys
 import threading
+import time
 
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
-
-import time
 
 from .quota import QuotaExceeded, QuotaWait
 from .uploads import BROKEN, ERROR, QUOTA, Upload

@@ -25,7 +25,7 @@ from . import listing, quota
 from .config import shared_store
 from .permissions import Action, Permission
 from .quota import QuotaExceeded
-from .tree import Area, Entry, Namespace, Node, PathRefused, check_name, require
+from .tree import Entry, Namespace, Node, PathRefused, check_name, require
 from .uploads import Upload
 
 

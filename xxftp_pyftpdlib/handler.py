@@ -9,17 +9,15 @@ which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 
 from __future__ import annotations
 
+import logging
+import math
+import re
+import time
 from concurrent.futures import Future
 
 from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
-
-import logging
-import re
-import time
-
-import math
 
 from . import access, banners, hashpool, xferlog
 from .accounts import ANONYMOUS, canonical_name
