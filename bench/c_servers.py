@@ -39,9 +39,9 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from run import (  # noqa: E402  (bench/run.py: the client every server is measured with)
-    CHUNK, HOST, MiB, RECV_BUF, Ctrl, ServerError, batch, close_all, cpu_seconds, free_port, listing, log,
-    login_bursts, machine_info, make_big_file, make_flat, median, process_tree, pss_mib, raise_nofile, retr_rate,
-    stor_rate,
+    CHUNK, HOST, MiB, RECV_BUF, Ctrl, ServerError, batch, close_all, cpu_seconds, fig_stor, free_port, listing,
+    log, login_bursts, machine_info, make_big_file, make_flat, median, process_tree, pss_mib, raise_nofile,
+    retr_rate, session,
 )
 
 PLAIN_USER, PLAIN_PASSWORD = "alice", "pw"  # fixed in plain_server.py
@@ -365,24 +365,6 @@ def _pyftpdlib_version() -> str:
 
 # --------------------------------------------------------------------------
 # the figures: each runs one round on one server and returns {key: value}
-
-
-def session(srv: FtpServer) -> ftplib.FTP:
-    ftp = ftplib.FTP()
-    ftp.connect(HOST, srv.port, timeout=120)
-    ftp.login(srv.user, srv.password)
-    ftp.voidcmd("TYPE I")
-    return ftp
-
-
-def fig_stor(srv: FtpServer, ctx: dict) -> dict:
-    sz: Sizes = ctx["sizes"]
-    ftp = session(srv)
-    try:
-        rates = [stor_rate(ftp, srv.name, sz.big_mib * MiB, ctx["chunk"]) for _ in range(sz.transfers)]
-    finally:
-        ftp.close()
-    return {"stor": median(rates)}
 
 
 def fig_retr(srv: FtpServer, ctx: dict) -> dict:

@@ -277,6 +277,8 @@ class Server:
     ``xx_w2``); ``column`` is the column of the table its figures go to.
     """
 
+    user, password = USER, PASSWORD  # every instance serves the same account
+
     def __init__(self, label: str, argv: list[str], log_path: Path, role: str = "", column: str = "") -> None:
         self.label = label
         self.argv = argv
@@ -358,9 +360,11 @@ class Server:
 
 
 def session(srv: Server) -> ftplib.FTP:
+    """A logged-in control connection in TYPE I (any server with ``port``,
+    ``user`` and ``password``: ``bench/c_servers.py`` uses it too)."""
     ftp = ftplib.FTP()
     ftp.connect(HOST, srv.port, timeout=120)
-    ftp.login(USER, PASSWORD)
+    ftp.login(srv.user, srv.password)
     ftp.voidcmd("TYPE I")
     return ftp
 
