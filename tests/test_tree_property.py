@@ -78,12 +78,12 @@ def test_listings_show_only_reachable_names(world, path):
     namespace, allowed = world
     try:
         node = namespace.resolve(path)
-        entries = namespace.listing(node).entries()
+        names = namespace.listing(node).names
     except (PathRefused, OSError):
         return
-    for entry in entries:
-        assert not entry.name.startswith(".")
-        child = namespace.resolve(node.ftp + "/" + entry.name)  # every listed name resolves
+    for name in names:
+        assert not name.startswith(".")
+        child = namespace.resolve(node.ftp + "/" + name)  # every listed name resolves
         assert any(_inside(os.path.realpath(child.real), root) for root in allowed)
 
 

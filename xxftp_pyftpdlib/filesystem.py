@@ -25,7 +25,7 @@ from . import listing, quota
 from .config import shared_store
 from .permissions import Action, Permission
 from .quota import QuotaExceeded
-from .tree import Entry, Namespace, Node, PathRefused, check_name, require
+from .tree import Entry, Listing, Namespace, Node, PathRefused, check_name, require
 from .uploads import Upload
 
 
@@ -46,7 +46,7 @@ class XxftpFS(AbstractedFS):
         self.namespace = Namespace(store, root)
         self.quotas = quota.shared_quotas(store)
         self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
-        self._listed: tuple[str, dict[str, Entry]] | None = None
+        self._listed: tuple[str, Listing] | None = None  # the last listdir: (folder, its entries)
         self._memo: dict[str, Node] | None = None  # on once a handler calls forget()
 
     def forget(self) -> None:

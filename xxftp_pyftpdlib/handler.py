@@ -192,9 +192,9 @@ class XxftpSession:
         if self._conclude_login(lambda: quick(username, line, self), line):
             return None
         self.del_channel()
-        futures = [hashpool.pool().submit(self._check_login, self.username, line)]
+        futures = [hashpool.pool().submit(self._check_login, username, line)]
         overdue_at = time.monotonic() + hashpool.OVERDUE
-        self.ioloop.call_later(0.002, self._login_verdict, futures, self.username, line, overdue_at,
+        self.ioloop.call_later(0.002, self._login_verdict, futures, username, line, overdue_at,
                                _errback=self.handle_error)
         return None
 

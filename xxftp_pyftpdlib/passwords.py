@@ -16,8 +16,8 @@ Rules that live here:
 from __future__ import annotations
 
 import base64
-import functools
 import binascii
+import functools
 import hashlib
 import hmac
 import os

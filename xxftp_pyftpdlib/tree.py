@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from .config import ConfigStore, Mount
 from .permissions import Action, Permission
 
-FORBIDDEN_CHARS = frozenset("\x00\r\n")
 
 
 class PathRefused(Exception):
@@ -67,19 +66,13 @@ class Node:
 
 
 class Entry:
-    """One line of a folder listing: its name, area, and (lazily) its stat."""
+    """A resolved listing entry (a kept link, a mount point, a single file):
+    its name, area and stat."""
 
-    __slots__ = ("name", "area", "is_top", "_st", "_dirent")
+    __slots__ = ("name", "area", "is_top", "st")
 
-    def __init__(self, name: str, area: Area, is_top: bool, st: os.stat_result | None = None,
-                 dirent: os.DirEntry | None = None) -> None:
-        self.name, self.area, self.is_top, self._st, self._dirent = name, area, is_top, st, dirent
-
-    @property
-    def st(self) -> os.stat_result:
-        if self._st is None:  # NLST never asks: no stat per name
-            self._st = self._dirent.stat(follow_symlinks=False)
-        return self._st
+    def __init__(self, name: str, area: Area, is_top: bool, st: os.stat_result) -> None:
+        self.name, self.area, self.is_top, self.st = name, area, is_top, st
 
 
 def split_ftp_path(path: str) -> list[str]:
@@ -100,7 +93,7 @@ def check_name(name: str) -> None:
     """Refuse hidden names and names no FTP client could mean."""
     if name.startswith("."):
         raise PathRefused(f"{name!r}: names starting with '.' are hidden")
-    if "\n" in name or "\r" in name or "\x00" in name:  # FORBIDDEN_CHARS
+    if "\n" in name or "\r" in name or "\x00" in name:
         raise PathRefused(f"{name!r}: invalid character in name")
 
 
@@ -195,7 +188,7 @@ class Namespace:
         with os.scandir(node.real) as it:
             for de in it:  # the hot loop of a big folder: keep it short
                 name = de.name
-                # FORBIDDEN_CHARS, but for NUL, which no file name holds
+                # as check_name, but for NUL, which no file name holds
                 if name[0] == "." or "\n" in name or "\r" in name:
                     continue
                 found[name] = de
@@ -232,9 +225,6 @@ class Listing:
     @property
     def names(self) -> list[str]:
         return list(self.found)
-
-    def entries(self) -> list[Entry]:
-        return [e if isinstance(e, Entry) else Entry(n, self.area, False, dirent=e) for n, e in self.found.items()]
 
 
 def require(node: Node, action: Action, *, what: str, on_entry: bool = False) -> None:
