@@ -68,12 +68,12 @@ class _Clock:
 
     def __init__(self, timefunc: TimeFunc, now: float) -> None:
         self.timefunc, self.now = timefunc, now
-        self.ls_texts: dict[float, str] = {}
+        self._ls: dict[float, str] = {}
         self._mlsx: dict[float, str | None] = {}
 
     def ls(self, second: float) -> str:
         """``Mon dd HH:MM`` for the last six months, ``Mon dd  YYYY`` before."""
-        text = self.ls_texts.get(second)
+        text = self._ls.get(second)
         if text is None:
             fmt = "%d  %Y" if self.now - second > SIX_MONTHS else "%d %H:%M"
             try:
@@ -82,7 +82,7 @@ class _Clock:
             except (ValueError, OverflowError, OSError):  # a time gmtime can't take: show now
                 t = self.timefunc(self.now)
                 text = f"{_MONTHS[t.tm_mon - 1]} {time.strftime('%d %H:%M', t)}"
-            self.ls_texts[second] = text
+            self._ls[second] = text
         return text
 
     def mlsx(self, second: float) -> str | None:
@@ -106,7 +106,6 @@ def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], tim
     folder only fill in a size and a name.
     """
     clock = _Clock(timefunc, now)
-    times = clock.ls_texts
     heads: dict[tuple[int, int, int, int, int], str] = {}
 
     def line(name: str, st: os.stat_result, permission: Permission, is_top: bool = False) -> str:
@@ -115,8 +114,7 @@ def list_formatter(owner: Callable[[int], str], group: Callable[[int], str], tim
         if head is None:
             mode = stat.filemode(shown_mode(st.st_mode, permission))
             head = heads[key] = f"{mode} {st.st_nlink or 1:>3} {owner(st.st_uid):<8} {group(st.st_gid):<8} "
-        when = times.get(st[8]) or clock.ls(st[8])
-        return f"{head}{st.st_size:>8} {when} {name}\r\n"
+        return f"{head}{st.st_size:>8} {clock.ls(st[8])} {name}\r\n"
 
     return line
 
