@@ -132,6 +132,8 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
                     self.discard_buffers()  # the whole file went out
                     return self.handle_close()
             while self._out_pos < self._out_end:
+                # The connection itself, not pyftpdlib's send(), which copies
+                # a memoryview into bytes first (a copy of every byte sent).
                 sent = conn.send(self._out[self._out_pos:self._out_end])
                 self._out_pos += sent
                 self.tot_bytes_sent += sent
