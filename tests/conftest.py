@@ -6,6 +6,7 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -187,6 +188,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def temporaries(root) -> list[str]:
+    """Upload temporaries (``.xxftpd-*``) anywhere under ``root``."""
+    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
 
 
 def run_xxftpd(*args: str, wait_for_port: int | None = None, **popen) -> subprocess.Popen:

@@ -12,16 +12,12 @@ import threading
 
 import pytest
 
-from conftest import HOST, download, free_port, run_xxftpd, store, wait_until
+from conftest import HOST, download, free_port, run_xxftpd, store, temporaries, wait_until
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import scan
 
 KiB = 1024
 ORIGINAL = b"original content " * 1000
-
-
-def temporaries(root):
-    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
 
 
 def ledger_used(folder):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd, wait_until
+from conftest import HOST, free_port, run_xxftpd, temporaries, wait_until
 from xxftp_pyftpdlib import XxftpHandler
 
 KiB = 1024
@@ -190,10 +190,6 @@ def snapshot(base: Path, skip: list[Path]) -> dict[str, tuple]:
             digest = sha(path.read_bytes()) if path.is_file() and not path.is_symlink() else os.readlink(path)
             found[str(path)] = ("file", st.st_mode, st.st_size, digest)
     return found
-
-
-def temporaries(root: Path) -> list[str]:
-    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
 
 
 

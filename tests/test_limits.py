@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd
+from conftest import HOST, free_port, run_xxftpd, temporaries
 from test_hostile_protocol import Raw, read_all, wait_until
 from xxftp_pyftpdlib import XxftpHandler
 from xxftp_pyftpdlib.config import ConfigStore
@@ -61,10 +61,6 @@ def greeting(sock: socket.socket) -> bytes:
             break
         data += chunk
     return data
-
-
-def temporaries(root) -> list[str]:
-    return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
 
 
 def ledger(folder) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_xxftpd
+from conftest import free_port, run_xxftpd, temporaries
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -39,10 +39,6 @@ def sha(data: bytes) -> str:
 def hashes(folder: Path) -> dict[str, str]:
     """relative path -> SHA-256 of every regular file under ``folder``."""
     return {str(p.relative_to(folder)): sha(p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def temporaries(root: Path) -> list[str]:
-    return [str(p) for p in root.rglob(".xxftpd-*")]
 
 
 class Server:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd
+from conftest import HOST, free_port, run_xxftpd, temporaries
 from xxftp_pyftpdlib import certs
 from xxftp_pyftpdlib.server import ConfigError, Options, make_handler
 
@@ -175,10 +175,6 @@ def roomy(tree, tls_server):
     return srv
 
 
-def _temporaries(home):
-    return [p.name for p in home.iterdir() if p.name.startswith(".xxftpd-")]
-
-
 def test_large_tls_transfers_arrive_whole_both_ways(tree, roomy):
     home = tree.root / "alice"
     data = os.urandom(8 * MiB + 12345)  # many records per read event, and a short last one
@@ -196,7 +192,7 @@ def test_large_tls_transfers_arrive_whole_both_ways(tree, roomy):
     assert ftp.voidresp().startswith("226")
     assert (home / "plain-close.bin").read_bytes() == data[:3 * MiB]
     assert ftp.sendcmd("SIZE big.bin") == f"213 {len(data)}"
-    assert not _temporaries(home)
+    assert not temporaries(home)
     ftp.quit()
 
 
@@ -268,7 +264,7 @@ def test_tls_upload_reset_is_not_committed_and_the_session_goes_on(tree, roomy):
     with pytest.raises(ftplib.error_temp, match="^426"):
         ftp.voidresp()
     assert (home / "victim.bin").read_bytes() == b"old"
-    assert not _temporaries(home)
+    assert not temporaries(home)
     assert ftp.voidcmd("NOOP").startswith("200")
     ftp.quit()
 

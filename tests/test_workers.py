@@ -7,8 +7,8 @@ import os
 import signal
 import subprocess
 
-from conftest import HOST, free_port, run_xxftpd, wait_until
-from test_crash import _parallel_uploads, ledger_used, temporaries
+from conftest import HOST, free_port, run_xxftpd, temporaries, wait_until
+from test_crash import _parallel_uploads, ledger_used
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.quota import scan
 
