@@ -7,25 +7,7 @@ from __future__ import annotations
 import socket
 
 from conftest import HOST, free_port, run_xxftpd
-
-
-def _reply(f) -> bytes:
-    line = f.readline()
-    while line[3:4] == b"-":
-        line = f.readline()
-    return line
-
-
-def _session(port: int):
-    sock = socket.create_connection((HOST, port), timeout=5)
-    f = sock.makefile("rb")
-    assert _reply(f).startswith(b"220")
-    return sock, f
-
-
-def _cmd(sock, f, line: str) -> bytes:
-    sock.sendall(line.encode() + b"\r\n")
-    return _reply(f)
+from test_hostile_protocol import Raw
 
 
 def test_a_reused_fd_keeps_its_new_owner(tree):
@@ -35,22 +17,25 @@ def test_a_reused_fd_keeps_its_new_owner(tree):
     proc = run_xxftpd("--root", str(tree.root), "--host", HOST, "--port", str(port), wait_for_port=port)
     try:
         for _ in range(5):  # the fd numbers line up on the first try; a few more for good measure
-            a, af = _session(port)
-            assert _cmd(a, af, "USER alice").startswith(b"230")
+            a = Raw(port, timeout=5)
+            assert a.greeting.code == 220
+            a.ok("USER alice", 230)
             with socket.create_server((HOST, 0)) as listener:
                 p = listener.getsockname()[1]
-                assert _cmd(a, af, f"PORT 127,0,0,1,{p >> 8},{p & 255}").startswith(b"200")
-                assert _cmd(a, af, "LIST").startswith((b"125", b"150"))
+                a.ok(f"PORT 127,0,0,1,{p >> 8},{p & 255}", 200)
+                a.ok("LIST", 125, 150)
                 data, _ = listener.accept()
                 with data:
                     while data.recv(65536):
                         pass
-            assert _reply(af).startswith(b"226")  # the server closed the data connection's fd
-            c, cf = _session(port)  # its new control connection takes that fd number
-            assert _cmd(a, af, "PASV").startswith(b"227")  # pyftpdlib closes the old connector here
-            assert _cmd(c, cf, "NOOP").startswith(b"200"), "the new connection lost its registration"
-            for s in (a, c):
-                s.close()
+            assert a.reply().code == 226  # the server closed the data connection's fd
+            c = Raw(port, timeout=5)  # its new control connection takes that fd number
+            assert c.greeting.code == 220
+            a.ok("PASV", 227)  # pyftpdlib closes the old connector here
+            noop = c.cmd("NOOP")
+            assert noop is not None and noop.code == 200, "the new connection lost its registration"
+            for raw in (a, c):
+                raw.close()
     finally:
         proc.terminate()
         proc.communicate(timeout=10)
