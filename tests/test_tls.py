@@ -283,3 +283,27 @@ def test_tls_download_cut_by_the_client_is_426_and_the_session_goes_on(tree, roo
     ftp.retrbinary("RETR long.bin", out.write)
     assert len(out.getvalue()) == 16 * MiB
     ftp.quit()
+
+
+def test_garbage_inside_a_tls_upload_is_an_abort_and_the_session_goes_on(tree, roomy):
+    """Bytes that are not TLS records, mid-upload: the upload is refused and
+    rolled back, nothing is committed, the control connection carries on."""
+    home = tree.root / "alice"
+    (home / "victim.bin").write_bytes(b"old")
+    ftp = tls_client(roomy.port)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR victim.bin")
+    conn.sendall(os.urandom(256 * KiB))
+    raw = socket.socket(fileno=os.dup(conn.fileno()))  # under the TLS layer
+    raw.sendall(b"\x17\x03\x03\x40\x00" + os.urandom(16 * KiB))  # an application-data record no key made
+    raw.close()
+    try:
+        reply = ftp.voidresp()
+    except ftplib.all_errors as err:
+        reply = str(err)
+    conn.close()
+    assert reply[:1] == "4", f"a corrupt TLS upload was answered {reply!r}"
+    assert (home / "victim.bin").read_bytes() == b"old"
+    assert not temporaries(home)
+    assert ftp.voidcmd("NOOP").startswith("200")
+    ftp.quit()

@@ -57,7 +57,12 @@ class XxftpDTPMixin:
             self._resp = (error_reply(err), logger.warning)
             self._close_safely()
             return
-        super().handle_error()
+        # Anything else aborts the transfer as pyftpdlib's plain data channel
+        # does (logged, 426), through this class's close(), so an upload gets
+        # its verdict. pyftpdlib's TLS channel would close past it: no reply,
+        # and the partial upload kept. A failed TLS session is not shut down.
+        self._error = True
+        DTPHandler.handle_error(self)
 
     def _close_safely(self) -> None:
         """Close, never letting an error escape into the IO loop (it would stop the server)."""
