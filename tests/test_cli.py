@@ -294,3 +294,40 @@ def test_multi_proc_one_connection_process_terminated_leaves_others_serving(serv
         second.close()
     assert proc.poll() is None
     stop(proc)
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread of another process (Linux)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    SYS_tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]
+    if libc.syscall(SYS_tgkill, pid, tid, sig) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "aarch64"),
+                    reason="tgkill is a Linux system call")
+def test_stop_when_the_signal_lands_on_another_thread(served, processes):
+    """The kernel may hand a process' SIGTERM to any of its threads (here a
+    hash pool thread), or deliver it just before the loop blocks in epoll.
+    Either way an idle server must still wake up and stop."""
+    from xxftp_pyftpdlib import passwords
+    passwords.write(str(served.root / "alice/.xxftp/password"), passwords.scrypt_hash("secret"))
+    proc, port = start(processes, served.root)
+    ftp = ftplib.FTP()
+    ftp.connect(HOST, port, timeout=10)
+    ftp.login("alice", "secret")  # a slow hash: checked on a pool thread
+    ftp.quit()
+    tasks = os.listdir(f"/proc/{proc.pid}/task")
+    others = [int(t) for t in tasks if int(t) != proc.pid]
+    assert others, tasks
+    time.sleep(0.2)  # the loop is idle, blocked in epoll
+    _tgkill(proc.pid, others[0], signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=STOP_WITHIN)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"xxftpd did not stop within {STOP_WITHIN}s of SIGTERM:\n{err}")
+    assert proc.returncode == 0, err
+    assert "xxftpd stopped" in err and "Traceback" not in err, err

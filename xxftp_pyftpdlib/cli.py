@@ -18,7 +18,8 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from . import __version__, admin, certs
-from .server import ConfigError, Options, check_root, make_server, serve, stop_on_signals
+from .server import ConfigError, Options, check_root, make_server, serve
+from .signals import stop_on_signals
 from .uploads import MODES
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}

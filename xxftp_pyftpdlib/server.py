@@ -21,6 +21,7 @@ from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
+from .signals import SignalWake, stop_on_signals
 
 log = logging.getLogger("xxftpd")
 
@@ -239,10 +240,6 @@ def make_server(options: Options, handler: type | None = None):
     return server
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def _thread_failed(args) -> None:
     """A worker thread died (pyftpdlib's thread model can race its own
     shutdown): one clear log line; the traceback only at debug level."""
@@ -251,12 +248,6 @@ def _thread_failed(args) -> None:
     log.error("worker thread %s stopped: %s: %s", getattr(args.thread, "name", "?"),
               args.exc_type.__name__, args.exc_value)
     log.debug("worker thread failure", exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
-
-
-def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt: a clean stop, even at start-up."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
 
 
 def serve(server, workers: int = 1) -> None:
@@ -270,6 +261,7 @@ def serve(server, workers: int = 1) -> None:
         if workers > 1:
             serve_workers(server, workers)
         else:
+            SignalWake(server.ioloop)  # closed with the loop
             server.serve_forever()  # closes every connection itself
     finally:
         if server.handler.bans is not None:

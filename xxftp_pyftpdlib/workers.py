@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import time
 
 from pyftpdlib.servers import FTPServer
+
+from .signals import SignalWake
 
 log = logging.getLogger("xxftpd")
 
@@ -28,15 +31,18 @@ MAX_RESTARTS = 100
 STOP_TIMEOUT = 10.0
 
 
-def _run_worker(server: FTPServer, number: int) -> None:
+def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
     """In a forked child: serve the shared socket until told to stop."""
     try:
         server.ioloop._poller.close()  # the parent's epoll set: not ours to use
     except (AttributeError, OSError):
         pass
+    parents.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     worker = type(server)(server.socket, server.handler, ioloop=type(server.ioloop)())
     worker.max_cons = server.max_cons
     worker.max_cons_per_ip = server.max_cons_per_ip
+    SignalWake(worker.ioloop)
     log.info("worker %d (pid %d) serving", number, os.getpid())
     status = 0
     try:
@@ -48,38 +54,57 @@ def _run_worker(server: FTPServer, number: int) -> None:
         os._exit(status)
 
 
+def _wake_only(signum, frame) -> None:
+    """SIGCHLD: nothing to do but wake the supervisor (through the wakeup fd)."""
+
+
+def _exited():
+    """(pid, status) of each child that has ended, without blocking."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
 def serve_workers(server: FTPServer, count: int) -> None:
     """Fork ``count`` workers around ``server``'s socket and supervise them."""
     children: dict[int, int] = {}
+    wake = SignalWake()  # a signal or a child's exit wakes the select below
+    previous = signal.signal(signal.SIGCHLD, _wake_only)
 
     def start(number: int) -> None:
         pid = os.fork()
         if pid == 0:
-            _run_worker(server, number)
+            _run_worker(server, number, wake)
         children[pid] = number
 
     for number in range(count):
         start(number)
     restarts = 0
     try:
-        while children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            number = children.pop(pid, None)
-            if number is None:
-                continue  # not a worker (e.g. the ban manager)
-            if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0:
-                restarts += 1
-                if restarts > MAX_RESTARTS:
-                    log.error("workers keep failing; giving up after %d restarts", MAX_RESTARTS)
-                    break
-                log.warning("worker %d (pid %d) died (status %d); restarting", number, pid, status)
-                start(number)
+        while children and restarts <= MAX_RESTARTS:
+            select.select([wake], [], [], 1.0)
+            wake.drain()
+            for pid, status in _exited():
+                number = children.pop(pid, None)
+                if number is None:
+                    continue  # not a worker (e.g. the ban manager)
+                if os.WIFSIGNALED(status) or os.WEXITSTATUS(status) != 0:
+                    restarts += 1
+                    if restarts > MAX_RESTARTS:
+                        log.error("workers keep failing; giving up after %d restarts", MAX_RESTARTS)
+                        break
+                    log.warning("worker %d (pid %d) died (status %d); restarting", number, pid, status)
+                    start(number)
     except KeyboardInterrupt:
         log.info("stopping %d worker(s)", len(children))
     finally:
+        signal.signal(signal.SIGCHLD, previous)
+        wake.close()
         _stop(children)
 
 
