@@ -9,7 +9,8 @@ data, generated under a temporary folder that is removed at the end (the
 FTPS figures use a second pair of servers with TLS on, the --workers
 figure a third xxftpd with --workers 2). The runs are interleaved round by
 round (the server that goes first alternates each round) and every figure
-is the median over ``--repeat`` rounds. See bench/README.md for what each
+is the median over ``--repeat`` rounds (the fresh-server figures 6b-6g
+take three A/B samples per round). See bench/README.md for what each
 figure measures.
 """
 
@@ -1222,6 +1223,7 @@ class Figure:
     run: Callable[[Server, dict], dict]
     roles: tuple[str, str]  # the two servers it compares, A/B
     fresh: bool = False  # its servers are started anew for it in every round, and stopped after
+    samples: int = 1  # A/B pairs per round (order alternating): short figures need more to settle
 
 
 FIGURES = [
@@ -1231,7 +1233,7 @@ FIGURES = [
     Figure("list", fig_list, ("plain", "xx")),
     Figure("deep", fig_deep, ("plain", "xx")),
     Figure("logins", fig_logins, ("plain", "xx")),
-    Figure("held", fig_held, ("plain_fresh", "xx_fresh"), fresh=True),
+    Figure("held", fig_held, ("plain_fresh", "xx_fresh"), fresh=True, samples=3),
     Figure("tls", fig_tls, ("plain_tls", "xx_tls")),
     Figure("conc", fig_conc, ("plain", "xx")),
     Figure("load", fig_load, ("plain", "xx")),
@@ -1512,7 +1514,9 @@ def main(argv: list[str] | None = None) -> int:
             ctx["round"] = rnd
             for fig in figures:
                 pair = [servers[role] for role in fig.roles]
-                for srv in (pair if rnd % 2 == 0 else pair[::-1]):
+                order = [srv for k in range(fig.samples)
+                         for srv in (pair if (rnd * fig.samples + k) % 2 == 0 else pair[::-1])]
+                for srv in order:
                     if fig.fresh:
                         srv.start()
                     os.sync()  # the last figure's writeback must not run into this one

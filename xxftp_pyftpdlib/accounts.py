@@ -105,15 +105,16 @@ class Accounts:
             return True  # (and the home exists)
         return self.home_of(name) is None
 
-    def _account(self, name: str) -> tuple[str | None, str | None]:
-        """(home, stored hash) of a user; (None, None) if there is no such user.
+    def _account(self, name: str, path: str) -> tuple[str | None, str | None]:
+        """(home, stored hash) of a user whose password file would be
+        ``path``; (None, None) if there is no such user.
 
         OSError if the password file can't be read. A password file that
         exists implies its home, which then needs no check of its own.
         """
         if not USER_NAME.fullmatch(name):
             return None, None
-        stored = self._stored(self.password_file(name))
+        stored = self._stored(path)
         if stored is not None:
             return self._prefix + name, stored
         return self.home_of(name), None
@@ -125,7 +126,7 @@ class Accounts:
         name = canonical_name(name)
         path = self.password_file(name)
         try:
-            home, stored = self._account(name)
+            home, stored = self._account(name, path)
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
             return Login(False, reason=f"unreadable password file {path}")

@@ -241,7 +241,14 @@ class ConfigStore:
         return self._load(path, lambda text: parse_hosts(text, path), None, ())
 
     def text(self, path: str) -> str | None:
-        """A small text file (a banner), or None if missing or unreadable."""
+        """A small text file (a banner), or None if missing or unreadable.
+
+        Banners are usually absent, and ``os.access`` says so without the
+        exception of a failed ``stat`` (read at every connection). A banner
+        is no rule: "cannot tell" may read as "absent".
+        """
+        if not os.access(path, os.F_OK):
+            return None
         return self._load(path, lambda text: Parsed(text), None, None)
 
     def size_limit(self, folder: str) -> int | None:

@@ -488,6 +488,9 @@ _registry_lock = threading.Lock()
 
 def shared_quotas(store: ConfigStore) -> Quotas:
     """The process-wide Quotas of a store's server root."""
+    quotas = _registry.get(store.server_root)  # every login comes here: no lock when it is there
+    if quotas is not None and quotas.store is store:
+        return quotas
     with _registry_lock:
         quotas = _registry.get(store.server_root)
         if quotas is None or quotas.store is not store:

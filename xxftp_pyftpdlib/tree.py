@@ -27,6 +27,7 @@ Rules that live here:
 
 from __future__ import annotations
 
+import functools
 import os
 import stat as stat_mod
 from dataclasses import dataclass
@@ -128,7 +129,13 @@ class Namespace:
 
     def __init__(self, store: ConfigStore, home: str) -> None:
         self.store = store
-        self.home = _real_home(store.server_root, home)
+        self._home = home
+
+    @functools.cached_property
+    def home(self) -> str:
+        """The home's real path, found at first use: a session that only
+        logs in (and most of a login storm) never looks at the disk."""
+        return _real_home(self.store.server_root, self._home)
 
     def root(self) -> Node:
         area = Area(self.home, "/", self.store.permission(self.home), None)
