@@ -55,6 +55,7 @@ TEMP_PREFIX = ".xxftpd-"
 TEMP_SUFFIX = ".part"
 GRANT = 8 * 1024 * 1024  # bytes reserved ahead, so the ledger is touched rarely
 _UNREAD = object()  # a limit not read yet
+_READ = 65536  # ledger bytes per read (one read for any real ledger)
 
 
 class QuotaExceeded(Exception):
@@ -225,17 +226,18 @@ class Ledger:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            state, text = self._load(fd, self.limit if limit is _UNREAD else limit)
+            state, text, size = self._load(fd, self.limit if limit is _UNREAD else limit)
             self._last = None  # until this operation's state is on disk
-            written = [text]
+            written = [text, size]
 
             def save() -> None:
                 new = json.dumps(state, sort_keys=True)
                 if new != written[0]:
                     data = new.encode()
                     os.pwrite(fd, data, 0)
-                    os.ftruncate(fd, len(data))
-                    written[0] = new
+                    if len(data) < written[1]:  # a longer text overwrote all of the old one
+                        os.ftruncate(fd, len(data))
+                    written[0], written[1] = new, len(data)
 
             try:
                 yield state, save
@@ -245,15 +247,16 @@ class Ledger:
         finally:
             os.close(fd)  # releases the lock
 
-    def _load(self, fd: int, limit: int | None) -> tuple[dict, str]:
+    def _load(self, fd: int, limit: int | None) -> tuple[dict, str, int]:
+        """(state, its text, the file's size in bytes)."""
         chunks = []
         offset = 0
         while True:
-            chunk = os.pread(fd, 65536, offset)
-            if not chunk:
-                break
+            chunk = os.pread(fd, _READ, offset)
             chunks.append(chunk)
             offset += len(chunk)
+            if len(chunk) < _READ:  # a short read of a regular file: its end
+                break
         text = b"".join(chunks).decode("utf-8", "replace")
         last = self._last
         if last is not None and last[0] == text and text:
@@ -270,7 +273,7 @@ class Ledger:
             log.info("%s: usage scanned: %s", self.root, human(state["used"]))
         elif not limited and state["used"] is not None:
             state["used"] = None  # not tracked from now on
-        return state, text
+        return state, text, offset
 
     def _parse(self, text: str) -> dict | None:
         """The state a ledger text holds; None if it is unreadable."""
