@@ -9,8 +9,9 @@ data, generated under a temporary folder that is removed at the end (the
 FTPS figures use a second pair of servers with TLS on, the --workers
 figure a third xxftpd with --workers 2). The runs are interleaved round by
 round (the server that goes first alternates each round) and every figure
-is the median over ``--repeat`` rounds (the fresh-server figures 6b-6g
-take three A/B samples per round). See bench/README.md for what each
+is the median over ``--repeat`` rounds. Figures at the noise floor of a
+shared VM (RETR, FTPS, the fresh-server logins and memory) take three A/B
+samples per round, each pair in alternating order. See bench/README.md for what each
 figure measures.
 """
 
@@ -67,9 +68,9 @@ class Sizes:
     list_iters: int  # LIST and MLSD each, per round
     logins: int  # concurrent connect+login
     burst: int  # ... started this many at a time
-    transfers: int  # STOR/RETR of the big file per round (median taken)
+    transfers: int  # STOR/RETR of the big file per sample (median taken)
     login_reps: int  # login figure runs per round (median taken)
-    tls_transfers: int  # FTPS STOR/RETR of the big file per round (median taken)
+    tls_transfers: int  # FTPS STOR/RETR of the big file per sample (median taken)
     held: tuple[int, int]  # connect+login kept open: a small and a large count
     conc_streams: int  # concurrent transfers in one batch
     conc_mib: int  # ... of files of this size
@@ -78,7 +79,7 @@ class Sizes:
 
 FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_000,
              uploads=200, cmd_iters=300, list_iters=5, logins=100, burst=32,
-             transfers=3, login_reps=3, tls_transfers=2, held=(100, 1000),
+             transfers=3, login_reps=3, tls_transfers=1, held=(100, 1000),
              conc_streams=100, conc_mib=10, load_logins=100)
 QUICK = Sizes(big_mib=16, quota_files=2_000, quota_dirs=80, list_files=500,
               uploads=20, cmd_iters=30, list_iters=2, logins=100, burst=32,
@@ -1223,18 +1224,18 @@ class Figure:
     run: Callable[[Server, dict], dict]
     roles: tuple[str, str]  # the two servers it compares, A/B
     fresh: bool = False  # its servers are started anew for it in every round, and stopped after
-    samples: int = 1  # A/B pairs per round (order alternating): short figures need more to settle
+    samples: int = 1  # A/B pairs per round, in alternating order: noisy figures need more
 
 
 FIGURES = [
     Figure("stor", fig_stor, ("plain", "xx")),
-    Figure("retr", fig_retr, ("plain", "xx")),
+    Figure("retr", fig_retr, ("plain", "xx"), samples=3),
     Figure("small", fig_small, ("plain", "xx")),
     Figure("list", fig_list, ("plain", "xx")),
     Figure("deep", fig_deep, ("plain", "xx")),
     Figure("logins", fig_logins, ("plain", "xx")),
     Figure("held", fig_held, ("plain_fresh", "xx_fresh"), fresh=True, samples=3),
-    Figure("tls", fig_tls, ("plain_tls", "xx_tls")),
+    Figure("tls", fig_tls, ("plain_tls", "xx_tls"), samples=3),
     Figure("conc", fig_conc, ("plain", "xx")),
     Figure("load", fig_load, ("plain", "xx")),
     Figure("workers", fig_workers, ("xx", "xx_w2")),
