@@ -114,3 +114,32 @@ def test_big_folders_list_every_entry_once_across_chunks(tree):
     assert len(chunks) > 3 and all(chunk.endswith(b"\r\n") for chunk in chunks)
     shown = [line.split(None, 8)[-1] for line in b"".join(chunks).decode().split("\r\n") if line]
     assert shown == [name for name in names if name != "n007"]
+
+
+def test_a_listed_big_folder_leaves_no_stats_behind(tree):
+    """Once its lines are made, a listing keeps nothing per file: a session
+    that listed a 2,000-file folder held about 1.5 MB of stats until it
+    listed again or logged out."""
+    import tracemalloc
+
+    home = tree.user("alice")
+    folder = home / "big"
+    folder.mkdir()
+    for i in range(2000):
+        (folder / f"f{i:04d}").write_bytes(b"")
+    fs = XxftpFS(str(home), Channel(tree.root))
+    path = fs.ftp2fs("/big")
+    for method, extra in (("format_list", ()), ("format_mlsx", ("elr", FACTS))):
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            names = fs.listdir(path)
+            lines = b"".join(getattr(fs, method)(path, names, *extra))
+            del names
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert lines.count(b"\r\n") == 2000
+        assert held < 400_000, f"{method}: {held} bytes still held after the listing"
+    again = b"".join(fs.format_list(path, ["f0001"]))  # asked again: resolved afresh
+    assert again.endswith(b" f0001\r\n")

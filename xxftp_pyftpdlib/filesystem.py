@@ -310,14 +310,20 @@ class XxftpFS(AbstractedFS):
     def _stats(self, basedir: str, names, ignore_err: bool) -> Iterator[tuple[str, os.stat_result, Permission, bool]]:
         """(name, stat, permission, is_top) of ``names`` in ``basedir``: from
         the last listdir if it was of that folder, else resolved one by one
-        (LIST of a file, MLST). Entries that vanished are skipped."""
+        (LIST of a file, MLST). Entries that vanished are skipped.
+
+        Each entry leaves the kept listing as its line is made: a DirEntry
+        keeps its stat, and a big folder's would otherwise stay in memory
+        (about 800 bytes a file) for the rest of the session. A name asked
+        for again is resolved afresh.
+        """
         basedir = os.path.normpath(basedir)
         listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else None
         found = listed.found if listed is not None else {}
         permission = listed.area.permission if listed is not None else None
         for name in names:
             try:
-                entry = found.get(name)
+                entry = found.pop(name, None)
                 if entry is None:
                     node = self.resolve(os.path.join(basedir, name))
                     entry = Entry(name, node.area, node.is_top, os.stat(node.real))
