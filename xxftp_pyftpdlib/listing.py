@@ -68,10 +68,10 @@ class _Clock:
 
     def __init__(self, timefunc: TimeFunc, now: float) -> None:
         self.timefunc, self.now = timefunc, now
-        self._ls: dict[float, str] = {}
-        self._mlsx: dict[float, str | None] = {}
+        self._ls: dict[int, str] = {}
+        self._mlsx: dict[int, str | None] = {}
 
-    def ls(self, second: float) -> str:
+    def ls(self, second: int) -> str:
         """``Mon dd HH:MM`` for the last six months, ``Mon dd  YYYY`` before."""
         text = self._ls.get(second)
         if text is None:
@@ -85,7 +85,7 @@ class _Clock:
             self._ls[second] = text
         return text
 
-    def mlsx(self, second: float) -> str | None:
+    def mlsx(self, second: int) -> str | None:
         """``YYYYMMDDHHMMSS``, or None for a time that can't be shown."""
         if second in self._mlsx:
             return self._mlsx[second]

@@ -36,7 +36,6 @@ from .config import ConfigStore, Mount
 from .permissions import Action, Permission
 
 
-
 class PathRefused(Exception):
     """The path can't be used; the message says why, for the client."""
 
