@@ -107,7 +107,7 @@ def world(tmp_path_factory):
     """A tree with data to fetch, a read-only, a write-only and a small-quota
     mount, served by one xxftpd on 127.0.0.1 and one on ::1."""
     for tool in TOOLS:
-        assert shutil.which(tool), f"{tool} is needed for these tests; .ci/run installs it (apt-get install {tool})"
+        assert shutil.which(tool), f"{tool} is needed for these tests; tests/debian-packages.sh installs it"
     base = tmp_path_factory.mktemp("clients")
     root = base / "root"
     home = root / "alice"
