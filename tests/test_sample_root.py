@@ -27,12 +27,12 @@ def sample(tmp_path):
 
 
 def curl(*args: str) -> subprocess.CompletedProcess:
-    assert shutil.which("curl"), "curl is needed (installed by .ci/run)"
+    assert shutil.which("curl"), "curl is needed (installed by tests/debian-packages.sh)"
     return subprocess.run(["curl", "-sS", *args], capture_output=True, text=True, timeout=30)
 
 
 def lftp(script: str) -> subprocess.CompletedProcess:
-    assert shutil.which("lftp"), "lftp is needed (installed by .ci/run)"
+    assert shutil.which("lftp"), "lftp is needed (installed by tests/debian-packages.sh)"
     return subprocess.run(["lftp", "-c", script], capture_output=True, text=True, timeout=60)
 
 

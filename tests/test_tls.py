@@ -129,7 +129,7 @@ def test_bad_certificates_are_one_clear_error(tree, pair, tmp_path, certfile, ke
 
 def test_curl_and_lftp_over_ftps(tree, pair, tmp_path):
     for tool in ("curl", "lftp"):
-        assert shutil.which(tool), f"{tool} is needed (installed by .ci/run)"
+        assert shutil.which(tool), f"{tool} is needed (installed by tests/debian-packages.sh)"
     tree.user("alice", password="pw", size="10M")
     port = free_port()
     proc = run_xxftpd("--root", str(tree.root), "--host", HOST, "--port", str(port), "--tls",
