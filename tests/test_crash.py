@@ -14,7 +14,7 @@ import pytest
 
 from conftest import HOST, download, free_port, run_xxftpd, store, temporaries, wait_until
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import scan
+from xxftp_pyftpdlib.ledger.scan import scan
 
 KiB = 1024
 ORIGINAL = b"original content " * 1000

@@ -24,7 +24,7 @@ from test_hostile_protocol import Raw, read_all, wait_until
 from xxftp_pyftpdlib import XxftpHandler
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.datachannel import XxftpDTPHandler
-from xxftp_pyftpdlib.quota import scan
+from xxftp_pyftpdlib.ledger.scan import scan
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import store, upload
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import scan
+from xxftp_pyftpdlib.ledger.scan import scan
 
 KiB = 1024
 
@@ -181,10 +181,11 @@ def test_parallel_uploads_never_pass_the_limit(tree, start_server, connect, conc
 
 
 def test_dead_process_leftovers_are_settled_exactly(tree):
-    """What a killed process leaves in a ledger is settled by the next reader."""
+    """What a killed process leaves in a ledger is settled by the next reader
+    (entries as the earlier ledger format wrote them: no host, no keys)."""
     import subprocess
 
-    from xxftp_pyftpdlib.quota import Quotas
+    from xxftp_pyftpdlib.ledger import Quotas
 
     home = tree.user("alice", size="1M")
     dead = subprocess.Popen(["true"])
@@ -203,7 +204,7 @@ def test_dead_process_leftovers_are_settled_exactly(tree):
         "used": 1000,
         "pending": {
             "1": {**who, "bytes": 500, "crash": "delete", "target": str(home / "a.bin"), "old": 0,
-                  "temp": str(temp), "ino": 1, "since": 0},
+                  "temp": str(temp), "ino": temp.stat().st_ino, "since": 0},
             "2": {**who, "bytes": 500, "crash": "delete", "target": str(replaced), "old": 200,
                   "temp": str(home / ".xxftpd-2.r.part"), "ino": replaced.stat().st_ino, "since": 0},
             "3": {**who, "bytes": 500, "crash": "truncate", "target": str(appended), "old": 50,
@@ -223,7 +224,7 @@ def test_dead_process_leftovers_are_settled_exactly(tree):
 
 
 def test_torn_ledger_is_rebuilt(tree):
-    from xxftp_pyftpdlib.quota import Quotas
+    from xxftp_pyftpdlib.ledger import Quotas
 
     home = tree.user("alice", size="1M")
     tree.file("alice/f.bin", b"f" * 123)

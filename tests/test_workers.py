@@ -10,7 +10,7 @@ import subprocess
 from conftest import HOST, free_port, run_xxftpd, temporaries, wait_until
 from test_crash import _parallel_uploads, ledger_used
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import scan
+from xxftp_pyftpdlib.ledger.scan import scan
 
 KiB = 1024
 

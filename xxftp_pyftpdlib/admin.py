@@ -13,7 +13,8 @@ from . import passwords
 from .accounts import USER_NAME, Accounts, canonical_name
 from .config import CONFIG_DIR, ConfigStore, Problem, parse_size, parse_virtual, shared_store
 from .permissions import Permission
-from .quota import Quotas, human, shared_quotas
+from .ledger import Quotas, shared_quotas
+from .quota import figures, human
 from .survey import limited_ledgers, trees, users
 
 
@@ -36,18 +37,11 @@ def quota(root: str, rescan: str | None, out: TextIO = sys.stdout, err: TextIO =
             if err.isatty():
                 err.write("\r\x1b[K")
             print(f"rescanned {info.label}: {human(used)}", file=out)
-    rows = [["TREE", "FOLDER", "LIMIT", "USED", "%"]]
+    rows = [["TREE", "FOLDER", "LIMIT", "USED", "HELD", "FREE", "%"]]
     for info in trees(store):
         ledger = quotas.limited(info.root)
-        if ledger is None:
-            rows.append([info.label, info.root, "unlimited", "-", "-"])
-            continue
-        usage = ledger.usage()
-        if usage.limit is None:
-            rows.append([info.label, info.root, "INVALID", human(usage.used), "-"])
-            continue
-        percent = f"{100 * usage.used / usage.limit:.0f}" if usage.limit else "-"
-        rows.append([info.label, info.root, human(usage.limit), human(usage.used), percent])
+        f = figures(ledger.usage() if ledger is not None else None)
+        rows.append([info.label, info.root, f.limit, f.used, f.held, f.free, f.percent])
     print(_table(rows), file=out)
     return 0
 
@@ -70,7 +64,7 @@ def reconcile(root: str) -> int:
     count = 0
     for info in trees(store):
         ledger = quotas.ledger(info.root)
-        if ledger.limited or ledger.exists():
+        if ledger.limit != 0 or ledger.exists():
             ledger.usage()
             count += 1
     return count
@@ -244,11 +238,9 @@ def users_table(root: str, out: TextIO = sys.stdout) -> int:
                     kind = passwords.kind(f.read(4096))
             except OSError:
                 kind = "unreadable"
-        limit = store.size_limit(home)
         ledger = quotas.limited(home)
-        used = human(ledger.usage().used) if ledger is not None and limit else "-"
-        quota_text = "unlimited" if limit == 0 else ("INVALID" if limit is None else human(limit))
+        f = figures(ledger.usage() if ledger is not None else None)
         mounts = ", ".join(sorted(store.mounts(home))) or "-"
-        rows.append([user, kind, str(store.permission(home)), quota_text, used, mounts])
+        rows.append([user, kind, str(store.permission(home)), f.limit, f.used, mounts])
     print(_table(rows), file=out)
     return 0

@@ -22,8 +22,8 @@ from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 
-from .quota import QuotaExceeded, QuotaWait
-from .uploads import BROKEN, ERROR, QUOTA, Upload
+from .quota import LEASE, Busy, QuotaExceeded, QuotaWait
+from .uploads import BROKEN, ERROR, QUOTA, Refused, Upload
 
 logger = logging.getLogger("pyftpdlib")
 
@@ -32,6 +32,10 @@ def error_reply(err: BaseException) -> str:
     """The reply for an error that stopped or failed an upload."""
     if isinstance(err, QuotaExceeded):
         return f"552 {err}; transfer aborted."
+    if isinstance(err, Busy):
+        return f"450 {err}; transfer aborted."
+    if isinstance(err, Refused):
+        return f"550 {err}; transfer aborted."
     code = {errno.EDQUOT: 552, errno.ENOSPC: 452, errno.EFBIG: 552}.get(getattr(err, "errno", None), 451)
     why = os.strerror(err.errno) if getattr(err, "errno", None) else str(err)
     return f"{code} {why}; transfer aborted."
@@ -52,7 +56,7 @@ class XxftpDTPMixin:
             return
         if isinstance(err, _FileReadWriteError) and err.__cause__ is not None:
             err = err.__cause__
-        if isinstance(err, QuotaExceeded) or (isinstance(err, OSError) and self._writing_failed(err)):
+        if isinstance(err, (QuotaExceeded, Busy)) or (isinstance(err, OSError) and self._writing_failed(err)):
             self._why = QUOTA if isinstance(err, QuotaExceeded) else ERROR
             self._resp = (error_reply(err), logger.warning)
             self._close_safely()
@@ -87,8 +91,7 @@ class XxftpDTPMixin:
             if time.monotonic() < self._wait_until:
                 self.ioloop.call_later(0.02, self._retry_held, _errback=self.handle_error)
                 return
-            self._fail(QUOTA, QuotaExceeded(str(err).replace("waiting for room held by other uploads",
-                                                               "room still held by other uploads")))
+            self._fail(QUOTA, QuotaExceeded(err.limit, err.free, err.top, held=True))
             return
         except (QuotaExceeded, OSError) as err:
             self._fail(QUOTA if isinstance(err, QuotaExceeded) else ERROR, err)
@@ -101,6 +104,25 @@ class XxftpDTPMixin:
         self._resp = (error_reply(err), logger.warning)
         self.add_channel(events=self.ioloop.READ)  # close() expects a registered channel
         self._close_safely()
+
+    _lease_timer = None
+    _lease_seen = -1
+
+    def enable_receiving(self, type: str, cmd: str) -> None:
+        super().enable_receiving(type, cmd)
+        if isinstance(self.file_obj, Upload):
+            self._lease_timer = self.ioloop.call_later(LEASE, self._check_lease, _errback=self.handle_error)
+
+    def _check_lease(self) -> None:
+        """Every LEASE seconds: an upload that received nothing meanwhile
+        gives back the room it holds ahead (it keeps what it wrote)."""
+        upload = self.file_obj
+        if self._closed or not isinstance(upload, Upload) or upload.closed:
+            return
+        if self.tot_bytes_received == self._lease_seen and not self._wait_until:
+            upload.idle()
+        self._lease_seen = self.tot_bytes_received
+        self._lease_timer = self.ioloop.call_later(LEASE, self._check_lease, _errback=self.handle_error)
 
     def _writing_failed(self, err: OSError) -> bool:
         # A write error of the file, as opposed to a socket error.
@@ -146,12 +168,16 @@ class XxftpDTPMixin:
         self._close_safely()
 
     def close(self) -> None:
+        if self._lease_timer is not None:
+            if not self._lease_timer.cancelled:
+                self._lease_timer.cancel()
+            self._lease_timer = None
         upload = self.file_obj
         if not self._closed and self.receive and isinstance(upload, Upload) and not upload.closed:
             ok = bool(self.transfer_finished)
             try:
                 note = upload.finish(ok, ERROR if ok else self._why)
-            except (QuotaExceeded, OSError) as err:
+            except (QuotaExceeded, Busy, Refused, OSError) as err:
                 self.transfer_finished = False
                 self._resp = (error_reply(err), logger.warning)
             else:

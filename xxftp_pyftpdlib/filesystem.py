@@ -21,10 +21,12 @@ from typing import Callable, Iterator
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
-from . import listing, quota
+from . import listing
 from .config import shared_store
+from .ledger import Ledger, move, shared_quotas
+from .ledger.scan import entry_keys, measure
 from .permissions import Action, Permission
-from .quota import QuotaExceeded
+from .quota import Busy, QuotaExceeded, QuotaInvalid, Usage, folder_key
 from .tree import Entry, Listing, Namespace, Node, PathRefused, check_name, require
 from .uploads import Upload
 
@@ -33,6 +35,12 @@ class QuotaRefused(FilesystemError):
     """A refusal for lack of storage allocation: FTP reply 552."""
 
     code = 552
+
+
+class FileBusy(FilesystemError):
+    """Another upload is writing the file (or into the folder): FTP reply 450."""
+
+    code = 450
 
 
 class XxftpFS(AbstractedFS):
@@ -44,10 +52,11 @@ class XxftpFS(AbstractedFS):
         server_root = getattr(authorizer, "root", None) or os.path.dirname(os.path.realpath(root))
         store = shared_store(server_root)
         self.namespace = Namespace(store, root)
-        self.quotas = quota.shared_quotas(store)
+        self.quotas = shared_quotas(store)
         self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
         self._listed: tuple[str, Listing] | None = None  # the last listdir: (folder, its entries)
         self._memo: dict[str, Node] | None = None  # on once a handler calls forget()
+        self._prepared: tuple[tuple[str, str], Upload] | None = None  # an upload opened ahead of pyftpdlib
 
     def forget(self) -> None:
         """Start a new command: drop what the last one resolved.
@@ -57,6 +66,9 @@ class XxftpFS(AbstractedFS):
         resolves afresh.
         """
         self._memo = {}
+        if self._prepared is not None:  # opened for a command that never used it
+            self._prepared[1].finish(False)
+            self._prepared = None
 
     # --- path mapping (string operations only)
 
@@ -110,6 +122,10 @@ class XxftpFS(AbstractedFS):
     # --- files
 
     def open(self, filename: str, mode: str):
+        prepared = self._prepared
+        if prepared is not None and prepared[0] == (os.path.normpath(filename), mode):
+            self._prepared = None
+            return prepared[1]
         node = self.resolve(filename)
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
@@ -122,24 +138,43 @@ class XxftpFS(AbstractedFS):
             # Refused before the data connection (an atomic upload would
             # only fail at its final rename, after the whole transfer).
             raise FilesystemError(f"{node.ftp} is a folder")
+        try:
+            require(node, Action.OVERWRITE, what="changing an existing file", on_entry=True)
+            overwrite_refusal = None
+        except PathRefused as err:
+            overwrite_refusal = str(err)
         if stat_mod.S_ISREG(mode_bits):
-            self._require(node, Action.OVERWRITE, "changing an existing file", on_entry=True)
+            if overwrite_refusal is not None:
+                raise FilesystemError(overwrite_refusal)
         else:
             self._require(node, Action.CREATE, "uploading a new file", on_entry=True)
         ledger = self._ledger(node)
-        return Upload(node.real, os.path.normpath(filename), mode, self.upload_mode, ledger)
+        try:
+            return Upload(node.real, os.path.normpath(filename), mode, self.upload_mode, ledger,
+                          overwrite_refusal=overwrite_refusal)
+        except Busy as err:
+            raise FileBusy(f"{node.ftp}: {err}") from None
+        except QuotaExceeded as err:
+            raise QuotaRefused(str(err.at(node.area.top))) from None
 
-    def _ledger(self, node: Node) -> quota.Ledger:
+    def prepare_upload(self, path: str, mode: str) -> None:
+        """Open an upload ahead of pyftpdlib's ``open`` (which answers every
+        refusal with 550), so a busy file gets 450 and a quota refusal 552;
+        pyftpdlib's ``open`` then takes it. What the disk refuses is left
+        to pyftpdlib's own reply."""
+        try:
+            upload = self.open(path, mode)
+        except OSError:
+            return
+        self._prepared = ((os.path.normpath(path), mode), upload)
+
+    def _ledger(self, node: Node) -> Ledger:
         ledger = self.quotas.ledger(node.area.root)
         if ledger.limit is None:
-            raise QuotaRefused(f"uploads refused: the quota file of {node.area.top} is invalid")
+            raise QuotaRefused(str(QuotaInvalid(top=node.area.top)))
         return ledger
 
-    def check_upload(self, path: str) -> None:
-        """Refuse up front (552) an upload into a tree whose quota file is invalid."""
-        self._ledger(self.resolve(path))
-
-    def quota_usage(self, path: str) -> tuple[Node, quota.Usage | None]:
+    def quota_usage(self, path: str) -> tuple[Node, Usage | None]:
         """The area of ``path`` and its quota usage (None: unlimited)."""
         node = self.resolve(path)
         ledger = self.quotas.limited(node.area.root)
@@ -170,8 +205,8 @@ class XxftpFS(AbstractedFS):
         os.close(fd)
         name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
         try:
-            ledger = self._ledger(self.resolve(name))
-            return Upload(real, name, "wb", self.upload_mode, ledger, placeholder=True)
+            node = self.resolve(name)
+            return Upload(real, name, "wb", self.upload_mode, self._ledger(node), placeholder=True)
         except BaseException:
             os.remove(real)
             raise
@@ -179,13 +214,15 @@ class XxftpFS(AbstractedFS):
     def remove(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
-        ledger = self.quotas.limited(node.area.root)
-        if ledger is None:
-            os.remove(node.real)
-            return
-        st = os.lstat(node.real)
-        size = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
-        ledger.change(-size, node.real, lambda: os.remove(node.real))
+        ledger = self.quotas.ledger(node.area.root)
+        size, keys = entry_keys(node.real)
+        self._change(node, ledger, -size, lambda: os.remove(node.real), keys)
+
+    def _change(self, node: Node, ledger: Ledger, delta: int, action, keys) -> None:
+        try:
+            ledger.change(delta, node.real, action, keys=keys)
+        except Busy as err:
+            raise FileBusy(f"{node.ftp}: {err}") from None
 
     def check_rename_source(self, path: str) -> None:
         """Refuse at RNFR what RNTO would refuse for the source anyway."""
@@ -195,16 +232,16 @@ class XxftpFS(AbstractedFS):
         old, new = self.resolve(src), self.resolve(dst)
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
         self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
-        src = self.quotas.limited(old.area.root)
-        dst = self.quotas.limited(new.area.root)
-        if src is None and dst is None:
-            moved = replaced = 0
-        else:
-            moved, replaced = self._size_of(old), self._size_of(new, files_only=True)
+        src_ledger, dst_ledger = self.quotas.ledger(old.area.root), self.quotas.ledger(new.area.root)
+        moved, keys = self._measure(old) if src_ledger.root != dst_ledger.root else (0, [])
+        replaced, replaced_keys = entry_keys(new.real)
         try:
-            quota.move(src, dst, moved, replaced, old.real, lambda: os.rename(old.real, new.real))
+            move(src_ledger, dst_ledger, moved, replaced, old.real, lambda: os.rename(old.real, new.real),
+                 keys, replaced_keys, renamed=(old.real, new.real))
         except QuotaExceeded as err:
-            raise QuotaRefused(f"{new.area.top}: {err}") from None
+            raise QuotaRefused(str(err.at(new.area.top))) from None
+        except Busy as err:
+            raise FileBusy(f"{old.ftp}: {err}") from None
         except OSError as err:
             if err.errno == errno.EXDEV:
                 raise FilesystemError("can't move between different filesystems; "
@@ -219,22 +256,18 @@ class XxftpFS(AbstractedFS):
             return
         usage = ledger.usage()
         if usage.limit is None:
-            raise QuotaRefused(f"uploads refused: the quota file of {new.area.top} is invalid")
-        growth = self._size_of(old) - self._size_of(new, files_only=True)
+            raise QuotaRefused(str(QuotaInvalid(top=new.area.top)))
+        growth = self._measure(old)[0] - entry_keys(new.real)[0]
         if growth > usage.free:
-            raise QuotaRefused(f"{new.area.top}: quota exceeded: limit {usage.limit} bytes "
-                               f"({quota.human(usage.limit)}), {quota.human(usage.free)} free")
+            raise QuotaRefused(str(QuotaExceeded(usage.limit, usage.free, new.area.top)))
 
-    def _size_of(self, node: Node, files_only: bool = False) -> int:
-        try:
-            st = os.lstat(node.real)
-        except OSError:
-            return 0
-        if stat_mod.S_ISREG(st.st_mode):
-            return st.st_size
-        if stat_mod.S_ISDIR(st.st_mode) and not files_only:
-            return quota.scan(node.real, self.namespace.store)
-        return 0
+    def _measure(self, node: Node) -> tuple[int, list[str]]:
+        """(size, keys) of what a move to another tree carries: a file, or a whole folder."""
+        size, keys = entry_keys(node.real)
+        if keys and keys[0].startswith("folder:"):
+            size, found = measure(node.real, self.namespace.store, keys=set())
+            keys = list(found)
+        return size, keys
 
     def chmod(self, path: str, mode: int) -> None:
         node = self.resolve(path)
@@ -262,7 +295,9 @@ class XxftpFS(AbstractedFS):
     def rmdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
-        os.rmdir(node.real)
+        st = os.lstat(node.real)
+        ledger = self.quotas.ledger(node.area.root)
+        self._change(node, ledger, 0, lambda: os.rmdir(node.real), [folder_key(st.st_dev, st.st_ino)])
 
     def listdir(self, path: str) -> list[str]:
         listed = self.namespace.listing(self.resolve(path))

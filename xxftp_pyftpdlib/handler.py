@@ -23,7 +23,7 @@ from . import access, banners, hashpool, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
-from .quota import human
+from .quota import QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
 
@@ -266,7 +266,10 @@ class XxftpSession:
         return super().ftp_STOU(line)
 
     def ftp_STOR(self, file: str, mode: str = "w"):
-        if self._refused("check_upload", file):
+        # The upload is opened here, so a busy file gets 450 and a full or
+        # invalid quota 552 (pyftpdlib answers any refusal of open with 550).
+        opened = ("r+" if self._restart_position else mode) + "b"
+        if self._refused("prepare_upload", file, opened):
             return None
         return super().ftp_STOR(file, mode)
 
@@ -286,8 +289,7 @@ class XxftpSession:
             return
         usage = self._usage(self.fs.ftp2fs(self.fs.cwd))
         if usage is not None and (usage.limit is None or int(size) > usage.free):
-            limit = "invalid" if usage.limit is None else f"{usage.limit} bytes"
-            self.respond(f"552 Not enough space: {human(usage.free)} free (quota {limit}).")
+            self.respond(f"552 {QuotaExceeded(usage.limit, usage.free)}.")
             return
         self.respond("202 No storage allocation necessary.")
 
@@ -301,14 +303,10 @@ class XxftpSession:
         top = node.area.top
         if usage is None:
             self.respond(f"200 No quota on {top}.")
-        elif usage.limit is None:
-            self.respond(f"200 Quota of {top}: the quota file is invalid; uploads are refused.")
         else:
-            percent = 100 * (usage.used + usage.reserved) / usage.limit if usage.limit else 0
-            self.respond(f"200 Quota of {top}: {human(usage.used)} used of {human(usage.limit)} "
-                         f"({percent:.0f}%), {human(usage.free)} free.")
+            self.respond(f"200 Quota of {top}: {usage_text(usage)}.")
 
-    def _usage(self, path: str):
+    def _usage(self, path: str) -> Usage | None:
         try:
             return self.fs.quota_usage(path)[1]
         except (OSError, FilesystemError):

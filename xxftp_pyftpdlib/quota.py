@@ -1,73 +1,111 @@
-"""Quota trees and their ledger: usage that holds across threads, processes
-and crashes.
+"""The quota core: what a tree may hold, who holds room in it, and what to say.
 
 Rules that live here:
 
 - A quota tree is a home or a mount target whose ``.xxftp/size`` holds a
-  limit (0 or no file: unlimited; invalid: uploads refused).
-- Its usage is the total size of its regular files, ``.xxftp/`` excluded,
-  upload temporaries excluded, and the trees of mounts declared inside it
-  excluded (they count on their own); symlinks are not followed.
-- The ledger ``<tree>/.xxftp/ledger`` (JSON) holds the committed usage and
-  the *pending* reservations of running uploads. Every read-modify-write
-  happens under an exclusive ``flock`` on ``.xxftp/ledger.lock``, so
-  uploads in any thread or process never together pass the limit.
-- A change to the tree (replace, delete, move) is written as an *intent*
-  ("apply DELTA once PATH is gone") before it is made and folded into the
-  usage after. An intent or reservation left by a dead process (pid and
-  start time no longer running) is settled by the next process that opens
-  the ledger: its temporaries are removed or kept as the upload mode said,
-  and the usage matches what is on the disk.
-- When parallel uploads together need more room than is left, an upload
-  that can't get room waits (``QuotaWait``) while another upload holding
-  room can still move (its end frees room). When every upload holding
-  room is stuck, the youngest of them gives way: it is refused (552) and
+  limit (0 or no file: unlimited; invalid: uploads refused). Its usage is
+  the total size of its regular files, ``.xxftp/`` excluded, upload
+  temporaries excluded, and the trees of mounts declared inside it
+  excluded (they count on their own).
+- A tree's *state* is its committed usage (``used``; ``None`` while
+  unknown or untracked), the *pending* uploads (each with the room it
+  reserved, what it has written, its owner and the keys of the files it
+  writes) and the *intents* of changes under way (delete, move: "apply
+  DELTA once PATH is gone").
+- Room: an upload reserves room before it writes. A reservation is
+  granted ahead of need (a sixteenth of what is left, at most ``GRANT``),
+  so a big upload touches its ledger rarely. The free room is the limit
+  minus the usage minus every pending reservation. Exactly ``limit``
+  bytes fit; one more does not.
+- Leases: an upload that has received nothing for ``LEASE`` seconds gives
+  back what it reserved beyond what it wrote (``report``), so idle uploads
+  hold no more than their own bytes. Only the upload's owner knows how
+  much it wrote, so the owner gives the room back; nobody expires another
+  owner's room by the clock (an upload writing slowly inside its grant
+  would then write bytes nobody counts). An upload waiting for room (see
+  below) is not idle.
+- At the wall: an upload that can't get room waits while another upload
+  holding room can still move (its end frees room). When every upload
+  holding room is stuck, the youngest of them gives way (552) and
   releases what it held. So uploads fail only when they must, the oldest
-  last, in any thread or process. A lone upload past the limit fails at
-  once.
-- The ledger is built by one scan when a limited tree is first needed (or
-  when the file is missing or unreadable); after that each upload costs a
-  few ledger updates, whatever the number of files in the tree.
-- A tree without a limit keeps only the journal of running uploads (so a
-  crash is cleaned up there too) and no usage: its usage is unknown until
-  a limit is set, which starts from a fresh scan.
-- Changes made outside FTP are not seen until ``xxftpd quota --rescan``.
+  last, in any thread, process or host.
+- One writer per file: an upload names the files it writes or replaces
+  (``file:`` its inode), the name it will commit to (``name:`` the folder's
+  inode and the name) and the folder it commits into (``folder:`` its
+  inode). A second upload sharing a file or name key is refused (450);
+  deleting, replacing or moving to another tree a file with a live
+  ``file:`` key, or removing or moving a folder with a live ``folder:`` key,
+  is refused the same way.
+- A ledger's text is exactly what ``dump`` writes. Anything else (torn,
+  hand-edited, missing fields, wrong types) is *unreadable*: the caller
+  logs it once and rebuilds the usage by a scan; it is never trusted in
+  part.
+- Every quota figure a person reads (SITE QUOTA, the 226, ``xxftpd quota``
+  and ``users``, the 552) is formatted here; ``used`` counts committed
+  bytes, ``reserved`` the room of running uploads, and ``free`` leaves
+  both out.
+
+What this module must not know: files, locks, clocks, processes or
+sockets. Time and liveness are passed in; the ledger backends
+(``ledger/``) do the I/O and call these functions under their lock.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
-import logging
-import os
-import stat as stat_mod
-import threading
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
-from .config import CONFIG_DIR, ConfigStore
-
-log = logging.getLogger("xxftpd.quota")
-
+GRANT = 8 * 1024 * 1024  # bytes reserved ahead at most, so the ledger is touched rarely
+LEASE = 2.0  # seconds without bytes after which an upload gives back its room ahead
 TEMP_PREFIX = ".xxftpd-"
 TEMP_SUFFIX = ".part"
-GRANT = 8 * 1024 * 1024  # bytes reserved ahead, so the ledger is touched rarely
-_UNREAD = object()  # a limit not read yet
-_READ = 65536  # ledger bytes per read (one read for any real ledger)
+CRASH_POLICIES = ("delete", "truncate", "keep", "keep-new")
+
+
+# --- signals: data, not sentences
 
 
 class QuotaExceeded(Exception):
-    """An upload or move would pass the tree's limit (FTP 552)."""
+    """An upload or move would pass a tree's limit (FTP 552)."""
+
+    def __init__(self, limit: int | None, free: int = 0, top: str | None = None, held: bool = False) -> None:
+        super().__init__(limit, free, top, held)
+        self.limit, self.free, self.top, self.held = limit, free, top, held
+
+    def at(self, top: str) -> QuotaExceeded:
+        """The same refusal, naming the tree's FTP path."""
+        return type(self)(self.limit, self.free, top, self.held)
+
+    def __str__(self) -> str:
+        return exceeded_text(self)
 
 
 class QuotaWait(QuotaExceeded):
-    """No room now, but younger uploads hold some: try again shortly."""
+    """No room now, but other uploads hold some and can still move: retry shortly."""
 
 
 class QuotaInvalid(QuotaExceeded):
     """The tree's size file is unreadable or malformed: uploads refused."""
+
+    def __init__(self, limit: int | None = None, free: int = 0, top: str | None = None, held: bool = False) -> None:
+        super().__init__(None, 0, top, held)
+
+
+class Busy(Exception):
+    """Another upload is writing this file (or into this folder): FTP 450."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind  # "file" or "folder"
+
+    def __str__(self) -> str:
+        if self.kind == "folder":
+            return "an upload is being written into this folder; try again when it ends"
+        return "another upload is writing this file; try again when it ends"
+
+
+# --- the messages
 
 
 def human(n: int) -> str:
@@ -80,422 +118,319 @@ def human(n: int) -> str:
     return f"{n} bytes"  # pragma: no cover
 
 
-def is_temp_name(name: str) -> bool:
-    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
-
-
-# --- process identity, so a reservation of a dead process can be told apart
-
-
-def _start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data.rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _alive(pid: int, start: int | None) -> bool:
-    if pid == os.getpid():  # this very process (not an earlier one with its pid)?
-        return start == _me()["start"]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return start is None or _start_time(pid) in (None, start)
-
-
-_SELF = {"pid": 0, "start": None}
-
-
-def _me() -> dict:
-    pid = os.getpid()
-    if _SELF["pid"] != pid:  # after a fork
-        _SELF.update(pid=pid, start=_start_time(pid))
-    return {"pid": pid, "start": _SELF["start"]}
-
-
-_counter = iter(range(1, 1 << 62))
-_counter_lock = threading.Lock()
-
-
-def new_token() -> str:
-    with _counter_lock:
-        n = next(_counter)
-    return f"{os.getpid()}.{n}"
-
-
-# --- the scan
-
-
-def scan(root: str, store: ConfigStore, progress: Callable[[int], None] | None = None) -> int:
-    """Total size of the tree's files, by the rules above."""
-    root = os.path.realpath(root)
-    excluded: set[str] = set()
-    sizes: dict[str, int] = {}
-    stack = [root]
-    seen = 0
-    while stack:
-        folder = stack.pop()
-        mounts = store.mounts(folder)
-        for mount in mounts.values():
-            excluded.add(os.path.realpath(mount.target))
-        total = 0
-        try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    name = entry.name
-                    if name == CONFIG_DIR or is_temp_name(name) or name in mounts:
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat_mod.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                    elif stat_mod.S_ISREG(st.st_mode):
-                        total += st.st_size
-                    seen += 1
-                    if progress is not None and seen % 1000 == 0:
-                        progress(seen)
-        except OSError as err:
-            log.warning("%s: cannot scan: %s", folder, err.strerror)
-        sizes[folder] = total
-    excluded.discard(root)
-    return sum(size for folder, size in sizes.items()
-               if not any(folder == ex or folder.startswith(ex + "/") for ex in excluded))
-
-
-# --- the ledger
+def exceeded_text(err: QuotaExceeded) -> str:
+    where = f"{err.top}: " if err.top else ""
+    if isinstance(err, QuotaInvalid) or err.limit is None:
+        return f"{where}uploads refused: the quota file is invalid"
+    if isinstance(err, QuotaWait):
+        return f"{where}quota: waiting for room held by other uploads (limit {err.limit} bytes)"
+    if err.held:
+        return f"{where}quota: room still held by other uploads (limit {err.limit} bytes)"
+    return f"{where}quota exceeded: limit {err.limit} bytes ({human(err.limit)}), {human(err.free)} free"
 
 
 @dataclass(frozen=True)
 class Usage:
-    limit: int | None  # None: invalid size file
+    """A tree's figures. ``limit`` None: an invalid size file; 0: unlimited."""
+
+    limit: int | None
     used: int
     reserved: int
 
     @property
     def free(self) -> int:
-        if self.limit is None:
+        if not self.limit:
             return 0
         return max(0, self.limit - self.used - self.reserved)
 
 
-class Ledger:
-    """The usage ledger of one quota tree."""
+@dataclass(frozen=True)
+class Figures:
+    """A tree's figures as a person reads them, the same in every view."""
 
-    def __init__(self, root: str, store: ConfigStore) -> None:
-        self.root = os.path.realpath(root)
-        self.store = store
-        self.dir = os.path.join(self.root, CONFIG_DIR)
-        self.path = os.path.join(self.dir, "ledger")
-        # The last state this process read or wrote, with its exact text:
-        # when the file still holds that text, it needs no parsing.
-        self._last: tuple[str, dict] | None = None
-
-    @property
-    def limit(self) -> int | None:
-        return self.store.size_limit(self.root)
-
-    @property
-    def limited(self) -> bool:
-        """True if usage is tracked (a limit, or an invalid size file)."""
-        return self.limit != 0
-
-    def exists(self) -> bool:
-        return os.path.lexists(self.path)
-
-    @contextmanager
-    def _locked(self, limit: int | None | object = _UNREAD) -> Iterator[tuple[dict, Callable[[], None]]]:
-        """The state under an exclusive lock on the ledger file itself.
-
-        Yields ``(state, save)``; whatever changed is written back in place
-        when the block ends (``save`` writes at once, for intents). A torn
-        write (a crash in the middle of one) reads back as unparsable and
-        is rebuilt by a scan. ``limit``: the tree's limit if the caller has
-        just read it.
-        """
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except FileNotFoundError:  # no .xxftp folder yet
-            os.makedirs(self.dir, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            state, text, size = self._load(fd, self.limit if limit is _UNREAD else limit)
-            self._last = None  # until this operation's state is on disk
-            written = [text, size]
-
-            def save() -> None:
-                new = json.dumps(state, sort_keys=True)
-                if new != written[0]:
-                    data = new.encode()
-                    os.pwrite(fd, data, 0)
-                    if len(data) < written[1]:  # a longer text overwrote all of the old one
-                        os.ftruncate(fd, len(data))
-                    written[0], written[1] = new, len(data)
-
-            try:
-                yield state, save
-            finally:
-                save()
-                self._last = (written[0], state)
-        finally:
-            os.close(fd)  # releases the lock
-
-    def _load(self, fd: int, limit: int | None) -> tuple[dict, str, int]:
-        """(state, its text, the file's size in bytes)."""
-        chunks = []
-        offset = 0
-        while True:
-            chunk = os.pread(fd, _READ, offset)
-            chunks.append(chunk)
-            offset += len(chunk)
-            if len(chunk) < _READ:  # a short read of a regular file: its end
-                break
-        text = b"".join(chunks).decode("utf-8", "replace")
-        last = self._last
-        if last is not None and last[0] == text and text:
-            state = last[1]
-        else:
-            state = self._parse(text)
-            if state is None:
-                text = ""
-                state = {"used": None, "pending": {}, "intents": []}
-        self._settle(state)
-        limited = limit != 0
-        if limited and state["used"] is None:
-            state["used"] = scan(self.root, self.store)
-            log.info("%s: usage scanned: %s", self.root, human(state["used"]))
-        elif not limited and state["used"] is not None:
-            state["used"] = None  # not tracked from now on
-        return state, text, offset
-
-    def _parse(self, text: str) -> dict | None:
-        """The state a ledger text holds; None if it is unreadable."""
-        state = {"used": None, "pending": {}, "intents": []}
-        if text:
-            try:
-                loaded = json.loads(text)
-                if not isinstance(loaded.get("used"), (int, type(None))):
-                    raise ValueError("bad usage")
-                state.update(loaded)
-            except (ValueError, AttributeError) as err:
-                log.warning("%s: unreadable ledger (%s); rebuilding it", self.path, err)
-                return None
-        return state
-
-    def _settle(self, state: dict) -> None:
-        """Fold in what dead processes left behind."""
-        for intent in list(state["intents"]):
-            if _alive(intent["pid"], intent["start"]):
-                continue
-            state["intents"].remove(intent)
-            if not os.path.lexists(intent["gone"]):
-                _add(state, intent["delta"])
-        for token, p in list(state["pending"].items()):
-            if _alive(p["pid"], p["start"]):
-                continue
-            del state["pending"][token]
-            _add(state, _recover(p))
-
-    # --- the operations
-
-    def usage(self) -> Usage:
-        limit = self.limit
-        with self._locked(limit) as (state, _):
-            return _usage(limit, state)
-
-    def journal(self, token: str, entry: dict) -> None:
-        """Register an upload (no room needed: an unlimited tree)."""
-        with self._locked() as (state, _):
-            state["pending"][token] = {**_me(), **entry, "bytes": 0, "since": time.time()}
-
-    def reserve(self, token: str, needed: int, ahead: int = GRANT, entry: dict | None = None) -> int:
-        """Raise the upload's reservation to at least ``needed`` bytes.
-
-        ``entry`` registers the upload on its first reservation (what crash
-        recovery needs). Returns the new reservation, granted up to
-        ``ahead`` bytes beyond ``needed`` (at most a sixteenth of the room
-        left), or raises QuotaWait / QuotaExceeded by the rules above.
-        """
-        limit = self.limit
-        if limit is None:
-            raise QuotaInvalid("quota file is invalid")
-        with self._locked(limit) as (state, _):
-            mine = state["pending"].get(token)
-            if mine is None:
-                mine = state["pending"][token] = {**_me(), **(entry or {}), "bytes": 0, "since": time.time()}
-            others = sum(p["bytes"] for t, p in state["pending"].items() if t != token)
-            free = limit - state["used"] - others
-            if needed > free:
-                mine["waiting"] = True
-                holders = [(p.get("since", 0), t, p.get("waiting", False))
-                           for t, p in state["pending"].items() if t != token and p["bytes"]]
-                someone_moves = any(not waiting for _, _, waiting in holders)
-                youngest = max([(since, t) for since, t, _ in holders] + [(mine.get("since", 0), token)])
-                if holders and (someone_moves or youngest[1] != token):
-                    raise QuotaWait(f"quota: waiting for room held by other uploads (limit {limit} bytes)")
-                raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
-            mine.pop("waiting", None)
-            grant = needed + min(ahead, (free - needed) // 16)
-            mine["bytes"] = grant
-            return grant
-
-    def finish(self, token: str, delta: int, action: Callable[[], None] | None = None) -> Usage:
-        """End an upload: run ``action`` (a replace; may raise) and charge ``delta``.
-
-        The upload's own journal entry (which records the temporary's
-        inode) is what makes this crash-exact: it is removed in the same
-        write that charges the delta.
-        """
-        limit = self.limit
-        with self._locked(limit) as (state, _):
-            state["pending"].pop(token, None)
-            if action is not None:
-                action()
-            _add(state, delta)
-            return _usage(limit, state)
-
-    def change(self, delta: int, gone: str, action: Callable[[], None], check_fits: bool = False) -> None:
-        """Make a change to the tree (delete, move) and charge ``delta``.
-
-        An intent ("apply delta once ``gone`` is gone") is written before
-        the change, so a crash in between is settled exactly.
-        """
-        with self._locked() as (state, save):
-            if check_fits and delta > 0:
-                limit = self.limit
-                if limit is None:
-                    raise QuotaInvalid("quota file is invalid")
-                if delta > _usage(limit, state).free:
-                    raise QuotaExceeded(f"quota exceeded: limit {limit} bytes ({human(limit)})")
-            intent = dict(_me(), delta=delta, gone=gone)
-            state["intents"].append(intent)
-            save()
-            try:
-                action()
-            finally:
-                state["intents"].remove(intent)
-            if not os.path.lexists(gone):
-                _add(state, delta)
-
-    def rescan(self, progress: Callable[[int], None] | None = None) -> int:
-        """Rebuild the usage from the disk, keeping live reservations."""
-        with self._locked() as (state, _):
-            state["used"] = scan(self.root, self.store, progress)
-            return state["used"]
+    limit: str  # "10.0 MiB", "unlimited" or "INVALID"
+    used: str  # committed bytes
+    held: str  # room held by running uploads
+    free: str
+    percent: str  # of the limit taken, held room included ("-" without a limit)
 
 
-def _usage(limit: int | None, state: dict) -> Usage:
-    return Usage(limit, state["used"] or 0, sum(p["bytes"] for p in state["pending"].values()))
+def figures(usage: Usage | None) -> Figures:
+    """The figures of ``usage`` (None: an unlimited tree, usage not tracked)."""
+    if usage is None or usage.limit == 0:
+        return Figures("unlimited", "-", "-", "-", "-")
+    if usage.limit is None:
+        return Figures("INVALID", human(usage.used), human(usage.reserved), "-", "-")
+    percent = f"{100 * (usage.used + usage.reserved) / usage.limit:.0f}%"
+    return Figures(human(usage.limit), human(usage.used), human(usage.reserved), human(usage.free), percent)
 
 
-def _add(state: dict, delta: int) -> None:
-    if state["used"] is not None:
-        state["used"] = max(0, state["used"] + delta)
+def usage_text(usage: Usage) -> str:
+    """'4.0 KiB used of 10.0 KiB (40%), 6.0 KiB free' (and the room held, if any)."""
+    if usage.limit is None:
+        return "the quota file is invalid; uploads are refused"
+    if not usage.limit:
+        return "no quota"
+    f = figures(usage)
+    held = f", {f.held} held by running uploads" if usage.reserved else ""
+    return f"{f.used} used of {f.limit} ({f.percent}){held}, {f.free} free"
 
 
-def _replaced(p: dict) -> int:
-    """The growth of a replace that happened before its charge was written."""
-    try:
-        st = os.lstat(p["target"])
-    except OSError:
-        return 0
-    return st.st_size - p["old"] if p.get("ino") == st.st_ino else 0
+def free_text(usage: Usage) -> str:
+    """The note of a 226: '6.0 KiB free of 10.0 KiB quota'."""
+    return f"{human(usage.free)} free of {human(usage.limit or 0)} quota"
 
 
-def _recover(p: dict) -> int:
-    """Settle a dead upload; returns the usage it adds."""
-    target, temp, old = p["target"], p.get("temp"), p["old"]
-    try:
-        if p["crash"] == "delete":
-            if temp and os.path.lexists(temp):
-                os.remove(temp)
-                return 0
-            return _replaced(p)
-        if p["crash"] == "truncate":
-            if os.path.getsize(target) > old:
-                os.truncate(target, old)
-            return 0
-        if p["crash"] == "keep-new":  # a new file's partial upload, kept for resuming
-            if temp and not os.path.lexists(temp):
-                return _replaced(p)
-            if temp and os.path.lexists(temp):
-                if os.path.lexists(target):
-                    os.remove(temp)
-                    return 0
-                os.replace(temp, target)
-            return os.path.getsize(target) if os.path.lexists(target) else 0
-        if p["crash"] == "keep":  # written in place
-            return (os.path.getsize(target) if os.path.lexists(target) else 0) - old
-    except OSError as err:
-        log.warning("recovering upload of %s: %s", target, err.strerror)
-    return 0
+# --- identity of what a pending upload writes
 
 
-def move(src: Ledger | None, dst: Ledger | None, moved: int, replaced: int,
-         gone: str, action: Callable[[], None]) -> None:
-    """Move ``moved`` bytes from tree ``src`` to tree ``dst`` by ``action``.
+def file_key(dev: int, ino: int) -> str:
+    return f"file:{dev}:{ino}"
 
-    ``replaced`` is the size of what the move overwrites at the
-    destination. ``dst`` must have room (QuotaExceeded otherwise). Both
-    ledgers are locked, always in path order, for the whole move.
+
+def name_key(dev: int, folder_ino: int, name: str) -> str:
+    return f"name:{dev}:{folder_ino}/{name}"
+
+
+def folder_key(dev: int, ino: int) -> str:
+    return f"folder:{dev}:{ino}"
+
+
+def temp_name(token: str) -> str:
+    """A named temporary of an upload: hidden, and short whatever the target's name."""
+    return f"{TEMP_PREFIX}{token}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
+
+
+# --- the state
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who runs an upload or change: a process on a host (its start time
+    tells a live process from an earlier one with the same pid)."""
+
+    host: str
+    pid: int
+    start: int | None
+
+
+@dataclass
+class Pending:
+    """A running upload as its ledger knows it."""
+
+    owner: Owner
+    crash: str  # what settling does if the owner dies: see CRASH_POLICIES
+    target: str  # the real path it commits to (as of its last report)
+    old: int  # the committed size it replaces or extends (0 for a new file)
+    ino: int  # the inode it writes (to tell a finished commit after a crash)
+    temp: str | None = None  # a named temporary, while one exists
+    keys: tuple[str, ...] = ()
+    bytes: int = 0  # room reserved, its written bytes included
+    written: int = 0  # bytes written as of its last report
+    since: float = 0.0  # when it started (age decides who gives way)
+    touched: float = 0.0  # its last reservation or report
+    waiting: bool = False  # it asked for room and got QuotaWait
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A change under way: once ``gone`` no longer exists, apply ``delta``."""
+
+    owner: Owner
+    delta: int
+    gone: str
+
+
+@dataclass
+class State:
+    used: int | None = None
+    pending: dict[str, Pending] = field(default_factory=dict)
+    intents: list[Intent] = field(default_factory=list)
+
+    def usage(self, limit: int | None) -> Usage:
+        return Usage(limit, self.used or 0, sum(p.bytes for p in self.pending.values()))
+
+    def add(self, delta: int) -> None:
+        """Charge (or free) committed bytes; untracked usage stays untracked."""
+        if self.used is not None:
+            self.used = max(0, self.used + delta)
+
+
+# --- the text of a ledger: exactly what dump writes, or unreadable
+
+
+class Unreadable(ValueError):
+    """A ledger text that is not one ``dump`` wrote; the message says what is off."""
+
+
+def dump(state: State) -> str:
+    return json.dumps({
+        "used": state.used,
+        "pending": {token: _pending_dict(p) for token, p in state.pending.items()},
+        "intents": [{**_owner_dict(i.owner), "delta": i.delta, "gone": i.gone} for i in state.intents],
+    }, sort_keys=True)
+
+
+def _owner_dict(owner: Owner) -> dict:
+    return {"host": owner.host, "pid": owner.pid, "start": owner.start}
+
+
+def _pending_dict(p: Pending) -> dict:
+    return {**_owner_dict(p.owner), "crash": p.crash, "target": p.target, "old": p.old, "ino": p.ino,
+            "temp": p.temp, "keys": list(p.keys), "bytes": p.bytes, "written": p.written,
+            "since": p.since, "touched": p.touched, "waiting": p.waiting}
+
+
+def load(text: str, this_host: str) -> State:
+    """The state a ledger text holds; an empty text is a new ledger.
+
+    Raises Unreadable for anything ``dump`` would not have written.
+    Entries written before hosts were recorded belong to ``this_host``.
     """
-    if src is not None and dst is not None and src.root == dst.root:
-        if replaced:
-            src.change(-replaced, gone, action)
-        else:
-            action()
+    if not text:
+        return State()
+    try:
+        raw = json.loads(text)
+    except ValueError as err:
+        raise Unreadable(f"not JSON ({err})") from None
+    _expect(isinstance(raw, dict), "not an object")
+    used = raw.get("used")
+    _expect(used is None or _is_int(used) and used >= 0, "bad 'used'")
+    pending, intents = raw.get("pending", {}), raw.get("intents", [])
+    _expect(isinstance(pending, dict) and isinstance(intents, list), "bad 'pending' or 'intents'")
+    state = State(used)
+    for token, entry in pending.items():
+        _expect(isinstance(entry, dict), f"pending {token!r} is not an object")
+        state.pending[token] = _load_pending(entry, this_host, token)
+    for entry in intents:
+        _expect(isinstance(entry, dict), "an intent is not an object")
+        _expect(_is_int(entry.get("delta")) and isinstance(entry.get("gone"), str), "bad intent")
+        state.intents.append(Intent(_load_owner(entry, this_host), entry["delta"], entry["gone"]))
+    return state
+
+
+def _load_owner(entry: dict, this_host: str) -> Owner:
+    host, pid, start = entry.get("host", this_host), entry.get("pid"), entry.get("start")
+    _expect(isinstance(host, str) and _is_int(pid) and (start is None or _is_int(start)), "bad owner")
+    return Owner(host, pid, start)
+
+
+def _load_pending(e: dict, this_host: str, token: str) -> Pending:
+    def number(name: str, default=None, kind=(int,)):
+        value = e.get(name, default)
+        _expect(isinstance(value, kind) and not isinstance(value, bool) and value >= 0,
+                f"pending {token!r}: bad {name!r}")
+        return value
+
+    crash, target, temp, keys = e.get("crash"), e.get("target"), e.get("temp"), e.get("keys", [])
+    _expect(crash in CRASH_POLICIES and isinstance(target, str) and (temp is None or isinstance(temp, str)),
+            f"pending {token!r}: bad crash, target or temp")
+    _expect(isinstance(keys, list) and all(isinstance(k, str) for k in keys), f"pending {token!r}: bad keys")
+    _expect(isinstance(e.get("waiting", False), bool), f"pending {token!r}: bad 'waiting'")
+    return Pending(_load_owner(e, this_host), crash, target, number("old"), number("ino"), temp, tuple(keys),
+                   number("bytes", 0), number("written", 0), number("since", 0.0, (int, float)),
+                   number("touched", 0.0, (int, float)), e.get("waiting", False))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _expect(condition: bool, what: str) -> None:
+    if not condition:
+        raise Unreadable(what)
+
+
+# --- the decisions (called under the ledger's lock)
+
+
+def begin(state: State, limit: int | None, token: str, entry: Pending, ahead: int) -> int:
+    """Register an upload and grant it room ahead, up to ``ahead`` bytes (at
+    most a sixteenth of the room left). Never refuses: an upload that
+    writes nothing needs no room. Returns the grant."""
+    state.pending[token] = entry
+    if not limit:
+        return ahead
+    free = limit - (state.used or 0) - sum(p.bytes for t, p in state.pending.items() if t != token)
+    entry.bytes = max(0, min(ahead, free // 16))
+    return entry.bytes
+
+
+def reserve(state: State, limit: int | None, token: str, needed: int, written: int, ahead: int, now: float) -> int:
+    """Raise ``token``'s reservation to at least ``needed`` bytes.
+
+    ``written``: what the upload has written so far (its lease report).
+    Returns the new reservation, granted up to ``ahead`` bytes beyond
+    ``needed`` (at most a sixteenth of the room left); raises QuotaWait or
+    QuotaExceeded by the rules above.
+    """
+    if limit is None:
+        raise QuotaInvalid()
+    mine = state.pending[token]
+    mine.written, mine.touched = written, now
+    if not limit:  # unlimited: nothing to hold
+        mine.bytes = 0
+        return needed + ahead
+    others = [(t, p) for t, p in state.pending.items() if t != token]
+    free = limit - (state.used or 0) - sum(p.bytes for _, p in others)
+    if needed > free:
+        mine.waiting = True
+        holders = [(p.since, t, p.waiting) for t, p in others if p.bytes]
+        someone_moves = any(not waiting for _, _, waiting in holders)
+        youngest = max([(since, t) for since, t, _ in holders] + [(mine.since, token)])
+        if holders and (someone_moves or youngest[1] != token):
+            raise QuotaWait(limit, max(0, free))
+        raise QuotaExceeded(limit, max(0, free))
+    mine.waiting = False
+    mine.bytes = needed + min(ahead, (free - needed) // 16)
+    return mine.bytes
+
+
+def report(state: State, token: str, written: int, keep_ahead: bool, now: float) -> None:
+    """An upload's lease report: what it wrote; ``keep_ahead`` False gives
+    back the room beyond that."""
+    mine = state.pending.get(token)
+    if mine is None:
         return
-    steps: list[tuple[Ledger, int, bool]] = []
-    if src is not None:
-        steps.append((src, -moved, False))
-    if dst is not None:
-        steps.append((dst, moved - replaced, True))
-    steps.sort(key=lambda step: step[0].root)
-    run = action
-    for ledger, delta, check in reversed(steps):
-        run = (lambda ledger, delta, check, inner: lambda: ledger.change(delta, gone, inner, check))(
-            ledger, delta, check, run)
-    run()
+    mine.written, mine.touched = written, now
+    if not keep_ahead:
+        mine.bytes = min(mine.bytes, written)
 
 
-class Quotas:
-    """Which ledger governs a folder: one per tree root with a limit."""
-
-    def __init__(self, store: ConfigStore) -> None:
-        self.store = store
-        self._ledgers: dict[str, Ledger] = {}
-
-    def ledger(self, tree_root: str) -> Ledger:
-        """The ledger of a tree (tracking usage only if the tree is limited)."""
-        ledger = self._ledgers.get(tree_root)
-        if ledger is None:
-            ledger = self._ledgers[tree_root] = Ledger(tree_root, self.store)
-        return ledger
-
-    def limited(self, tree_root: str) -> Ledger | None:
-        """The ledger of a tree if its usage is tracked, else None."""
-        ledger = self.ledger(tree_root)
-        return ledger if ledger.limited else None
+def fits(state: State, limit: int | None, delta: int, exclude: str | None = None) -> None:
+    """Raise QuotaExceeded unless ``delta`` more committed bytes fit."""
+    if delta <= 0 or limit == 0:
+        return
+    if limit is None:
+        raise QuotaInvalid()
+    held = sum(p.bytes for t, p in state.pending.items() if t != exclude)
+    free = limit - (state.used or 0) - held
+    if delta > free:
+        raise QuotaExceeded(limit, max(0, free))
 
 
-_registry: dict[str, Quotas] = {}
-_registry_lock = threading.Lock()
+def writer_keys(keys: Iterable[str]) -> list[str]:
+    """The keys on which two uploads exclude each other (a shared folder does not)."""
+    return [key for key in keys if not key.startswith("folder:")]
 
 
-def shared_quotas(store: ConfigStore) -> Quotas:
-    """The process-wide Quotas of a store's server root."""
-    quotas = _registry.get(store.server_root)  # every login comes here: no lock when it is there
-    if quotas is not None and quotas.store is store:
-        return quotas
-    with _registry_lock:
-        quotas = _registry.get(store.server_root)
-        if quotas is None or quotas.store is not store:
-            quotas = _registry[store.server_root] = Quotas(store)
-        return quotas
+def busy(state: State, keys: Iterable[str], live: Callable[[Owner], bool], exclude: str | None = None) -> Busy | None:
+    """A Busy refusal if a live pending upload holds any of ``keys``."""
+    wanted = set(keys)
+    for token, p in state.pending.items():
+        if token != exclude and wanted.intersection(p.keys) and live(p.owner):
+            hit = wanted.intersection(p.keys)
+            return Busy("folder" if all(k.startswith("folder:") for k in hit) else "file")
+    return None
+
+
+__all__ = [
+    "GRANT", "LEASE", "TEMP_PREFIX", "TEMP_SUFFIX", "QuotaExceeded", "QuotaWait", "QuotaInvalid", "Busy",
+    "human", "exceeded_text", "Usage", "Figures", "figures", "usage_text", "free_text", "file_key", "name_key", "folder_key",
+    "temp_name", "is_temp_name", "Owner", "Pending", "Intent", "State", "Unreadable", "dump", "load",
+    "begin", "reserve", "report", "fits", "writer_keys", "busy",
+]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .accounts import USER_NAME
 from .config import ConfigStore
-from .quota import Ledger, Quotas
+from .ledger import Ledger, Quotas
 
 
 @dataclass(frozen=True)

@@ -1,84 +1,195 @@
 """A file being received: where its bytes go, what they cost, how it ends.
 
-Rules that live here (the upload modes):
+Rules that live here:
 
-- ``atomic`` (default): a new file or an overwrite is written to a hidden
-  temporary in the same folder and moved over the target with
-  ``os.replace`` only when the transfer succeeds; on any failure the
-  temporary is removed and the old file is untouched. APPE and REST+STOR
-  on an existing file write in place and, if they fail, cut the file back
-  to its previous length.
-- ``atomic-resume``: as atomic, but when the connection breaks (not on a
-  quota refusal) what arrived is kept so REST/APPE can resume it: the
-  partial new file takes the target's name if that is still free, and an
-  in-place append keeps its bytes. An existing file is never replaced by
-  a partial one.
-- ``standard``: written in place like plain pyftpdlib (STOR truncates at
-  once); what arrived is kept on failure.
-- Every mode charges the quota tree only for growth (final size minus the
-  old size) and reserves space *before* each write, so a write that
-  would pass the limit is refused and never reaches the disk.
+- An upload is bound to what it opened, never to a path read later: the
+  folder it commits into (a descriptor, so renaming that folder or any
+  folder above it changes nothing) and the file it writes (a descriptor:
+  its size, its rollback and its charge come from ``fstat``/``ftruncate``
+  of that descriptor).
+- Where the bytes go, by the upload mode (``MODES``, one row each):
+  a *temporary* is an unnamed file in the target's folder (``O_TMPFILE``;
+  a hidden ``.xxftpd-<token>.part`` where the filesystem has no unnamed
+  files), linked under the target's name only when the transfer
+  succeeds; *in place* writes the target itself. APPE and REST+STOR on an
+  existing file are always in place.
+- A new file is committed without replacing anything: if the name
+  appeared meanwhile, the upload becomes an overwrite at that moment and
+  needs what an overwrite needs then (the permission given at open, a
+  file not being written by another upload, room for its growth), else
+  it is refused and the other file is untouched. An overwrite replaces
+  the target in one rename.
+- On failure a temporary is dropped; an in-place upload is cut back to
+  the length it began with (it is the file's only writer, so only its own
+  bytes go), or removed if it created the file; unless the mode keeps
+  what arrived. Every outcome is charged as growth: the committed size
+  minus the size it replaced.
+- Room is reserved before each write (``ledger.reserve``), so a write
+  that would pass the limit never reaches the disk; an idle upload gives
+  its room ahead back when its data channel says so (``idle``).
+- The upload registers with its tree's ledger when it opens, naming the
+  file it writes or replaces, the name it commits to and the folder it
+  commits into: a second writer is refused there (``quota.Busy``).
+
+What this module must not know: FTP replies, sockets, pyftpdlib.
 """
 
 from __future__ import annotations
 
 import errno
+import io
 import os
+import stat as stat_mod
+from dataclasses import dataclass
 
-from .quota import GRANT, TEMP_PREFIX, TEMP_SUFFIX, Ledger, QuotaExceeded, QuotaWait, human, new_token
+from . import quota
+from .ledger import Commit, Ledger, new_token, this_owner
+from .quota import GRANT, Busy, Pending, QuotaExceeded, QuotaWait, file_key, folder_key, name_key, temp_name
 
-MODES = ("atomic", "atomic-resume", "standard")
 _SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
 _NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the target can't be spliced into
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}  # no unnamed files here
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
 
 # Why a transfer ended without success
 QUOTA, BROKEN, ERROR = "quota", "broken", "error"
 
 
+@dataclass(frozen=True)
+class Mode:
+    """How one upload mode treats a file (see the README's upload modes)."""
+
+    stor_in_place: bool  # STOR writes the target itself, truncating it at once
+    new_in_place: bool  # a new file is written under its own name (so a break leaves it resumable)
+    keep_when_broken: bool  # a broken connection keeps what arrived
+    keep_when_refused: bool  # a quota refusal or a local error keeps what arrived
+
+
+MODES: dict[str, Mode] = {
+    "atomic": Mode(stor_in_place=False, new_in_place=False, keep_when_broken=False, keep_when_refused=False),
+    "atomic-resume": Mode(stor_in_place=False, new_in_place=True, keep_when_broken=True, keep_when_refused=False),
+    "standard": Mode(stor_in_place=True, new_in_place=True, keep_when_broken=True, keep_when_refused=True),
+}
+
+
+class Refused(Exception):
+    """The upload can't be committed as it stands (FTP 550); says why."""
+
+
 class Upload:
     """A file-like object pyftpdlib's data channel writes into."""
 
-    def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger | None,
-                 placeholder: bool = False) -> None:
-        """``ledger`` journals the upload (and charges it, if the tree is limited);
-        ``placeholder``: ``target`` is an empty file made only to hold a unique
-        name (STOU), to be removed if the upload fails."""
-        if upload_mode not in MODES:
-            raise ValueError(f"unknown upload mode {upload_mode!r}")
+    def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger,
+                 placeholder: bool = False, overwrite_refusal: str | None = None) -> None:
+        """``target``: the real path; ``name``: what pyftpdlib logs; ``mode``: 'wb',
+        'ab' or 'r+b' (REST). ``placeholder``: ``target`` is an empty file made
+        only to hold a unique name (STOU), removed if the upload fails.
+        ``overwrite_refusal``: why this user may not replace an existing file
+        (None: they may), for a name that appears while the upload runs.
+
+        Raises Busy if another upload writes the file, FileNotFoundError for a
+        REST on a missing file, OSError for what the disk refuses.
+        """
         self.name = name  # what pyftpdlib logs and passes to callbacks
         self.target = target
         self.ledger = ledger
         self.upload_mode = upload_mode
+        self._mode = MODES[upload_mode]
         self.token = new_token()
-        self.closed = False
-        self._placeholder = os.lstat(target).st_ino if placeholder else None
-        exists = os.path.isfile(target) and not placeholder
-        if mode.startswith("r") and not exists:
-            raise FileNotFoundError(2, "No such file or directory", target)
-        self.old = os.path.getsize(target) if exists else 0
+        self.closed = True  # until fully open
+        self._overwrite_refusal = overwrite_refusal
         self._append = mode.startswith("a")
-        self._in_place = upload_mode == "standard" or (exists and mode[0] in "ar")
-        self._start = self.old if self._append and self._in_place else 0
         self._written = 0
-        self._granted = 0
+        self._start = 0
         self._spliceable = _SPLICE
         self._held = b""  # a chunk waiting for room (QuotaWait)
-        self._limited = ledger is not None and ledger.limited
-        if self._in_place:
-            self.temp = None
-            self._file = open(target, mode if "b" in mode else mode + "b", buffering=0)
-            crash = "keep" if upload_mode != "atomic" else "truncate"
+        self._usage: quota.Usage | None = None
+        self._created = False  # this upload made the file it writes in place
+        self._temp_name: str | None = None  # a named temporary (no O_TMPFILE here)
+        self._file: io.FileIO | None = None
+        folder, self._base = os.path.split(target)
+        self._dir = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._open(mode, placeholder)
+        except BaseException:
+            self._close_fds()
+            raise
+        self.closed = False
+
+    def _open(self, mode: str, placeholder: bool) -> None:
+        dir_st = os.fstat(self._dir)
+        try:
+            st = os.lstat(self._base, dir_fd=self._dir)
+            existing = st if stat_mod.S_ISREG(st.st_mode) else None
+        except FileNotFoundError:
+            existing = None
+        self._placeholder = existing.st_ino if placeholder and existing is not None else None
+        if mode.startswith("r") and existing is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", self.target)
+        if existing is None or placeholder:
+            in_place = self._mode.new_in_place
         else:
-            folder, base = os.path.split(target)
-            self.temp = os.path.join(folder, f"{TEMP_PREFIX}{self.token}.{base[:64]}{TEMP_SUFFIX}")
-            self._file = open(self.temp, "xb", buffering=0)
-            crash = "keep-new" if upload_mode == "atomic-resume" and not exists else "delete"
-        # What crash recovery needs; journaled with the first write (an
-        # upload that never wrote a byte leaves at most an empty temporary).
-        self._entry = dict(crash=crash, target=target, old=self.old, temp=self.temp,
-                           ino=os.fstat(self._file.fileno()).st_ino)
-        self._journaled = False
-        self._usage = None
+            in_place = mode[0] in "ar" or self._mode.stor_in_place
+        self.old = existing.st_size if existing is not None and not placeholder else 0
+        if in_place:
+            self._open_in_place(mode, existing)
+            self.temp = None
+            crash = "keep" if self._mode.keep_when_broken else "truncate"
+        else:
+            self._open_temporary()
+            self.temp = os.path.join(os.path.dirname(self.target), self._temp_name) if self._temp_name else None
+            crash = "delete"
+        self._in_place = in_place
+        self._start = self.old if self._append and in_place else 0
+        fst = os.fstat(self._file.fileno())
+        keys = [name_key(dir_st.st_dev, dir_st.st_ino, self._base), folder_key(dir_st.st_dev, dir_st.st_ino),
+                file_key(fst.st_dev, fst.st_ino)]
+        if existing is not None:
+            keys.append(file_key(existing.st_dev, existing.st_ino))
+        entry = Pending(this_owner(), crash, self.target, self.old, fst.st_ino, self.temp, tuple(dict.fromkeys(keys)))
+        try:
+            self._granted = self.ledger.begin(self.token, entry, GRANT)
+        except BaseException:
+            self._undo_open()
+            raise
+
+    def _open_in_place(self, mode: str, existing: os.stat_result | None) -> None:
+        flags = os.O_CLOEXEC | os.O_NOFOLLOW
+        if existing is None:
+            flags |= os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            self._created = True
+        elif mode.startswith("a"):
+            flags |= os.O_WRONLY | os.O_APPEND
+        elif mode.startswith("r"):
+            flags |= os.O_RDWR
+        elif self._placeholder is not None:
+            flags |= os.O_WRONLY
+            self._created = True
+        else:  # STOR in place: truncated at once
+            flags |= os.O_WRONLY | os.O_TRUNC
+        fd = os.open(self._base, flags, 0o666, dir_fd=self._dir)
+        self._file = io.FileIO(fd, "ab" if self._append else "wb", closefd=True)
+
+    def _open_temporary(self) -> None:
+        if _O_TMPFILE:
+            try:
+                fd = os.open(".", _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=self._dir)
+                self._file = io.FileIO(fd, "wb", closefd=True)
+                return
+            except OSError as err:
+                if err.errno not in _NO_TMPFILE:
+                    raise
+        self._temp_name = temp_name(self.token)
+        fd = os.open(self._temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=self._dir)
+        self._file = io.FileIO(fd, "wb", closefd=True)
+
+    def _undo_open(self) -> None:
+        """The upload could not register: leave nothing of it behind."""
+        if self._created and self._placeholder is None:
+            self._remove_own()
+        if self._temp_name:
+            self._unlink(self._temp_name)
+        self._close_fds()
 
     # --- what pyftpdlib calls
 
@@ -135,19 +246,29 @@ class Upload:
         self._written += size
         return size
 
+    def _growth(self, written: int) -> int:
+        """The bytes this upload adds to its tree once ``written`` bytes are in."""
+        if self._rest:  # REST + STOR writes over the file from a position
+            return max(self.old, self._start + written) - self.old
+        return self._start + written - self.old
+
+    _rest = False  # a REST position was set (seek before the first byte)
+
     def _make_room(self, size: int) -> None:
-        """Reserve quota for ``size`` more bytes (journaling the upload first)."""
-        if self._limited:
-            need = self._final_size(self._written + size) - self.old
-            if need > self._granted:
-                try:  # ahead by what was written so far: few ledger updates for big files
-                    self._granted = self.ledger.reserve(self.token, need, max(GRANT, self._written),
-                                                        None if self._journaled else self._entry)
-                finally:
-                    self._journaled = True
-        elif self.ledger is not None and not self._journaled:
-            self.ledger.journal(self.token, self._entry)
-            self._journaled = True
+        """Reserve room for ``size`` more bytes, if this upload's grant is used up."""
+        need = self._growth(self._written + size)
+        if need > self._granted:  # ahead by what was written so far: few ledger updates for big files
+            self._granted = self.ledger.reserve(self.token, need, max(0, self._growth(self._written)),
+                                                max(GRANT, self._written))
+
+    def idle(self) -> None:
+        """No bytes came for a lease's time: give back the room ahead."""
+        if self.closed or self._held:
+            return
+        growth = max(0, self._growth(self._written))
+        if self._granted > growth:
+            self.ledger.report(self.token, growth, keep_ahead=False)
+            self._granted = growth
 
     def resume(self) -> None:
         """Write the chunk held back by QuotaWait (which may be raised again)."""
@@ -158,7 +279,7 @@ class Upload:
     def seek(self, offset: int, whence: int = 0) -> int:
         position = self._file.seek(offset, whence)
         if not self._append:
-            self._start = position
+            self._start, self._rest = position, True
         return position
 
     def tell(self) -> int:
@@ -177,47 +298,113 @@ class Upload:
 
     # --- the end
 
-    def _final_size(self, written: int) -> int:
-        if self._in_place and not self._append and self.upload_mode != "standard":
-            return max(self.old, self._start + written)  # REST + STOR
-        return self._start + written
-
     def finish(self, ok: bool, why: str = ERROR) -> str:
         """Commit or roll back; returns a note for the reply ("" if none).
 
-        Raises OSError or QuotaExceeded if a successful transfer can't be
-        committed (then nothing changed).
+        Raises OSError, QuotaExceeded, Busy or Refused if a successful
+        transfer can't be committed (then nothing changed and nothing of
+        it is left).
         """
         if self.closed:
             return ""
         self.closed = True
-        self._file.close()
-        keep = ok or self.upload_mode == "standard" or (self.upload_mode == "atomic-resume" and why == BROKEN)
+        mode = self._mode
+        keep = ok or (mode.keep_when_broken if why == BROKEN else mode.keep_when_refused)
+        committed = False
         try:
-            if self._in_place:
-                if not keep:
-                    os.truncate(self.target, self.old)
-                self._charge(None, None)
-            elif keep and (ok or not os.path.lexists(self.target) or self._placeholder):
-                self._charge(self.temp, lambda: os.replace(self.temp, self.target))
-            else:
-                self._discard()
-                self._drop_placeholder()
-        except BaseException:
-            self._discard()
-            raise
-        return self._note() if ok else ""
+            if keep and self._in_place:
+                self._usage = self.ledger.commit(self.token, self._settle_in_place)
+                committed = True
+            elif ok:  # a temporary: only a whole transfer replaces anything
+                self._usage = self.ledger.commit(self.token, self._link)
+                committed = True
+        finally:
+            if not committed:
+                self._roll_back()
+            self._close_fds()
+        return quota.free_text(self._usage) if ok and self._usage is not None and self._usage.limit else ""
 
-    def _charge(self, gone: str | None, action) -> None:
-        """Charge the growth: the new size minus what it replaces."""
-        if gone:  # a temporary about to replace the target
-            delta = os.path.getsize(gone) - (os.path.getsize(self.target) if os.path.isfile(self.target) else 0)
-        else:  # written in place
-            delta = (os.path.getsize(self.target) if os.path.lexists(self.target) else 0) - self.old
-        if self.ledger is not None and (self._limited or self._journaled):
-            self._usage = self.ledger.finish(self.token, delta, action)
-        elif action is not None:
-            action()
+    def _settle_in_place(self, tx: Commit) -> int:
+        st = os.fstat(self._file.fileno())
+        return st.st_size - self.old if st.st_nlink else -self.old
+
+    def _link(self, tx: Commit) -> int:
+        """Give the temporary the target's name: never over a file the checks did not see."""
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        here = _path_of(self._dir)
+        target = f"{here}/{self._base}" if here else self.target
+        if self._placeholder is None and _link_new(fd, self._temp_name, self._base, self._dir):
+            self._temp_name = None
+            return size
+        try:  # the name is taken: an overwrite, judged now
+            st = os.lstat(self._base, dir_fd=self._dir)
+        except FileNotFoundError:  # gone again meanwhile
+            if _link_new(fd, self._temp_name, self._base, self._dir):
+                self._temp_name = None
+                return size
+            st = os.lstat(self._base, dir_fd=self._dir)
+        ours = st.st_ino == self._placeholder and st.st_size == 0
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise Refused(f"{self.name}: a folder of that name appeared meanwhile")
+        if not ours and self._overwrite_refusal is not None:
+            raise Refused(f"a file of that name appeared meanwhile; {self._overwrite_refusal}")
+        tx.busy([file_key(st.st_dev, st.st_ino)])
+        old = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
+        tx.fits(size - old)
+        if self._temp_name is None:  # an unnamed temporary: give it a hidden name first
+            self._temp_name = temp_name(self.token)
+            tx.note(target, f"{here}/{self._temp_name}", old)
+            os.link(f"/proc/self/fd/{fd}", self._temp_name, dst_dir_fd=self._dir, follow_symlinks=True)
+        else:
+            tx.note(target, f"{here}/{self._temp_name}", old)
+        os.rename(self._temp_name, self._base, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        self._temp_name = None
+        return size - old
+
+    def _roll_back(self) -> None:
+        """Leave the tree as it was before this upload (its own bytes only)."""
+        try:
+            if self._in_place and not self._created:
+                os.ftruncate(self._file.fileno(), self.old)
+            elif self._created or self._placeholder is not None:
+                self._remove_own()
+            if self._temp_name:
+                self._unlink(self._temp_name)
+        except OSError:
+            pass
+        try:
+            self.ledger.abort(self.token)
+        except OSError:
+            pass
+
+    def _remove_own(self) -> None:
+        """Remove the file this upload created, wherever it is now, if it is still ours."""
+        try:
+            if not self._in_place:  # a STOU placeholder, still empty
+                st = os.lstat(self._base, dir_fd=self._dir)
+                if st.st_ino == self._placeholder and st.st_size == 0:
+                    os.unlink(self._base, dir_fd=self._dir)
+                return
+            fd = self._file.fileno()
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
+                os.unlink(path)
+        except (OSError, ValueError):
+            pass
+
+    def _unlink(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self._dir)
+        except OSError:
+            pass
+
+    def _close_fds(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self._dir >= 0:
+            os.close(self._dir)
+            self._dir = -1
 
     def __del__(self) -> None:
         # Dropped without a verdict (the session vanished first): roll back.
@@ -227,33 +414,64 @@ class Upload:
             except Exception:
                 pass
 
-    def _drop_placeholder(self) -> None:
+
+def _path_of(fd: int) -> str | None:
+    """Where an open folder is now (None if that can't be told)."""
+    try:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+    return path if path.startswith("/") and not path.endswith(" (deleted)") else None
+
+
+def _link_new(fd: int, temp: str | None, name: str, folder: int) -> bool:
+    """Give the upload's file ``name`` in ``folder`` unless that name exists.
+
+    An unnamed temporary is linked (``linkat`` never replaces); a named one
+    is renamed with RENAME_NOREPLACE, or linked and unlinked where the
+    kernel or filesystem lacks it. False if the name is taken.
+    """
+    try:
+        if temp is None:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
+        elif not _rename_noreplace(folder, temp, name):
+            os.link(temp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            os.unlink(temp, dir_fd=folder)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _rename_noreplace(folder: int, old: str, new: str) -> bool:
+    """renameat2(RENAME_NOREPLACE); False where unavailable. FileExistsError if ``new`` exists."""
+    libc = _libc()
+    if libc is None:
+        return False
+    if libc.renameat2(folder, os.fsencode(old), folder, os.fsencode(new), 1) == 0:
+        return True
+    import ctypes
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), new)
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), new)
+
+
+_LIBC: list = []
+
+
+def _libc():
+    if not _LIBC:
+        import ctypes
+        import ctypes.util
         try:
-            st = os.lstat(self.target)
-            if st.st_ino == self._placeholder and st.st_size == 0:
-                os.remove(self.target)
-        except OSError:
-            pass
-
-    def _discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        if self.temp and os.path.lexists(self.temp):
-            try:
-                os.remove(self.temp)
-            except OSError:
-                pass
-        if self.ledger is not None and self._journaled:
-            try:
-                self.ledger.finish(self.token, 0)
-            except OSError:
-                pass
-
-    def _note(self) -> str:
-        usage = self._usage
-        if not self._limited or usage is None or usage.limit is None:
-            return ""
-        return f"{human(usage.free)} free of {human(usage.limit)} quota"
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.renameat2  # glibc 2.28+
+        except (OSError, AttributeError):
+            libc = None
+        _LIBC.append(libc)
+    return _LIBC[0]
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -271,4 +489,4 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Upload", "MODES", "QUOTA", "BROKEN", "ERROR", "QuotaExceeded"]
+__all__ = ["Upload", "Mode", "MODES", "Refused", "Busy", "QUOTA", "BROKEN", "ERROR", "QuotaExceeded"]

@@ -1,0 +1,294 @@
+"""The embedded ledger: one JSON file per tree, locked with ``flock``.
+
+Rules that live here:
+
+- The state of a tree lives in ``<tree>/.xxftp/ledger``. Every operation
+  reads, changes and writes it under an exclusive ``flock`` on that file,
+  so threads and processes of one host see one order of events.
+- The file is written in place; a torn write (a crash in the middle of
+  one) reads back as unreadable. An unreadable ledger (anything ``dump``
+  did not write) is logged and rebuilt by a scan; the running uploads of
+  this process are put back first, so the scan counts their files as they
+  were when they began.
+- Before any operation, what dead owners of this host left is settled:
+  an intent whose path is gone is applied; an upload is rolled back or
+  kept as its crash policy says, judged by the inode it wrote, never by a
+  path alone (the path may name another file by now).
+- A limited tree without a usage (new, rebuilt, or a limit just set) is
+  scanned once; after that an upload costs a few ledger writes, whatever
+  the number of files. An unlimited tree keeps no usage.
+- The text last read or written is kept with its state: when the file
+  still holds exactly that text, it is not parsed again.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
+
+from .. import quota as core
+from ..config import CONFIG_DIR, ConfigStore
+from ..quota import Intent, Pending, State, Usage
+from . import HOST, alive_here, this_owner
+from .scan import scan
+
+log = logging.getLogger("xxftpd.quota")
+
+_UNREAD = object()  # a limit not read yet
+_READ = 65536  # ledger bytes per read (one read for any real ledger)
+_IN_PLACE = ("truncate", "keep")  # crash policies of uploads that write the file itself
+
+
+class FileLedger:
+    """The ledger of one tree in ``<tree>/.xxftp/ledger``."""
+
+    def __init__(self, root: str, store: ConfigStore) -> None:
+        self.root = os.path.realpath(root)
+        self.store = store
+        self.dir = os.path.join(self.root, CONFIG_DIR)
+        self.path = os.path.join(self.dir, "ledger")
+        self._last: tuple[str, State] | None = None  # the text on disk and its state
+        self._mine: dict[str, Pending] = {}  # this process's running uploads
+
+    @property
+    def limit(self) -> int | None:
+        return self.store.size_limit(self.root)
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
+    # --- the lock and the text
+
+    @contextmanager
+    def _locked(self, limit: int | None | object = _UNREAD) -> Iterator[tuple[State, Callable[[], None], int | None]]:
+        """(state, save, limit) under the lock; changes are written back when
+        the block ends (``save`` writes at once: intents, notes)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # no .xxftp folder yet
+            os.makedirs(self.dir, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            limit = self.limit if limit is _UNREAD else limit
+            state, text, size = self._load(fd, limit)
+            self._last = None  # until this operation's state is on disk
+            written = [text, size]
+
+            def save() -> None:
+                new = core.dump(state)
+                if new != written[0]:
+                    data = new.encode()
+                    os.pwrite(fd, data, 0)
+                    if len(data) < written[1]:
+                        os.ftruncate(fd, len(data))
+                    written[0], written[1] = new, len(data)
+
+            try:
+                yield state, save, limit
+            finally:
+                save()
+                self._last = (written[0], state)
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _load(self, fd: int, limit: int | None) -> tuple[State, str, int]:
+        """(state, its text, the file's size in bytes), settled and measured."""
+        chunks = []
+        offset = 0
+        while True:
+            chunk = os.pread(fd, _READ, offset)
+            chunks.append(chunk)
+            offset += len(chunk)
+            if len(chunk) < _READ:  # a short read of a regular file: its end
+                break
+        text = b"".join(chunks).decode("utf-8", "replace")
+        last = self._last
+        if last is not None and last[0] == text and text:
+            state = last[1]
+        else:
+            try:
+                state = core.load(text, HOST)
+            except core.Unreadable as err:
+                log.warning("%s: unreadable ledger (%s); rebuilding it by a scan", self.path, err)
+                state, text = State(), ""
+            for token, entry in self._mine.items():  # ours survive a rebuild
+                state.pending.setdefault(token, entry)
+        self._settle(state)
+        if limit != 0 and state.used is None:
+            began = {key: p.old for p in state.pending.values() if p.crash in _IN_PLACE
+                     for key in p.keys if key.startswith("file:")}
+            state.used = scan(self.root, self.store, began_at=began)
+            log.info("%s: usage scanned: %s", self.root, core.human(state.used))
+        elif limit == 0 and state.used is not None:
+            state.used = None  # not tracked from now on
+        return state, text, offset
+
+    def _settle(self, state: State) -> None:
+        """Fold in what dead owners left behind."""
+        for intent in list(state.intents):
+            if not alive_here(intent.owner):
+                state.intents.remove(intent)
+                if not os.path.lexists(intent.gone):
+                    state.add(intent.delta)
+        for token, p in list(state.pending.items()):
+            if not alive_here(p.owner):
+                del state.pending[token]
+                state.add(_recover(p))
+
+    # --- the operations
+
+    def usage(self) -> Usage:
+        limit = self.limit
+        with self._locked(limit) as (state, _, _):
+            return state.usage(limit)
+
+    def begin(self, token: str, entry: Pending, ahead: int) -> int:
+        with self._locked() as (state, _, limit):
+            if limit is None:
+                raise core.QuotaInvalid()
+            hit = core.busy(state, core.writer_keys(entry.keys), alive_here)
+            if hit is not None:
+                raise hit
+            entry.since = entry.touched = time.time()
+            self._mine[token] = entry
+            return core.begin(state, limit, token, entry, ahead)
+
+    def reserve(self, token: str, needed: int, written: int, ahead: int) -> int:
+        with self._locked() as (state, _, limit):
+            self._restore(state, token)
+            return core.reserve(state, limit, token, needed, written, ahead, time.time())
+
+    def report(self, token: str, written: int, keep_ahead: bool) -> None:
+        with self._locked() as (state, _, _):
+            self._restore(state, token)
+            core.report(state, token, written, keep_ahead, time.time())
+
+    def commit(self, token: str, action: Callable[[_Commit], int]) -> Usage:
+        with self._locked() as (state, save, limit):
+            self._restore(state, token)
+            delta = action(_Commit(state, save, limit, token))
+            state.pending.pop(token, None)
+            self._mine.pop(token, None)
+            state.add(delta)
+            return state.usage(limit)
+
+    def abort(self, token: str) -> None:
+        with self._locked() as (state, _, _):
+            state.pending.pop(token, None)
+            self._mine.pop(token, None)
+
+    def change(self, delta: int, gone: str, action: Callable[[], None], *, check_fits: bool = False,
+               keys: Iterable[str] = (), renamed: tuple[str, str] | None = None) -> None:
+        with self._locked() as (state, save, limit):
+            hit = core.busy(state, keys, alive_here)
+            if hit is not None:
+                raise hit
+            if check_fits:
+                core.fits(state, limit, delta)
+            if limit == 0:
+                delta = 0  # an unlimited tree keeps no usage
+            intent = None
+            if delta:
+                intent = Intent(this_owner(), delta, gone)
+                state.intents.append(intent)
+                save()
+            try:
+                action()
+            finally:
+                if intent is not None:
+                    state.intents.remove(intent)
+            if delta and not os.path.lexists(gone):
+                state.add(delta)
+            if renamed is not None:
+                _follow(state, *renamed)
+
+    def rescan(self, progress: Callable[[int], None] | None = None) -> int:
+        """Rebuild the usage from the disk, keeping live reservations."""
+        with self._locked() as (state, _, _):
+            began = {key: p.old for p in state.pending.values() if p.crash in _IN_PLACE
+                     for key in p.keys if key.startswith("file:")}
+            state.used = scan(self.root, self.store, progress, began)
+            return state.used
+
+    def _restore(self, state: State, token: str) -> None:
+        """Put back this process's upload if a rebuild dropped it."""
+        if token not in state.pending and token in self._mine:
+            state.pending[token] = self._mine[token]
+
+
+class _Commit:
+    """What an upload may do while it commits (the lock is held)."""
+
+    def __init__(self, state: State, save: Callable[[], None], limit: int | None, token: str) -> None:
+        self._state, self._save, self._limit, self._token = state, save, limit, token
+
+    def note(self, target: str, temp: str | None = None, old: int | None = None) -> None:
+        p = self._state.pending.get(self._token)
+        if p is not None:
+            p.target, p.temp = target, temp
+            if old is not None:
+                p.old = old
+            self._save()
+
+    def fits(self, delta: int) -> None:
+        mine = self._state.pending.get(self._token)
+        if mine is not None and delta <= mine.bytes:
+            return  # within its own reservation
+        core.fits(self._state, self._limit, delta, exclude=self._token)
+
+    def busy(self, keys: Iterable[str]) -> None:
+        hit = core.busy(self._state, keys, alive_here, exclude=self._token)
+        if hit is not None:
+            raise hit
+
+
+def _follow(state: State, old: str, new: str) -> None:
+    """Running uploads under ``old`` now live under ``new``."""
+    prefix = old.rstrip("/") + "/"
+    for p in state.pending.values():
+        if p.target == old or p.target.startswith(prefix):
+            p.target = new + p.target[len(old):]
+        if p.temp and (p.temp == old or p.temp.startswith(prefix)):
+            p.temp = new + p.temp[len(old):]
+
+
+def _ours(path: str | None, ino: int) -> os.stat_result | None:
+    """The stat of ``path`` if it is the file with inode ``ino``."""
+    if not path:
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st if st.st_ino == ino else None
+
+
+def _recover(p: Pending) -> int:
+    """Settle an upload whose owner died; returns the usage it adds."""
+    try:
+        target, temp = _ours(p.target, p.ino), _ours(p.temp, p.ino)
+        if p.crash == "truncate":
+            if target is not None and target.st_size > p.old:
+                os.truncate(p.target, p.old)
+            return 0
+        if p.crash == "keep":
+            return target.st_size - p.old if target is not None else 0
+        if temp is not None:  # a named temporary: never committed
+            if p.crash == "keep-new" and not os.path.lexists(p.target):
+                os.rename(p.temp, p.target)
+                return temp.st_size
+            os.remove(p.temp)
+            return 0
+        # committed before its charge was written?
+        return target.st_size - p.old if target is not None else 0
+    except OSError as err:
+        log.warning("recovering the upload of %s: %s", p.target, err.strerror)
+    return 0
+
+
+__all__ = ["FileLedger"]

@@ -1,0 +1,112 @@
+"""Measuring a tree on the disk: what a rescan counts, and what a move carries.
+
+Rules that live here:
+
+- A tree's usage is the total size of its regular files; ``.xxftp/``,
+  upload temporaries and the trees of mounts declared inside it are left
+  out, and symlinks are not followed (``quota``'s rules).
+- A file that a running upload is writing in place counts with the size
+  it had when that upload began: its new bytes are the upload's, held in
+  its reservation and charged when it commits, never twice.
+- A folder about to move to another tree is measured together with the
+  identity keys of everything in it, so a move that would carry a file
+  (or the folder) of a running upload along can be refused.
+
+What this module must not know: ledgers' storage, locks, FTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as stat_mod
+from typing import Callable
+
+from ..config import CONFIG_DIR, ConfigStore
+from ..quota import file_key, folder_key, is_temp_name
+
+log = logging.getLogger("xxftpd.quota")
+
+
+def scan(root: str, store: ConfigStore, progress: Callable[[int], None] | None = None,
+         began_at: dict[str, int] | None = None) -> int:
+    """Total size of the tree's files, by the rules above.
+
+    ``began_at``: file key -> size, for files running uploads write in place.
+    """
+    return measure(root, store, progress, began_at)[0]
+
+
+def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | None = None,
+            began_at: dict[str, int] | None = None, keys: set[str] | None = None) -> tuple[int, set[str]]:
+    """(size, keys): the scan of ``root``; ``keys`` collects the file and
+    folder keys of everything counted (for a move), if given."""
+    root = os.path.realpath(root)
+    excluded: set[str] = set()
+    sizes: dict[str, int] = {}
+    stack = [root]
+    seen = 0
+    collect = keys is not None
+    found: set[str] = keys if keys is not None else set()
+    if collect:
+        try:
+            st = os.lstat(root)
+            found.add(folder_key(st.st_dev, st.st_ino))
+        except OSError:
+            pass
+    while stack:
+        folder = stack.pop()
+        mounts = store.mounts(folder)
+        for mount in mounts.values():
+            excluded.add(os.path.realpath(mount.target))
+        total = 0
+        try:
+            with os.scandir(folder) as it:
+                for entry in it:
+                    name = entry.name
+                    if name == CONFIG_DIR or is_temp_name(name) or name in mounts:
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if stat_mod.S_ISDIR(st.st_mode):
+                        stack.append(entry.path)
+                        if collect:
+                            found.add(folder_key(st.st_dev, st.st_ino))
+                    elif stat_mod.S_ISREG(st.st_mode):
+                        size = st.st_size
+                        if began_at or collect:
+                            key = file_key(st.st_dev, st.st_ino)
+                            if began_at and key in began_at:
+                                size = began_at[key]
+                            if collect:
+                                found.add(key)
+                        total += size
+                    seen += 1
+                    if progress is not None and seen % 1000 == 0:
+                        progress(seen)
+        except OSError as err:
+            log.warning("%s: cannot scan: %s", folder, err.strerror)
+        sizes[folder] = total
+    excluded.discard(root)
+    size = sum(size for folder, size in sizes.items()
+               if not any(folder == ex or folder.startswith(ex + "/") for ex in excluded))
+    return size, found
+
+
+def entry_keys(path: str) -> tuple[int, list[str]]:
+    """(size, keys) of one path that is about to change: a file's size and
+    key, or a folder's key (no size: folders are measured when they move)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0, []
+    if stat_mod.S_ISREG(st.st_mode):
+        return st.st_size, [file_key(st.st_dev, st.st_ino)]
+    if stat_mod.S_ISDIR(st.st_mode):
+        return 0, [folder_key(st.st_dev, st.st_ino)]
+    return 0, []
+
+
+__all__ = ["scan", "measure", "entry_keys"]
