@@ -8,9 +8,11 @@ import os
 
 import pytest
 
-from xxftp_pyftpdlib import quota
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import Ledger, QuotaExceeded
+from xxftp_pyftpdlib.ledger import file as file_ledger
+from xxftp_pyftpdlib.ledger import this_owner
+from xxftp_pyftpdlib.ledger.file import FileLedger
+from xxftp_pyftpdlib.quota import Pending, QuotaExceeded
 
 
 @pytest.fixture
@@ -20,34 +22,44 @@ def tree(tmp_path):
     return tmp_path
 
 
-def _ledger(tree) -> Ledger:
-    return Ledger(str(tree / "t"), ConfigStore(str(tree)))
+def _ledger(tree) -> FileLedger:
+    return FileLedger(str(tree / "t"), ConfigStore(str(tree)))
+
+
+def _reserve(ledger: FileLedger, token: str, needed: int) -> int:
+    """Register an upload of ``needed`` bytes and reserve exactly that."""
+    ledger.begin(token, Pending(this_owner(), "delete", f"/nowhere/{token}", 0, 0), ahead=0)
+    return ledger.reserve(token, needed, 0, ahead=0)
+
+
+def _charge(ledger: FileLedger, token: str, delta: int) -> None:
+    ledger.commit(token, lambda tx: delta)
 
 
 def test_two_processes_see_each_other_s_changes(tree):
     a, b = _ledger(tree), _ledger(tree)  # as two server processes would have
-    a.reserve("a1", 300, ahead=0)
+    _reserve(a, "a1", 300)
     assert b.usage().free == 700
-    b.reserve("b1", 600, ahead=0)
+    _reserve(b, "b1", 600)
     with pytest.raises(QuotaExceeded):
-        a.reserve("a2", 200, ahead=0)  # a's cached state must not be used: b wrote since
-    b.finish("b1", 600)
-    a.finish("a1", 300)
+        _reserve(a, "a2", 200)  # a's cached state must not be used: b wrote since
+    _charge(b, "b1", 600)
+    _charge(a, "a1", 300)
     assert a.usage().used == b.usage().used == 900
     assert a.usage().free == 100
 
 
 def test_a_failed_write_does_not_leave_a_stale_state_behind(tree, monkeypatch):
     ledger = _ledger(tree)
-    ledger.reserve("t1", 100, ahead=0)
+    _reserve(ledger, "t1", 100)
     real_pwrite = os.pwrite
 
     def full_disk(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(quota.os, "pwrite", full_disk)
+    monkeypatch.setattr(file_ledger.os, "pwrite", full_disk)
     with pytest.raises(OSError):
-        ledger.reserve("t2", 500, ahead=0)  # changed in memory, never written
-    monkeypatch.setattr(quota.os, "pwrite", real_pwrite)
+        _reserve(ledger, "t2", 500)  # changed in memory, never written
+    monkeypatch.setattr(file_ledger.os, "pwrite", real_pwrite)
     assert ledger.usage().free == 900  # what the file says, not what the failed call left
-    assert ledger.reserve("t3", 900, ahead=0) == 900
+    assert _reserve(ledger, "t3", 900) == 900

@@ -13,9 +13,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from xxftp_pyftpdlib import quota
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import Quotas, QuotaExceeded
+from xxftp_pyftpdlib.ledger import Quotas, move
+from xxftp_pyftpdlib.ledger.scan import entry_keys, scan
+from xxftp_pyftpdlib.quota import TEMP_PREFIX, QuotaExceeded
 from xxftp_pyftpdlib.uploads import BROKEN, QUOTA, Upload
 
 LIMIT = 4000
@@ -78,7 +79,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if not os.path.isfile(path) or any(u.target == path for u in self.active):
             return
         ledger = self.quotas.limited(self.trees[tree])
-        ledger.change(-os.path.getsize(path), path, lambda: os.remove(path))
+        size, keys = entry_keys(path)
+        ledger.change(-size, path, lambda: os.remove(path), keys=keys)
 
     @rule(src_tree=TREES, src=NAMES, dst_tree=TREES, dst=NAMES)
     def move(self, src_tree, src, dst_tree, dst):
@@ -87,8 +89,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         replaced = os.path.getsize(new) if os.path.isfile(new) else 0
         try:
-            quota.move(self.quotas.limited(self.trees[src_tree]), self.quotas.limited(self.trees[dst_tree]),
-                       os.path.getsize(old), replaced, old, lambda: os.rename(old, new))
+            move(self.quotas.ledger(self.trees[src_tree]), self.quotas.ledger(self.trees[dst_tree]),
+                 os.path.getsize(old), replaced, old, lambda: os.rename(old, new))
         except QuotaExceeded:
             assert os.path.isfile(old)
 
@@ -104,8 +106,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.active:
             return
         for folder in self.trees:
-            assert self.quotas.limited(folder).usage().used == quota.scan(folder, self.store)
-            assert not [n for n in os.listdir(folder) if n.startswith(quota.TEMP_PREFIX)]
+            assert self.quotas.limited(folder).usage().used == scan(folder, self.store)
+            assert not [n for n in os.listdir(folder) if n.startswith(TEMP_PREFIX)]
 
 
 TestLedger = LedgerMachine.TestCase

@@ -13,7 +13,8 @@ import pytest
 from conftest import download, upload, wait_until
 from xxftp_pyftpdlib import uploads
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import Quotas, QuotaExceeded
+from xxftp_pyftpdlib.ledger import Quotas
+from xxftp_pyftpdlib.quota import QuotaExceeded
 from xxftp_pyftpdlib.uploads import Upload
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "splice"), reason="os.splice is Linux-only")

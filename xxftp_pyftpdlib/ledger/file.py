@@ -148,15 +148,19 @@ class FileLedger:
             return state.usage(limit)
 
     def begin(self, token: str, entry: Pending, ahead: int) -> int:
-        with self._locked() as (state, _, limit):
-            if limit is None:
-                raise core.QuotaInvalid()
-            hit = core.busy(state, core.writer_keys(entry.keys), alive_here)
-            if hit is not None:
-                raise hit
-            entry.since = entry.touched = time.time()
-            self._mine[token] = entry
-            return core.begin(state, limit, token, entry, ahead)
+        try:
+            with self._locked() as (state, _, limit):
+                if limit is None:
+                    raise core.QuotaInvalid()
+                hit = core.busy(state, core.writer_keys(entry.keys), alive_here)
+                if hit is not None:
+                    raise hit
+                entry.since = entry.touched = time.time()
+                self._mine[token] = entry
+                return core.begin(state, limit, token, entry, ahead)
+        except BaseException:
+            self._mine.pop(token, None)  # never registered
+            raise
 
     def reserve(self, token: str, needed: int, written: int, ahead: int) -> int:
         with self._locked() as (state, _, limit):
