@@ -107,7 +107,7 @@ def test_quota_table_and_rescan(tree):
     tree.file("alice/a.bin", b"a" * 2048)
     done = xxftpd(tree.root, "quota")
     assert done.returncode == 0
-    assert [line.split() for line in done.stdout.splitlines()][1] == ["alice", str(home), "10.0", "KiB", "2.0", "KiB", "20"]
+    assert [line.split() for line in done.stdout.splitlines()][1] == ["alice", str(home), "10.0", "KiB", "2.0", "KiB", "0", "bytes", "8.0", "KiB", "20%"]
     tree.file("alice/outside-ftp.bin", b"b" * 4096)  # a change the ledger can't see
     assert "2.0 KiB" in xxftpd(tree.root, "quota").stdout
     done = xxftpd(tree.root, "quota", "--rescan", "alice")

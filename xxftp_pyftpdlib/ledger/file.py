@@ -188,6 +188,9 @@ class FileLedger:
 
     def change(self, delta: int, gone: str, action: Callable[[], None], *, check_fits: bool = False,
                keys: Iterable[str] = (), renamed: tuple[str, str] | None = None) -> None:
+        if self.limit == 0 and not self.exists():
+            action()  # no upload has ever registered here: nothing to check or charge
+            return
         with self._locked() as (state, save, limit):
             hit = core.busy(state, keys, alive_here)
             if hit is not None:
