@@ -6,8 +6,11 @@ from __future__ import annotations
 import ftplib
 import hashlib
 import io
+import json
 import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -136,16 +139,17 @@ def upload(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR") -> str:
     return ftp.storbinary(f"{cmd} {path}", io.BytesIO(data))
 
 
-def store(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR") -> str:
+def store(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR", rest: int | None = None) -> str:
     """Upload and return the final reply, success or refusal.
 
     A server that refuses an upload mid-transfer closes the data connection
     while the client may still be sending; the client then sees a reset,
-    as with any FTP server. This reads the reply anyway.
+    as with any FTP server. This reads the reply anyway. ``rest``: send
+    ``REST rest`` first (a resumed STOR).
     """
     ftp.voidcmd("TYPE I")
     try:
-        conn = ftp.transfercmd(f"{cmd} {path}")
+        conn = ftp.transfercmd(f"{cmd} {path}", rest)
     except ftplib.Error as err:
         return str(err)
     try:
@@ -160,6 +164,69 @@ def store(ftp: ftplib.FTP, path: str, data: bytes, cmd: str = "STOR") -> str:
         return ftp.voidresp()
     except ftplib.Error as err:
         return str(err)
+
+
+class UploadInProgress:
+    """An upload held open on its data connection while other sessions act.
+
+    ``UploadInProgress(ftp, "APPE x")`` sends the command (a refusal such
+    as ``450`` raises ``ftplib.Error``); ``send`` writes a part; ``finish``
+    sends the rest, closes the data connection (the end of the upload) and
+    returns the final reply, success or refusal; ``abort`` resets the data
+    connection (a broken upload) and returns the reply.
+    """
+
+    def __init__(self, ftp: ftplib.FTP, cmd: str, rest: int | None = None) -> None:
+        ftp.voidcmd("TYPE I")
+        self.ftp = ftp
+        self.conn = ftp.transfercmd(cmd, rest)
+        self.sent = 0
+
+    def send(self, data: bytes) -> bool:
+        """Send a part; False if the server already stopped the upload."""
+        try:
+            self.conn.sendall(data)
+        except OSError:
+            return False
+        self.sent += len(data)
+        return True
+
+    def replied(self) -> bool:
+        """True once the server answered on the control connection (it ended the upload early)."""
+        return bool(select.select([self.ftp.sock], [], [], 0)[0])
+
+    def finish(self, data: bytes = b"") -> str:
+        if data:
+            self.send(data)
+        self.conn.close()
+        return self._reply()
+
+    def abort(self) -> str:
+        self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.conn.close()
+        return self._reply()
+
+    def _reply(self) -> str:
+        try:
+            return self.ftp.voidresp()
+        except ftplib.Error as err:
+            return str(err)
+
+
+def upload_or_refusal(ftp: ftplib.FTP, cmd: str, data: bytes = b"x", rest: int | None = None) -> str:
+    """The reply that refused an upload command at once (before any 150),
+    or ``"started, then <final reply>"`` if the upload ran."""
+    try:
+        upload = UploadInProgress(ftp, cmd, rest)
+    except ftplib.Error as err:
+        return str(err)
+    return "started, then " + upload.finish(data)
+
+
+def ledger_used(tree_root) -> int | None:
+    """The committed usage in a quota tree's ledger."""
+    with open(os.path.join(tree_root, ".xxftp", "ledger")) as f:
+        return json.load(f)["used"]
 
 
 def download(ftp: ftplib.FTP, path: str) -> bytes:
