@@ -44,7 +44,7 @@ import pytest
 from conftest import (HOST, UploadInProgress, free_port, ledger_used, run_xxftpd, store, temporaries,
                       upload_or_refusal, wait_until)
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.quota import scan
+from xxftp_pyftpdlib.ledger.scan import scan
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -56,7 +56,6 @@ class XxftpFS(AbstractedFS):
         self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
         self._listed: tuple[str, Listing] | None = None  # the last listdir: (folder, its entries)
         self._memo: dict[str, Node] | None = None  # on once a handler calls forget()
-        self._prepared: tuple[tuple[str, str], Upload] | None = None  # an upload opened ahead of pyftpdlib
 
     def forget(self) -> None:
         """Start a new command: drop what the last one resolved.
@@ -66,9 +65,6 @@ class XxftpFS(AbstractedFS):
         resolves afresh.
         """
         self._memo = {}
-        if self._prepared is not None:  # opened for a command that never used it
-            self._prepared[1].finish(False)
-            self._prepared = None
 
     # --- path mapping (string operations only)
 
@@ -122,10 +118,6 @@ class XxftpFS(AbstractedFS):
     # --- files
 
     def open(self, filename: str, mode: str):
-        prepared = self._prepared
-        if prepared is not None and prepared[0] == (os.path.normpath(filename), mode):
-            self._prepared = None
-            return prepared[1]
         node = self.resolve(filename)
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
@@ -156,17 +148,6 @@ class XxftpFS(AbstractedFS):
             raise FileBusy(f"{node.ftp}: {err}") from None
         except QuotaExceeded as err:
             raise QuotaRefused(str(err.at(node.area.top))) from None
-
-    def prepare_upload(self, path: str, mode: str) -> None:
-        """Open an upload ahead of pyftpdlib's ``open`` (which answers every
-        refusal with 550), so a busy file gets 450 and a quota refusal 552;
-        pyftpdlib's ``open`` then takes it. What the disk refuses is left
-        to pyftpdlib's own reply."""
-        try:
-            upload = self.open(path, mode)
-        except OSError:
-            return
-        self._prepared = ((os.path.normpath(path), mode), upload)
 
     def _ledger(self, node: Node) -> Ledger:
         ledger = self.quotas.ledger(node.area.root)

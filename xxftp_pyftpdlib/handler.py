@@ -143,10 +143,25 @@ class XxftpSession:
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))
 
+    _refusal_code: int | None = None
+
+    def run_as_current_user(self, function, *args, **kwargs):
+        """pyftpdlib answers every refusal of the filesystem with 550; a
+        refusal that carries its own code (450 busy, 552 quota) keeps it:
+        the code is noted here and put on the 550 reply that follows."""
+        try:
+            return super().run_as_current_user(function, *args, **kwargs)
+        except FilesystemError as err:
+            self._refusal_code = getattr(err, "code", None)
+            raise
+
     def respond(self, resp: str, logfun=None) -> None:
         """Never echo a bare CR, LF or NUL from a client's line: it could
         forge a reply line (``NOOP x\n226 ...``). Our own multi-line replies
         join their lines with CRLF, which is kept."""
+        code, self._refusal_code = self._refusal_code, None
+        if code is not None and resp.startswith("550 "):
+            resp = f"{code} {resp[4:]}"
         if "\n" in resp or "\r" in resp or "\x00" in resp:
             resp = _BARE_CONTROLS.sub(_escape, resp)
         if logfun is None:
@@ -265,13 +280,6 @@ class XxftpSession:
             return None
         return super().ftp_STOU(line)
 
-    def ftp_STOR(self, file: str, mode: str = "w"):
-        # The upload is opened here, so a busy file gets 450 and a full or
-        # invalid quota 552 (pyftpdlib answers any refusal of open with 550).
-        opened = ("r+" if self._restart_position else mode) + "b"
-        if self._refused("prepare_upload", file, opened):
-            return None
-        return super().ftp_STOR(file, mode)
 
     def ftp_RNTO(self, path: str):
         if self._rnfr and self._refused("check_move", self._rnfr, path):
