@@ -10,6 +10,7 @@ import json
 import os
 import select
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -260,6 +261,28 @@ def free_port() -> int:
 def temporaries(root) -> list[str]:
     """Upload temporaries (``.xxftpd-*``) anywhere under ``root``."""
     return [os.path.join(d, n) for d, _, files in os.walk(root) for n in files if n.startswith(".xxftpd-")]
+
+
+def open_file_bytes(pid: int, under) -> int:
+    """Bytes in the regular files process ``pid`` holds open under the folder
+    ``under``, unnamed upload temporaries included (what a server has
+    received of its running uploads, whatever names they have yet)."""
+    prefix = os.path.realpath(under) + "/"
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        link = f"/proc/{pid}/fd/{fd}"
+        try:
+            if os.readlink(link).startswith(prefix):
+                st = os.stat(link)
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+        except OSError:
+            continue
+    return total
 
 
 def run_xxftpd(*args: str, wait_for_port: int | None = None, **popen) -> subprocess.Popen:

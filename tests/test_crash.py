@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from conftest import HOST, download, free_port, run_xxftpd, store, temporaries, wait_until
+from conftest import HOST, download, free_port, open_file_bytes, run_xxftpd, store, temporaries, wait_until
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.ledger.scan import scan
 
@@ -50,14 +50,8 @@ def test_sigkill_mid_upload(tree, mode):
             conn.sendall(partial)
             conns.append((ftp, conn))
 
-        def arrived():
-            sizes = [os.path.getsize(p) for p in temporaries(tree.root)]
-            in_place = [os.path.getsize(home / "appe.bin")]
-            if mode == "standard":
-                in_place += [os.path.getsize(home / n) for n in ("keep.bin", "new.bin") if (home / n).exists()]
-                in_place += [os.path.getsize(tree.root / "free-target/loose.bin")] if (tree.root / "free-target/loose.bin").exists() else []
-                return sum(in_place) >= 4 * len(partial) + len(ORIGINAL) - 4 * 64 * KiB
-            return sum(sizes) >= 3 * len(partial) - 3 * 64 * KiB and in_place[0] > len(ORIGINAL)
+        def arrived():  # all four uploads, each in a temporary or in place, as its mode says
+            return open_file_bytes(proc.pid, tree.root) >= 4 * len(partial) + len(ORIGINAL) - 4 * 64 * KiB
 
         assert wait_until(arrived), "the server never wrote the partial uploads"
         proc.send_signal(signal.SIGKILL)
