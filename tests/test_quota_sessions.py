@@ -80,18 +80,26 @@ def begin_in_place(ftp, kind: str, path: str, current: int) -> UploadInProgress:
     return UploadInProgress(ftp, f"{cmd} {path}", current if rest else None)
 
 
-@pytest.mark.parametrize("kind", IN_PLACE)
-def test_rename_during_in_place_upload(tree, start_server, connect, kind):
+def half_way_in_place(tree, start_server, connect, kind: str):
+    """alice's in-place upload of ``kind`` into f.bin, 64 KiB in and held;
+    returns (home, a second session of alice, the upload, the content the
+    file keeps from before, the 64 KiB sent)."""
     home = tree.user("alice", password="pw", size="1M")
     (home / "f.bin").write_bytes(OLD)
     port = start_server(tree.root, upload_mode=IN_PLACE[kind][2]).port
     writer, other = connect(port, "alice", "pw"), connect(port, "alice", "pw")
     start = OLD if IN_PLACE[kind][3] else b""
-    part1, part2 = os.urandom(64 * KiB), os.urandom(64 * KiB)
-
+    part1 = os.urandom(64 * KiB)
     upload = begin_in_place(writer, kind, "f.bin", len(OLD))
     upload.send(part1)
     assert wait_until(lambda: size(home / "f.bin") == len(start) + len(part1))
+    return home, other, upload, start, part1
+
+
+@pytest.mark.parametrize("kind", IN_PLACE)
+def test_rename_during_in_place_upload(tree, start_server, connect, kind):
+    home, other, upload, start, part1 = half_way_in_place(tree, start_server, connect, kind)
+    part2 = os.urandom(64 * KiB)
     assert other.rename("f.bin", "g.bin").startswith("250")
     reply = upload.finish(part2)
 
@@ -103,16 +111,8 @@ def test_rename_during_in_place_upload(tree, start_server, connect, kind):
 
 @pytest.mark.parametrize("kind", IN_PLACE)
 def test_dele_during_in_place_upload_is_refused(tree, start_server, connect, kind):
-    home = tree.user("alice", password="pw", size="1M")
-    (home / "f.bin").write_bytes(OLD)
-    port = start_server(tree.root, upload_mode=IN_PLACE[kind][2]).port
-    writer, other = connect(port, "alice", "pw"), connect(port, "alice", "pw")
-    start = OLD if IN_PLACE[kind][3] else b""
-    part1, part2 = os.urandom(64 * KiB), os.urandom(64 * KiB)
-
-    upload = begin_in_place(writer, kind, "f.bin", len(OLD))
-    upload.send(part1)
-    assert wait_until(lambda: size(home / "f.bin") == len(start) + len(part1))
+    home, other, upload, start, part1 = half_way_in_place(tree, start_server, connect, kind)
+    part2 = os.urandom(64 * KiB)
     with pytest.raises(ftplib.error_temp, match="^450"):
         other.delete("f.bin")
     reply = upload.finish(part2)
