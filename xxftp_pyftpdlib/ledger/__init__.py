@@ -90,8 +90,10 @@ def new_token() -> str:
 class Commit(Protocol):
     """What an upload may ask of its ledger while it commits (under the lock)."""
 
-    def note(self, target: str, temp: str | None = None) -> None:
-        """Record where the commit acts, durably, before acting (crash recovery)."""
+    def note(self, target: str, temp: str | None = None, old: int | None = None) -> None:
+        """Record, durably and before acting, where the commit acts: the
+        target, the named temporary it renames from, the size it replaces
+        (what crash recovery needs)."""
 
     def fits(self, delta: int) -> None:
         """Raise QuotaExceeded unless ``delta`` more bytes fit (this upload's room left out)."""
