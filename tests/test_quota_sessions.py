@@ -213,11 +213,14 @@ def team(tree):
     return folder
 
 
+@pytest.mark.parametrize("mode", ["atomic", "standard"])
 @pytest.mark.parametrize("cmd, rest", [("APPE", False), ("STOR", False), ("STOR", True)],
                          ids=["APPE", "STOR", "REST+STOR"])
-def test_second_upload_to_a_file_being_appended_is_refused(tree, team, start_server, connect, cmd, rest):
+def test_second_upload_to_a_file_being_appended_is_refused(tree, team, start_server, connect, cmd, rest, mode):
+    """In ``standard`` mode a STOR writes in place and empties the file:
+    refused, it must not have cut anything."""
     (team / "shared.bin").write_bytes(OLD)
-    port = start_server(tree.root).port
+    port = start_server(tree.root, upload_mode=mode).port
     alice, bob = connect(port, "alice", "pw"), connect(port, "bob", "pw")
     part1, part2 = os.urandom(32 * KiB), os.urandom(32 * KiB)
 

@@ -152,6 +152,13 @@ class Upload:
         except BaseException:
             self._undo_open()
             raise
+        if self._truncate:  # only the file's one writer may cut it
+            try:
+                os.ftruncate(self._file.fileno(), 0)
+            except BaseException:
+                self.ledger.abort(self.token)
+                self._undo_open()
+                raise
 
     def _open_in_place(self, mode: str, existing: os.stat_result | None) -> None:
         flags = os.O_CLOEXEC | os.O_NOFOLLOW
@@ -165,8 +172,9 @@ class Upload:
         elif self._placeholder is not None:
             flags |= os.O_WRONLY
             self._created = True
-        else:  # STOR in place: truncated at once
-            flags |= os.O_WRONLY | os.O_TRUNC
+        else:  # STOR in place: truncated at once, once registered (see _open)
+            flags |= os.O_WRONLY
+            self._truncate = True
         fd = os.open(self._base, flags, 0o666, dir_fd=self._dir)
         self._file = io.FileIO(fd, "ab" if self._append else "wb", closefd=True)
 
@@ -253,6 +261,7 @@ class Upload:
         return self._start + written - self.old
 
     _rest = False  # a REST position was set (seek before the first byte)
+    _truncate = False  # a STOR in place, which empties the file it writes
 
     def _make_room(self, size: int) -> None:
         """Reserve room for ``size`` more bytes, if this upload's grant is used up."""
