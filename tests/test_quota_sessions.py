@@ -487,3 +487,52 @@ def test_longest_utf8_names_in_every_upload_mode(tree, start_server, connect):
             assert (home / mode / name).read_bytes() == data
     assert temporaries(tree.root) == []
     assert ledger_used(home) == usage(home, tree.root)
+
+
+# --- one writer per file, whatever serves the sessions
+
+
+@pytest.mark.parametrize("setup", ["multi-thread", "two-servers", "workers"])
+def test_one_writer_per_file_across_threads_and_processes(tree, start_server, setup):
+    """The second writer is refused by the tree's ledger, which every thread,
+    process and worker serving the root shares."""
+    home = tree.user("alice", password="pw")
+    (home / "f.bin").write_bytes(OLD)
+    procs = []
+
+    def spawn(*extra: str) -> int:
+        port = free_port()
+        procs.append(run_xxftpd("--root", str(tree.root), "--host", HOST, "--port", str(port), *extra,
+                                wait_for_port=port))
+        return port
+
+    try:
+        if setup == "multi-thread":
+            ports = [start_server(tree.root, concurrency="multi-thread").port] * 2
+        elif setup == "two-servers":
+            ports = [spawn(), spawn()]
+        else:
+            ports = [spawn("--workers", "2")] * 2
+        writer = ftplib.FTP()
+        writer.connect(HOST, ports[0], timeout=10)
+        writer.login("alice", "pw")
+        upload = UploadInProgress(writer, "APPE f.bin")
+        upload.send(b"a" * KiB)
+        assert wait_until(lambda: size(home / "f.bin") == len(OLD) + KiB)
+        # With --workers, a new connection may land on either worker: try several.
+        for _ in range(4 if setup == "workers" else 1):
+            other = ftplib.FTP()
+            other.connect(HOST, ports[1], timeout=10)
+            other.login("alice", "pw")
+            for cmd in ("STOR f.bin", "APPE f.bin"):
+                refusal = upload_or_refusal(other, cmd, b"b" * KiB)
+                assert refusal.startswith("450"), refusal
+            other.close()
+        assert upload.finish(b"a" * KiB).startswith("226")
+        writer.close()
+        assert (home / "f.bin").read_bytes() == OLD + b"a" * (2 * KiB)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.communicate(timeout=15)
