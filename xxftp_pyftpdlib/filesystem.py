@@ -188,6 +188,9 @@ class XxftpFS(AbstractedFS):
         try:
             node = self.resolve(name)
             return Upload(real, name, "wb", self.upload_mode, self._ledger(node), placeholder=True)
+        except QuotaExceeded as err:
+            os.remove(real)
+            raise QuotaRefused(str(err.at(node.area.top))) from None
         except BaseException:
             os.remove(real)
             raise
@@ -196,12 +199,16 @@ class XxftpFS(AbstractedFS):
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
         ledger = self.quotas.ledger(node.area.root)
-        size, keys = entry_keys(node.real)
-        self._change(node, ledger, -size, lambda: os.remove(node.real), keys)
 
-    def _change(self, node: Node, ledger: Ledger, delta: int, action, keys) -> None:
+        def measure() -> tuple[int, list[str]]:  # under the ledger's lock: what is there now
+            size, keys = entry_keys(node.real)
+            return -size, keys
+
+        self._change(node, ledger, lambda: os.remove(node.real), measure)
+
+    def _change(self, node: Node, ledger: Ledger, action, measure) -> None:
         try:
-            ledger.change(delta, node.real, action, keys=keys)
+            ledger.change(0, node.real, action, measure=measure)
         except Busy as err:
             raise FileBusy(f"{node.ftp}: {err}") from None
 
@@ -278,7 +285,7 @@ class XxftpFS(AbstractedFS):
         self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
         st = os.lstat(node.real)
         ledger = self.quotas.ledger(node.area.root)
-        self._change(node, ledger, 0, lambda: os.rmdir(node.real), [folder_key(st.st_dev, st.st_ino)])
+        self._change(node, ledger, lambda: os.rmdir(node.real), lambda: (0, [folder_key(st.st_dev, st.st_ino)]))
 
     def listdir(self, path: str) -> list[str]:
         listed = self.namespace.listing(self.resolve(path))

@@ -60,7 +60,7 @@ GRANT = 8 * 1024 * 1024  # bytes reserved ahead at most, so the ledger is touche
 LEASE = 2.0  # seconds without bytes after which an upload gives back its room ahead
 TEMP_PREFIX = ".xxftpd-"
 TEMP_SUFFIX = ".part"
-CRASH_POLICIES = ("delete", "truncate", "keep", "keep-new")
+CRASH_POLICIES = ("delete", "truncate", "keep", "keep-new")  # keep-new: entries of earlier versions only
 
 
 # --- signals: data, not sentences
@@ -88,8 +88,8 @@ class QuotaWait(QuotaExceeded):
 class QuotaInvalid(QuotaExceeded):
     """The tree's size file is unreadable or malformed: uploads refused."""
 
-    def __init__(self, limit: int | None = None, free: int = 0, top: str | None = None, held: bool = False) -> None:
-        super().__init__(None, 0, top, held)
+    def __init__(self, limit: None = None, free: int = 0, top: str | None = None, held: bool = False) -> None:
+        super().__init__(None, 0, top, False)
 
 
 class Busy(Exception):
@@ -402,8 +402,14 @@ def report(state: State, token: str, written: int, keep_ahead: bool, now: float)
 
 
 def fits(state: State, limit: int | None, delta: int, exclude: str | None = None) -> None:
-    """Raise QuotaExceeded unless ``delta`` more committed bytes fit."""
-    if delta <= 0 or limit == 0:
+    """Raise QuotaExceeded unless ``delta`` more committed bytes fit.
+
+    ``exclude``: the upload that is committing them; what fits in its own
+    reservation always fits (a limit lowered meanwhile applies to its
+    next reservation, not to its commit).
+    """
+    mine = state.pending.get(exclude) if exclude is not None else None
+    if delta <= 0 or limit == 0 or (mine is not None and delta <= mine.bytes):
         return
     if limit is None:
         raise QuotaInvalid()

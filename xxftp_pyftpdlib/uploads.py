@@ -49,7 +49,7 @@ from .quota import GRANT, Busy, Pending, QuotaExceeded, QuotaWait, file_key, fol
 _SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
 _NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the target can't be spliced into
 _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}  # no unnamed files here
-_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0) if os.path.isdir("/proc/self/fd") else 0  # linked through /proc
 
 # Why a transfer ended without success
 QUOTA, BROKEN, ERROR = "quota", "broken", "error"
@@ -78,6 +78,9 @@ class Refused(Exception):
 
 class Upload:
     """A file-like object pyftpdlib's data channel writes into."""
+
+    _rest = False  # a REST position was set (seek before the first byte)
+    _truncate = False  # a STOR in place, which empties the file it writes
 
     def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger,
                  placeholder: bool = False, overwrite_refusal: str | None = None) -> None:
@@ -192,9 +195,14 @@ class Upload:
         self._file = io.FileIO(fd, "wb", closefd=True)
 
     def _undo_open(self) -> None:
-        """The upload could not register: leave nothing of it behind."""
+        """The upload could not register: leave nothing of it behind (but a
+        file it created that another upload took meanwhile is that one's)."""
         if self._created and self._placeholder is None:
-            self._remove_own()
+            st = os.fstat(self._file.fileno())
+            try:
+                self.ledger.change(0, self.target, self._remove_own, keys=[file_key(st.st_dev, st.st_ino)])
+            except (Busy, OSError):
+                pass
         if self._temp_name:
             self._unlink(self._temp_name)
         self._close_fds()
@@ -259,9 +267,6 @@ class Upload:
         if self._rest:  # REST + STOR writes over the file from a position
             return max(self.old, self._start + written) - self.old
         return self._start + written - self.old
-
-    _rest = False  # a REST position was set (seek before the first byte)
-    _truncate = False  # a STOR in place, which empties the file it writes
 
     def _make_room(self, size: int) -> None:
         """Reserve room for ``size`` more bytes, if this upload's grant is used up."""
@@ -338,24 +343,35 @@ class Upload:
         return st.st_size - self.old if st.st_nlink else -self.old
 
     def _link(self, tx: Commit) -> int:
-        """Give the temporary the target's name: never over a file the checks did not see."""
+        """Give the temporary the target's name: never over a file the checks did not see.
+
+        Each way charges the growth it really makes (the new size minus
+        what it replaces now), checked against the room left: the file
+        this upload began to replace may have been renamed away meanwhile.
+        """
         fd = self._file.fileno()
         size = os.fstat(fd).st_size
-        here = _path_of(self._dir)
-        target = f"{here}/{self._base}" if here else self.target
-        if self._placeholder is None and _link_new(fd, self._temp_name, self._base, self._dir):
-            self._temp_name = None
-            return size
-        try:  # the name is taken: an overwrite, judged now
-            st = os.lstat(self._base, dir_fd=self._dir)
-        except FileNotFoundError:  # gone again meanwhile
-            if _link_new(fd, self._temp_name, self._base, self._dir):
-                self._temp_name = None
-                return size
-            st = os.lstat(self._base, dir_fd=self._dir)
+        here = _path_of(self._dir) or os.path.dirname(self.target)
+        target = f"{here}/{self._base}"
+        for _ in range(2):  # a name that vanishes between the two tries is taken as new once more
+            if self._placeholder is None and not _exists(self._base, self._dir):
+                tx.fits(size)
+                if self.old or target != self.target:  # what the ledger holds may be stale
+                    tx.note(target, None, 0)
+                if _link_new(fd, self._temp_name, self._base, self._dir):
+                    self._temp_name = None
+                    return size
+            try:
+                st = os.lstat(self._base, dir_fd=self._dir)
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise Refused(f"{self._base}: the name keeps changing; try again")
+        # the name is taken: an overwrite, judged now
         ours = st.st_ino == self._placeholder and st.st_size == 0
         if stat_mod.S_ISDIR(st.st_mode):
-            raise Refused(f"{self.name}: a folder of that name appeared meanwhile")
+            raise Refused(f"{self._base}: a folder of that name appeared meanwhile")
         if not ours and self._overwrite_refusal is not None:
             raise Refused(f"a file of that name appeared meanwhile; {self._overwrite_refusal}")
         tx.busy([file_key(st.st_dev, st.st_ino)])
@@ -433,6 +449,14 @@ def _path_of(fd: int) -> str | None:
     return path if path.startswith("/") and not path.endswith(" (deleted)") else None
 
 
+def _exists(name: str, folder: int) -> bool:
+    try:
+        os.lstat(name, dir_fd=folder)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def _link_new(fd: int, temp: str | None, name: str, folder: int) -> bool:
     """Give the upload's file ``name`` in ``folder`` unless that name exists.
 
@@ -444,7 +468,14 @@ def _link_new(fd: int, temp: str | None, name: str, folder: int) -> bool:
         if temp is None:
             os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=folder, follow_symlinks=True)
         elif not _rename_noreplace(folder, temp, name):
-            os.link(temp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            try:
+                os.link(temp, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                # no hard links here: the caller holds the ledger lock and saw no such name
+                os.rename(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                return True
             os.unlink(temp, dir_fd=folder)
     except FileExistsError:
         return False
@@ -498,4 +529,4 @@ def _read_exactly(fd: int, size: int) -> bytes:
     return b"".join(parts)
 
 
-__all__ = ["Upload", "Mode", "MODES", "Refused", "Busy", "QUOTA", "BROKEN", "ERROR", "QuotaExceeded"]
+__all__ = ["Upload", "Mode", "MODES", "Refused", "QUOTA", "BROKEN", "ERROR"]

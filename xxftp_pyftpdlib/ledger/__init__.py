@@ -18,6 +18,16 @@ Rules that live here:
 - A move between two trees locks both ledgers, always in the order of
   their roots, for the whole move.
 
+- Owners are judged alive by the backend. A backend shared by several
+  hosts can't see another host's processes: it holds one lock or lease
+  per owner in the shared store (a PostgreSQL session advisory lock, say)
+  and settles an owner whose lock is gone.
+- ``commit`` and ``change`` run a filesystem action while the tree is
+  locked, after a durable ``note`` or intent. A database backend keeps
+  that shape with a per-tree lock that outlives transactions (a session
+  advisory lock): one transaction writes the intent, the action runs,
+  a second transaction applies it, then the lock goes.
+
 What this package must not know: FTP, sessions, permissions or sockets.
 """
 
@@ -26,6 +36,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import uuid
 from typing import Callable, Iterable, Protocol
 
 from ..config import ConfigStore
@@ -73,15 +84,9 @@ def alive_here(owner: Owner) -> bool:
     return owner.start is None or _start_time(owner.pid) in (None, owner.start)
 
 
-_counter = iter(range(1, 1 << 62))
-_counter_lock = threading.Lock()
-
-
 def new_token() -> str:
-    """A name for an upload, unique on this host."""
-    with _counter_lock:
-        n = next(_counter)
-    return f"{os.getpid()}.{n}"
+    """A name for an upload, unique across processes and hosts."""
+    return uuid.uuid4().hex
 
 
 # --- the protocol
@@ -129,10 +134,12 @@ class Ledger(Protocol):
         """End an upload that changed nothing."""
 
     def change(self, delta: int, gone: str, action: Callable[[], None], *, check_fits: bool = False,
-               keys: Iterable[str] = (), renamed: tuple[str, str] | None = None) -> None:
+               keys: Iterable[str] = (), renamed: tuple[str, str] | None = None,
+               measure: Callable[[], tuple[int, Iterable[str]]] | None = None) -> None:
         """Make a change (delete, move) and charge ``delta`` once ``gone`` is gone.
         ``keys``: refuse (Busy) if a live upload holds any; ``renamed``: an
-        (old, new) real path whose running uploads now live at the new one."""
+        (old, new) real path whose running uploads now live at the new one;
+        ``measure``: gives (delta, keys) under the lock, in place of both."""
 
     def rescan(self, progress: Callable[[int], None] | None = None) -> int: ...
 
@@ -156,7 +163,8 @@ class Quotas:
             if self._factory is None:
                 from .file import FileLedger
                 self._factory = FileLedger
-            ledger = self._ledgers[tree_root] = self._factory(tree_root, self.store)
+            # one object per tree, even when two threads get here at once
+            ledger = self._ledgers.setdefault(tree_root, self._factory(tree_root, self.store))
         return ledger
 
     def limited(self, tree_root: str) -> Ledger | None:

@@ -5,8 +5,11 @@ Rules that live here:
 - The state of a tree lives in ``<tree>/.xxftp/ledger``. Every operation
   reads, changes and writes it under an exclusive ``flock`` on that file,
   so threads and processes of one host see one order of events.
-- The file is written in place; a torn write (a crash in the middle of
-  one) reads back as unreadable. An unreadable ledger (anything ``dump``
+- The file is written in place, in one ``pwrite``: a shorter text is
+  padded with spaces to the old length (JSON allows them), so a crash
+  never leaves the end of an older text behind. Nothing is ``fsync``ed: after
+  a power loss the ledger may be behind the disk, and ``xxftpd quota
+  --rescan`` sets it right. An unreadable ledger (anything ``dump``
   did not write) is logged and rebuilt by a scan; the running uploads of
   this process are put back first, so the scan counts their files as they
   were when they began.
@@ -81,12 +84,12 @@ class FileLedger:
 
             def save() -> None:
                 new = core.dump(state)
-                if new != written[0]:
+                if new.rstrip() != written[0].rstrip():
                     data = new.encode()
+                    if len(data) < written[1]:  # pad: one write, never a torn or shortened text
+                        data += b" " * (written[1] - len(data))
                     os.pwrite(fd, data, 0)
-                    if len(data) < written[1]:
-                        os.ftruncate(fd, len(data))
-                    written[0], written[1] = new, len(data)
+                    written[0], written[1] = data.decode(), len(data)
 
             try:
                 yield state, save, limit
@@ -120,9 +123,7 @@ class FileLedger:
                 state.pending.setdefault(token, entry)
         self._settle(state)
         if limit != 0 and state.used is None:
-            began = {key: p.old for p in state.pending.values() if p.crash in _IN_PLACE
-                     for key in p.keys if key.startswith("file:")}
-            state.used = scan(self.root, self.store, began_at=began)
+            state.used = scan(self.root, self.store, began_at=_began(state))
             log.info("%s: usage scanned: %s", self.root, core.human(state.used))
         elif limit == 0 and state.used is not None:
             state.used = None  # not tracked from now on
@@ -187,11 +188,14 @@ class FileLedger:
             self._mine.pop(token, None)
 
     def change(self, delta: int, gone: str, action: Callable[[], None], *, check_fits: bool = False,
-               keys: Iterable[str] = (), renamed: tuple[str, str] | None = None) -> None:
+               keys: Iterable[str] = (), renamed: tuple[str, str] | None = None,
+               measure: Callable[[], tuple[int, Iterable[str]]] | None = None) -> None:
         if self.limit == 0 and not self.exists():
             action()  # no upload has ever registered here: nothing to check or charge
             return
         with self._locked() as (state, save, limit):
+            if measure is not None:
+                delta, keys = measure()
             hit = core.busy(state, keys, alive_here)
             if hit is not None:
                 raise hit
@@ -217,9 +221,7 @@ class FileLedger:
     def rescan(self, progress: Callable[[int], None] | None = None) -> int:
         """Rebuild the usage from the disk, keeping live reservations."""
         with self._locked() as (state, _, _):
-            began = {key: p.old for p in state.pending.values() if p.crash in _IN_PLACE
-                     for key in p.keys if key.startswith("file:")}
-            state.used = scan(self.root, self.store, progress, began)
+            state.used = scan(self.root, self.store, progress, _began(state))
             return state.used
 
     def _restore(self, state: State, token: str) -> None:
@@ -243,9 +245,6 @@ class _Commit:
             self._save()
 
     def fits(self, delta: int) -> None:
-        mine = self._state.pending.get(self._token)
-        if mine is not None and delta <= mine.bytes:
-            return  # within its own reservation
         core.fits(self._state, self._limit, delta, exclude=self._token)
 
     def busy(self, keys: Iterable[str]) -> None:
@@ -254,13 +253,21 @@ class _Commit:
             raise hit
 
 
+def _began(state: State) -> dict[str, int]:
+    """file key -> size, of the files running uploads write in place."""
+    return {key: p.old for p in state.pending.values() if p.crash in _IN_PLACE
+            for key in p.keys if key.startswith("file:")}
+
+
 def _follow(state: State, old: str, new: str) -> None:
-    """Running uploads under ``old`` now live under ``new``."""
+    """Running uploads under the folder ``old`` now live under ``new``; an
+    upload writing the file ``old`` itself (in place) follows it too. One
+    that will commit to the name ``old`` keeps that name: it commits there."""
     prefix = old.rstrip("/") + "/"
     for p in state.pending.values():
-        if p.target == old or p.target.startswith(prefix):
+        if p.target.startswith(prefix) or (p.target == old and p.crash in _IN_PLACE):
             p.target = new + p.target[len(old):]
-        if p.temp and (p.temp == old or p.temp.startswith(prefix)):
+        if p.temp and p.temp.startswith(prefix):
             p.temp = new + p.temp[len(old):]
 
 
@@ -275,24 +282,38 @@ def _ours(path: str | None, ino: int) -> os.stat_result | None:
     return st if st.st_ino == ino else None
 
 
+def _cut(path: str, ino: int, size: int) -> None:
+    """Cut the file ``path`` back to ``size`` if it still is inode ``ino``
+    (opened without following a link, checked on what was opened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if st.st_ino == ino and st.st_size > size:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _recover(p: Pending) -> int:
     """Settle an upload whose owner died; returns the usage it adds."""
     try:
         target, temp = _ours(p.target, p.ino), _ours(p.temp, p.ino)
         if p.crash == "truncate":
-            if target is not None and target.st_size > p.old:
-                os.truncate(p.target, p.old)
+            if target is not None:
+                _cut(p.target, p.ino, p.old)
             return 0
         if p.crash == "keep":
             return target.st_size - p.old if target is not None else 0
-        if temp is not None:  # a named temporary: never committed
-            if p.crash == "keep-new" and not os.path.lexists(p.target):
+        if target is not None:  # committed before its charge was written
+            if temp is not None:  # a link + unlink cut in between: one file, two names
+                os.remove(p.temp)
+            return target.st_size - p.old
+        if temp is not None:  # a named temporary, never committed
+            if p.crash == "keep-new" and not os.path.lexists(p.target):  # an earlier version's resumable upload
                 os.rename(p.temp, p.target)
                 return temp.st_size
             os.remove(p.temp)
-            return 0
-        # committed before its charge was written?
-        return target.st_size - p.old if target is not None else 0
+        return 0
     except OSError as err:
         log.warning("recovering the upload of %s: %s", p.target, err.strerror)
     return 0
