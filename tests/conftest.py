@@ -9,6 +9,8 @@ import io
 import json
 import os
 import select
+import shutil
+import signal
 import socket
 import stat
 import struct
@@ -305,3 +307,94 @@ def run_xxftpd(*args: str, wait_for_port: int | None = None, **popen) -> subproc
             proc.kill()
             raise RuntimeError("xxftpd did not start listening")
     return proc
+
+
+def free_port_on(host: str) -> int:
+    """A free TCP port on ``host`` (an IPv4 or IPv6 loopback address)."""
+    if host == HOST:
+        return free_port()
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hashes(folder: Path) -> dict[str, str]:
+    """relative path -> SHA-256 of every regular file under ``folder``."""
+    return {str(p.relative_to(folder)): sha(p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# Programs the real-client tests start -> the Debian package that has them
+# (tests/debian-packages.txt lists the packages).
+PACKAGES = {"lftp": "lftp", "curl": "curl", "wget": "wget", "rclone": "rclone",
+            "ncftpput": "ncftp", "ncftpget": "ncftp", "ncftpls": "ncftp"}
+
+
+def require_programs(*programs: str) -> None:
+    """Fail, naming the package, if a client program is missing: a test
+    that skipped instead would pass on a machine that tests nothing."""
+    for program in programs:
+        package = PACKAGES.get(program, program)
+        assert shutil.which(program), (f"{program} is needed for these tests: install the Debian package "
+                                       f"'{package}' (sh tests/debian-packages.sh installs them all)")
+
+
+class XxftpdProcess:
+    """One real ``xxftpd`` process on one loopback address, with a debug log
+    to read; ``extra`` are more command-line flags (``--tls ...``)."""
+
+    def __init__(self, root: Path, host: str, log: Path, *extra: str) -> None:
+        self.host, self.log = host, log
+        self.port = free_port_on(host)
+        self.proc = run_xxftpd("--root", str(root), "--host", host, "--port", str(self.port),
+                               "--log-file", str(log), "--log-level", "debug", *extra)
+        deadline = time.monotonic() + 15
+        while True:
+            assert self.proc.poll() is None, f"xxftpd exited: {self.proc.communicate()[1]}"
+            try:
+                socket.create_connection((host, self.port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"xxftpd does not listen on {host}"
+                time.sleep(0.05)
+        self._mark = 0
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ftp://{host}:{self.port}"
+
+    def mark(self) -> None:
+        self._mark = self.log.stat().st_size
+
+    def since_mark(self) -> str:
+        """The log written since ``mark()`` (never a traceback)."""
+        with open(self.log, "rb") as f:
+            f.seek(self._mark)
+            text = f.read().decode(errors="replace")
+        assert "Traceback" not in text, text[-4000:]
+        return text
+
+    def commands(self) -> list[str]:
+        """Command names the server received since ``mark()``."""
+        return [line.split("] <- ", 1)[1].split(" ")[0] for line in self.since_mark().splitlines() if "] <- " in line]
+
+    def ftplib(self, user: str = "alice", password: str = "pw") -> ftplib.FTP:
+        ftp = ftplib.FTP()
+        ftp.af = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        ftp.connect(self.host, self.port, timeout=15)
+        ftp.login(user, password)
+        return ftp
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        assert self.proc.returncode == 0, err
+        assert "Traceback" not in self.log.read_text(errors="replace")

@@ -176,7 +176,7 @@ COMMANDS = {
     "MFMT": (_simple("MFMT 20200101000000"), "550"),
     "LIST": (_lines("LIST"), "550"),
     "NLST": (_lines("NLST"), "550"),
-    "MLSD": (_lines("MLSD"), "5"),
+    "MLSD": (_lines("MLSD"), "550"),
     "MLST": (_simple("MLST"), "550"),
 }
 HIDDEN_PATHS = [".xxftp", ".xxftp/password", "sub/.secret", "sub/.newname", "a/.xxftp/b"]

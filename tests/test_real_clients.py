@@ -10,21 +10,17 @@ exit status) and leave nothing behind.
 
 from __future__ import annotations
 
-import ftplib
 import hashlib
 import io
 import os
 import re
-import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_xxftpd, temporaries
+from conftest import XxftpdProcess as Server
+from conftest import hashes, require_programs, sha, temporaries
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -32,82 +28,11 @@ HOSTS = ["127.0.0.1", "::1"]
 TOOLS = ("lftp", "curl", "wget")
 
 
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    """relative path -> SHA-256 of every regular file under ``folder``."""
-    return {str(p.relative_to(folder)): sha(p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-class Server:
-    """One xxftpd process on one loopback address, with a debug log to read."""
-
-    def __init__(self, root: Path, host: str, log: Path) -> None:
-        self.host, self.log = host, log
-        self.port = free_port_on(host)
-        self.proc = run_xxftpd("--root", str(root), "--host", host, "--port", str(self.port),
-                               "--log-file", str(log), "--log-level", "debug")
-        deadline = time.monotonic() + 15
-        while True:
-            assert self.proc.poll() is None, f"xxftpd exited: {self.proc.communicate()[1]}"
-            try:
-                socket.create_connection((host, self.port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"xxftpd does not listen on {host}"
-                time.sleep(0.05)
-        self._mark = 0
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ftp://{host}:{self.port}"
-
-    def mark(self) -> None:
-        self._mark = self.log.stat().st_size
-
-    def commands(self) -> list[str]:
-        """Command names the server received since ``mark()``."""
-        with open(self.log, "rb") as f:
-            f.seek(self._mark)
-            text = f.read().decode(errors="replace")
-        assert "Traceback" not in text, text[-4000:]
-        return [line.split("] <- ", 1)[1].split(" ")[0] for line in text.splitlines() if "] <- " in line]
-
-    def ftplib(self) -> ftplib.FTP:
-        ftp = ftplib.FTP()
-        ftp.af = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        ftp.connect(self.host, self.port, timeout=15)
-        ftp.login("alice", "pw")
-        return ftp
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        assert self.proc.returncode == 0, err
-        assert "Traceback" not in self.log.read_text(errors="replace")
-
-
-def free_port_on(host: str) -> int:
-    if host == "127.0.0.1":
-        return free_port()
-    with socket.socket(socket.AF_INET6) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tree with data to fetch, a read-only, a write-only and a small-quota
     mount, served by one xxftpd on 127.0.0.1 and one on ::1."""
-    for tool in TOOLS:
-        assert shutil.which(tool), f"{tool} is needed for these tests; tests/debian-packages.sh installs it"
+    require_programs(*TOOLS)
     base = tmp_path_factory.mktemp("clients")
     root = base / "root"
     home = root / "alice"
@@ -203,18 +128,27 @@ def test_lftp_ls_put_get(world, work, host, passive):
     assert data_commands(server) == {want[tag(server), passive]}
 
 
-def test_lftp_mirror_both_ways(server, world, work):
+@pytest.mark.parametrize("parallel", [1, 4], ids=["serial", "parallel4"])
+def test_lftp_mirror_both_ways(server, world, work, parallel):
+    """mirror, then mirror -R into a new folder; with --parallel=4 lftp runs
+    four connections at once (folders made while files go up beside them)."""
     down = work / "down"
-    run = lftp(server, f"mirror data {down}", work)
+    run = lftp(server, f"mirror --parallel={parallel} data {down}", work)
     assert run.returncode == 0, run.stderr
     assert hashes(down) == expected_data_tree(world)
-    # upload it again with mirror -R, plus a new file, into a new folder
+    # upload it again with mirror -R, plus new files, into a new folder
     (down / "sub/new.bin").write_bytes(os.urandom(900 * KiB))
-    target = f"mirrored-{tag(server)}"
-    run = lftp(server, f"mirror -R {down} {target}", work)
+    for n in range(6):
+        (down / f"sub/deeper/more/m{n}.bin").parent.mkdir(parents=True, exist_ok=True)
+        (down / f"sub/deeper/more/m{n}.bin").write_bytes(os.urandom(50 * KiB + n))
+    target = f"mirrored-{tag(server)}-{parallel}"
+    server.mark()
+    run = lftp(server, f"mirror -R --parallel={parallel} {down} {target}", work)
     assert run.returncode == 0, run.stderr
     assert hashes(world["home"] / target) == hashes(down)
     assert not temporaries(world["root"])
+    logins = server.commands().count("USER")
+    assert (logins > 1) if parallel > 1 else (logins == 1), logins
 
 
 def test_lftp_get_and_put_resume(server, world, work):

@@ -9,9 +9,11 @@ which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import re
+import stat
 import time
 from concurrent.futures import Future
 
@@ -19,7 +21,7 @@ from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 
-from . import access, banners, hashpool, xferlog
+from . import access, banners, hashpool, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
@@ -174,6 +176,44 @@ class XxftpSession:
         if forget is not None:  # resolutions are shared within one command only
             forget()
         super().pre_process_command(line, cmd, arg)
+
+    def process_command(self, cmd: str, *args, **kwargs) -> None:
+        """Answer from ``replies.RULES`` a path that is missing, of the
+        wrong kind or refused, before the command runs.
+
+        pyftpdlib answers some of these itself with other codes (501 to
+        MLSD of a missing folder, which rclone does not read as "not
+        found"); one table keeps every command's answer the same.
+        """
+        reply = self._path_reply(cmd, args[0] if args else "")
+        if reply is None:
+            super().process_command(cmd, *args, **kwargs)
+            return
+        if cmd == "RETR":
+            self._restart_position = 0  # a refused RETR uses up its REST, as pyftpdlib's own refusal does
+        code, text = reply
+        self.respond(f"{code} {text}")
+        self.log_cmd(cmd, args[0], code, text)
+
+    def _path_reply(self, cmd: str, arg: str) -> tuple[int, str] | None:
+        """The table's reply to ``cmd`` on ``arg``, or None to let it run."""
+        if cmd not in replies.RULES or not self.authenticated or self.fs is None:
+            return None  # before login only a bare STAT gets here, and it names no path
+        # pyftpdlib hands commands with a permission a filesystem path; the
+        # others (SITE QUOTA) get the FTP path the client sent.
+        path = arg if self.proto_cmds[cmd]["perm"] else self.fs.ftp2fs(arg or self.fs.cwd)
+        try:
+            mode = self.fs.stat(path).st_mode
+        except FilesystemError as err:
+            return replies.answer(cmd, replies.Kind.REFUSED, self.fs.fs2ftp(path), str(err))
+        except OSError as err:
+            if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                return None  # the command meets the same error and names it
+            kind = replies.Kind.MISSING
+        else:
+            kind = (replies.Kind.FOLDER if stat.S_ISDIR(mode) else
+                    replies.Kind.FILE if stat.S_ISREG(mode) else replies.Kind.OTHER)
+        return replies.answer(cmd, kind, self.fs.fs2ftp(path))
 
     def ftp_USER(self, line: str) -> None:
         needs_password = getattr(self.authorizer, "needs_password", None)
