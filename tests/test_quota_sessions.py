@@ -33,6 +33,7 @@ Rules checked (README "Quotas" and "Upload modes"):
 from __future__ import annotations
 
 import ftplib
+import json
 import os
 import signal
 import subprocess
@@ -342,6 +343,26 @@ def test_idle_uploads_give_back_their_room(tree, drop_box, start_server, connect
     assert all((drop_box / f"idle{i}.bin").read_bytes() == b"i" for i in range(len(idle)))
     assert temporaries(tree.root) == []
     assert ledger_used(drop_box) == usage(drop_box, tree.root) == len(big) + len(idle)
+
+
+def test_uploads_waiting_for_their_data_connection_give_back_their_room(tree, drop_box, start_server, connect):
+    """PASV + STOR and no data connection: the upload is open, and holds
+    room ahead, until its lease runs out."""
+    port = start_server(tree.root).port
+    waiting = []
+    for i in range(45):
+        ftp = connect(port, "anonymous")
+        ftp.voidcmd("TYPE I")
+        ftp.sendcmd("PASV")
+        assert ftp.sendcmd(f"STOR upload/queued{i}.bin").startswith("150")
+        waiting.append(ftp)
+    time.sleep(3)
+    big = os.urandom(4 * MiB)
+    assert store(connect(port, "anonymous"), "upload/big.bin", big).startswith("226")
+    for ftp in waiting:
+        ftp.close()
+    assert wait_until(lambda: ledger_used(drop_box) == usage(drop_box, tree.root) == len(big))
+    assert wait_until(lambda: not json.loads((drop_box / ".xxftp" / "ledger").read_text())["pending"])
 
 
 # --- a broken ledger, and a crash

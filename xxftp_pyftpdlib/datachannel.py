@@ -111,6 +111,7 @@ class XxftpDTPMixin:
     def enable_receiving(self, type: str, cmd: str) -> None:
         super().enable_receiving(type, cmd)
         if isinstance(self.file_obj, Upload):
+            self._lease_seen = self.tot_bytes_received
             self._lease_timer = self.ioloop.call_later(LEASE, self._check_lease, _errback=self.handle_error)
 
     def _check_lease(self) -> None:

@@ -25,7 +25,7 @@ from . import access, banners, hashpool, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
-from .quota import QuotaExceeded, Usage, usage_text
+from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
 
@@ -318,7 +318,27 @@ class XxftpSession:
     def ftp_STOU(self, line: str):
         if not self._restart_position and self._refused("check_unique_upload", line):
             return None
-        return super().ftp_STOU(line)
+        result = super().ftp_STOU(line)
+        self._lease_queued_upload()
+        return result
+
+    def ftp_STOR(self, file: str, mode: str = "w"):
+        result = super().ftp_STOR(file, mode)
+        self._lease_queued_upload()
+        return result
+
+    def _lease_queued_upload(self) -> None:
+        """An upload waiting for its data connection holds room ahead like a
+        running one: if no connection comes within a lease, it gives it back
+        (the data channel keeps the lease once it runs)."""
+        queued = self._in_dtp_queue
+        if queued is not None and isinstance(queued[0], Upload):
+            self.ioloop.call_later(LEASE, self._queued_lease, queued[0], _errback=self.handle_error)
+
+    def _queued_lease(self, upload: Upload) -> None:
+        queued = getattr(self, "_in_dtp_queue", None)
+        if queued is not None and queued[0] is upload:
+            upload.idle()
 
 
     def ftp_RNTO(self, path: str):
