@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ftplib
 import os
+import stat as stat_mod
 import time
 
 import pytest
@@ -200,3 +201,106 @@ def test_overwrite_whose_old_file_was_renamed_away_respects_the_limit(tree, star
     assert usage(home, tree.root) <= 1 * MiB, reply
     assert reply.startswith("552"), reply
     assert ledger_used(home) == usage(home, tree.root)
+
+
+# --- folders deeper than PATH_MAX
+
+
+def test_a_folder_moved_into_a_quota_tree_counts_its_deepest_files(tree, start_server, connect):
+    """alice fills a deep folder in her own (unlimited) home, makes its
+    real path longer than PATH_MAX by renaming its top, then moves it into
+    a 1 MiB tree."""
+    home = tree.user("alice", password="pw", virtual="box $root/box read,write,modify\n")
+    box = tree.folder("box")
+    tree.xxftp(box, "size", "1M\n")
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    part = "d" * 200
+    depth = (4000 - len(str(home))) // (len(part) + 1)
+    ftp.mkd("top")
+    ftp.cwd("top")
+    for _ in range(depth):
+        ftp.mkd(part)
+        ftp.cwd(part)
+    assert store(ftp, "big.bin", os.urandom(2 * MiB)).startswith("226")
+    ftp.cwd("/")
+    ftp.rename("top", "t" * 250)  # the big file's real path is now over 4096 bytes
+
+    ftp.sendcmd(f"RNFR {'t' * 250}")
+    try:
+        reply = ftp.sendcmd(f"RNTO box/{'t' * 250}")
+    except ftplib.Error as err:
+        reply = str(err)
+
+    assert deep_bytes(box) <= 1 * MiB, reply
+    assert reply.startswith("552"), reply
+
+
+def deep_bytes(folder) -> int:
+    """Bytes of the files under ``folder``, walked by descriptors (no PATH_MAX)."""
+    def walk(fd: int) -> int:
+        total = 0
+        for name in os.listdir(fd):
+            if name == ".xxftp":
+                continue
+            st = os.lstat(name, dir_fd=fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                try:
+                    total += walk(sub)
+                finally:
+                    os.close(sub)
+            elif stat_mod.S_ISREG(st.st_mode):
+                total += st.st_size
+        return total
+    top = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return walk(top)
+    finally:
+        os.close(top)
+
+
+# --- one file, two trees: a hard link
+
+
+def test_two_appends_to_one_file_hard_linked_into_two_homes(tree, start_server, connect):
+    tree.user("alice", password="pw", size="1M")
+    tree.user("bob", password="pw", size="1M")
+    shared = tree.file("alice/shared.bin", OLD)
+    os.link(shared, tree.root / "bob/shared.bin")
+    port = start_server(tree.root).port
+    alice, bob = connect(port, "alice", "pw"), connect(port, "bob", "pw")
+
+    upload = UploadInProgress(alice, "APPE shared.bin")
+    upload.send(os.urandom(32 * KiB))
+    assert wait_until(lambda: size(shared) == len(OLD) + 32 * KiB)
+    second = upload_or_refusal(bob, "APPE shared.bin", b"B" * KiB)
+    reply = upload.abort()
+
+    assert reply.startswith("426"), reply
+    acknowledged = b"B" * KiB if second.startswith("started, then 226") else b""
+    assert shared.read_bytes() == OLD + acknowledged, "bytes answered with 226 were cut"
+    assert second.startswith("450"), second
+
+
+# --- the ledger of an unlimited tree deleted during an upload
+
+
+def test_dele_of_a_file_being_appended_after_its_ledger_was_deleted(tree, start_server, connect):
+    home = tree.user("alice", password="pw")  # no limit: the ledger keeps the running uploads only
+    (home / "f.bin").write_bytes(OLD)
+    port = start_server(tree.root).port
+    writer, other = connect(port, "alice", "pw"), connect(port, "alice", "pw")
+
+    upload = UploadInProgress(writer, "APPE f.bin")
+    upload.send(os.urandom(32 * KiB))
+    assert wait_until(lambda: size(home / "f.bin") == len(OLD) + 32 * KiB)
+    os.remove(home / ".xxftp/ledger")
+    try:
+        refusal = other.delete("f.bin")
+    except ftplib.Error as err:
+        refusal = str(err)
+    reply = upload.finish(os.urandom(32 * KiB))
+
+    assert refusal.startswith("450"), refusal
+    assert reply.startswith("226"), reply
+    assert size(home / "f.bin") == len(OLD) + 64 * KiB
