@@ -304,3 +304,20 @@ def test_dele_of_a_file_being_appended_after_its_ledger_was_deleted(tree, start_
     assert refusal.startswith("450"), refusal
     assert reply.startswith("226"), reply
     assert size(home / "f.bin") == len(OLD) + 64 * KiB
+
+
+# --- ABOR before the data connection
+
+
+def test_abor_before_the_data_connection_ends_the_upload(tree, start_server, connect):
+    home = tree.user("alice", password="pw", size="1M")
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    ftp.voidcmd("TYPE I")
+    ftp.sendcmd("PASV")
+    assert ftp.sendcmd("STOR a.bin").startswith("150")
+    assert ftp.sendcmd("ABOR").startswith("2")
+
+    reply = store(ftp, "a.bin", b"a" * KiB)
+
+    assert reply.startswith("226"), reply
+    assert (home / "a.bin").read_bytes() == b"a" * KiB
