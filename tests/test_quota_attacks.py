@@ -321,3 +321,47 @@ def test_abor_before_the_data_connection_ends_the_upload(tree, start_server, con
 
     assert reply.startswith("226"), reply
     assert (home / "a.bin").read_bytes() == b"a" * KiB
+
+
+# --- DELE measures the file before it takes the ledger's lock
+
+
+def test_dele_racing_an_overwrite_commit_frees_what_it_removes(tree, start_server, connect):
+    """An atomic overwrite commits while a DELE of the same name waits for the
+    ledger (held here, as a slow ledger operation of another session would):
+    the DELE must free the size of the file it removes, not of the one it saw."""
+    import fcntl
+    import threading
+
+    home = tree.user("alice", password="pw", size="2M")
+    port = start_server(tree.root, concurrency="multi-thread").port
+    writer, deleter = connect(port, "alice", "pw"), connect(port, "alice", "pw")
+    assert store(writer, "keep.bin", b"k" * (700 * KiB)).startswith("226")
+    results = []
+    for _ in range(5):
+        assert store(writer, "a.bin", b"o" * (600 * KiB)).startswith("226")
+        upload = UploadInProgress(writer, "STOR a.bin")  # replaces 600 KiB by 10 KiB
+        upload.send(b"n" * (10 * KiB))
+        time.sleep(ARRIVAL)
+        lock = os.open(home / ".xxftp/ledger", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        upload.conn.close()  # the commit waits for the lock
+        time.sleep(ARRIVAL)
+        dele = []
+        thread = threading.Thread(target=lambda: dele.append(_reply(deleter.delete, "a.bin")))
+        thread.start()  # DELE sees the old 600 KiB file, then waits for the lock
+        time.sleep(ARRIVAL)
+        os.close(lock)
+        reply = upload._reply()
+        thread.join(10)
+        results.append((reply[:3], dele[0][:3], ledger_used(home), usage(home, tree.root)))
+        if dele[0].startswith("250"):
+            break
+    assert all(used == scanned for _, _, used, scanned in results), results
+
+
+def _reply(command, *args) -> str:
+    try:
+        return command(*args)
+    except ftplib.Error as err:
+        return str(err)
