@@ -380,12 +380,21 @@ class XxftpSession:
         except (OSError, FilesystemError):
             return None
 
-    def close(self) -> None:
-        # An upload queued for a data connection that never came: roll back.
+    def _drop_queued_upload(self) -> None:
+        """An upload queued for a data connection that never came: roll back."""
         queued = getattr(self, "_in_dtp_queue", None)
         if queued is not None and isinstance(queued[0], Upload):
             self._in_dtp_queue = None
             queued[0].finish(False, BROKEN)
+
+    def ftp_ABOR(self, line: str):
+        # pyftpdlib keeps the queued upload: a later data connection would
+        # still fill it, and it would hold its file and room till logout.
+        self._drop_queued_upload()
+        return super().ftp_ABOR(line)
+
+    def close(self) -> None:
+        self._drop_queued_upload()
         super().close()
 
     def ftp_QUIT(self, line: str) -> None:

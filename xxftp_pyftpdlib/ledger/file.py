@@ -26,6 +26,7 @@ Rules that live here:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -66,15 +67,21 @@ class FileLedger:
 
     # --- the lock and the text
 
-    @contextmanager
-    def _locked(self, limit: int | None | object = _UNREAD) -> Iterator[tuple[State, Callable[[], None], int | None]]:
-        """(state, save, limit) under the lock; changes are written back when
-        the block ends (``save`` writes at once: intents, notes)."""
+    def _open(self) -> int:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # no .xxftp folder yet
             os.makedirs(self.dir, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    @contextmanager
+    def _locked(self, limit: int | None | object = _UNREAD,
+                fd: int | None = None) -> Iterator[tuple[State, Callable[[], None], int | None]]:
+        """(state, save, limit) under the lock; changes are written back when
+        the block ends (``save`` writes at once: intents, notes). ``fd``: the
+        ledger already opened (this closes it)."""
+        if fd is None:
+            fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             limit = self.limit if limit is _UNREAD else limit
@@ -190,10 +197,14 @@ class FileLedger:
     def change(self, delta: int, gone: str, action: Callable[[], None], *, check_fits: bool = False,
                keys: Iterable[str] = (), renamed: tuple[str, str] | None = None,
                measure: Callable[[], tuple[int, Iterable[str]]] | None = None) -> None:
-        if self.limit == 0 and not self.exists():
-            action()  # no upload has ever registered here: nothing to check or charge
+        try:
+            fd = self._open()
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or self.limit != 0:
+                raise
+            action()  # no ledger can be made here, so no upload runs here: nothing to check or charge
             return
-        with self._locked() as (state, save, limit):
+        with self._locked(fd=fd) as (state, save, limit):
             if measure is not None:
                 delta, keys = measure()
             hit = core.busy(state, keys, alive_here)
