@@ -37,6 +37,7 @@ What this module must not know: FTP replies, sockets, pyftpdlib.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import os
 import stat as stat_mod
@@ -81,6 +82,7 @@ class Upload:
 
     _rest = False  # a REST position was set (seek before the first byte)
     _truncate = False  # a STOR in place, which empties the file it writes
+    _claimed: int | None = None  # a descriptor locking the file an overwrite will replace
 
     def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger,
                  placeholder: bool = False, overwrite_refusal: str | None = None) -> None:
@@ -139,6 +141,8 @@ class Upload:
             self.temp = None
             crash = "keep" if self._mode.keep_when_broken else "truncate"
         else:
+            if existing is not None:  # the file this upload will replace: no one else may write it meanwhile
+                self._claimed = _claim_path(self._base, self._dir)
             self._open_temporary()
             self.temp = os.path.join(os.path.dirname(self.target), self._temp_name) if self._temp_name else None
             crash = "delete"
@@ -180,6 +184,7 @@ class Upload:
             self._truncate = True
         fd = os.open(self._base, flags, 0o666, dir_fd=self._dir)
         self._file = io.FileIO(fd, "ab" if self._append else "wb", closefd=True)
+        _claim(fd)
 
     def _open_temporary(self) -> None:
         if _O_TMPFILE:
@@ -425,6 +430,9 @@ class Upload:
             pass
 
     def _close_fds(self) -> None:
+        if self._claimed is not None:
+            os.close(self._claimed)
+            self._claimed = None
         if self._file is not None and not self._file.closed:
             self._file.close()
         if self._dir >= 0:
@@ -438,6 +446,32 @@ class Upload:
                 self.finish(False, BROKEN)
             except Exception:
                 pass
+
+
+def _claim(fd: int) -> None:
+    """Lock a file this upload writes or replaces (``flock``, held while its
+    descriptor is open). The ledger keeps one writer per file within a tree;
+    this lock also holds between trees that reach one file (two mounts of
+    one folder, a hard link). Busy if another upload holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise Busy("file") from None
+
+
+def _claim_path(name: str, folder: int) -> int | None:
+    """Open and lock the file ``name`` in ``folder``; its descriptor (None if
+    it can't be opened: then the ledger's keys alone guard it)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        _claim(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _path_of(fd: int) -> str | None:
