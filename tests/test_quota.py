@@ -62,17 +62,20 @@ def test_new_file_over_quota_leaves_nothing(tree, limited, start_server, connect
 
 
 def test_overwrite_charged_by_growth_and_failed_overwrite_keeps_old(tree, limited, start_server, connect):
+    """While an overwrite runs, the old file and the new one are both on the
+    disk: the new one needs room for all its bytes. Once it replaces the old
+    one, only the difference counts."""
     ftp = connect(start_server(tree.root).port, "alice", "pw")
-    old = os.urandom(8 * KiB)
-    upload(ftp, "box/f.bin", old)
-    upload(ftp, "box/f.bin", os.urandom(9 * KiB))  # growth 1 KiB fits though 9 KiB > 2 KiB free
+    upload(ftp, "box/f.bin", os.urandom(8 * KiB))
     old = (tree.root / "box-target/f.bin").read_bytes()
     with pytest.raises(ftplib.error_perm, match="^552"):
-        upload(ftp, "box/f.bin", os.urandom(11 * KiB))
+        upload(ftp, "box/f.bin", os.urandom(3 * KiB))  # 8 + 3 KiB on the disk at once: over 10 KiB
     assert hashlib.sha256((tree.root / "box-target/f.bin").read_bytes()).digest() == hashlib.sha256(old).digest()
-    assert ledger_used(tree.root / "box-target") == 9 * KiB
-    upload(ftp, "box/f.bin", b"s" * KiB)  # shrinking frees
-    assert ledger_used(tree.root / "box-target") == KiB
+    assert ledger_used(tree.root / "box-target") == 8 * KiB
+    upload(ftp, "box/f.bin", b"s" * (2 * KiB))  # 8 + 2 KiB fit; then shrinking frees
+    assert ledger_used(tree.root / "box-target") == 2 * KiB
+    upload(ftp, "box/f.bin", b"t" * (8 * KiB))  # 2 + 8 KiB fit; charged by its growth
+    assert ledger_used(tree.root / "box-target") == 8 * KiB
     assert no_temporaries(tree.root)
 
 

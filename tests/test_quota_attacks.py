@@ -109,19 +109,22 @@ def test_uploads_waiting_for_their_data_connection_hold_no_room(tree, drop_box, 
 
 def test_overwrite_temporary_never_passes_the_limit_on_disk(tree, start_server, connect):
     """A full tree: its one file is replaced by an atomic STOR. While the
-    new content arrives, the old file and the temporary are both on the disk."""
+    new content arrives, the old file and the temporary are both on the
+    disk, so the temporary needs room for all its bytes: here there is none,
+    and the old file stays."""
     home = tree.user("alice", password="pw", size="1M")
     (home / "f.bin").write_bytes(b"o" * (960 * KiB))
     ftp = connect(start_server(tree.root).port, "alice", "pw")
 
     upload = UploadInProgress(ftp, "STOR f.bin")
-    sent = upload.send(os.urandom(960 * KiB))
+    upload.send(os.urandom(960 * KiB))
     time.sleep(ARRIVAL)
     on_disk = disk_bytes(home) + open_file_bytes(os.getpid(), home)
     reply = upload.finish()
 
-    assert sent and reply.startswith("226"), reply
+    assert reply.startswith("552"), reply
     assert on_disk <= 1 * MiB, f"{on_disk} bytes on the disk of a 1 MiB tree during the upload"
+    assert (home / "f.bin").read_bytes() == b"o" * (960 * KiB)
 
 
 # --- a ledger rebuilt by another process while an upload runs

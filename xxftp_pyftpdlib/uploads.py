@@ -23,7 +23,8 @@ Rules that live here:
   the length it began with (it is the file's only writer, so only its own
   bytes go), or removed if it created the file; unless the mode keeps
   what arrived. Every outcome is charged as growth: the committed size
-  minus the size it replaced.
+  minus the size it replaced. While it runs, a temporary holds room for
+  all its bytes, since the file it replaces is still on the disk.
 - Room is reserved before each write (``ledger.reserve``), so a write
   that would pass the limit never reaches the disk; an idle upload gives
   its room ahead back when its data channel says so (``idle``).
@@ -268,7 +269,11 @@ class Upload:
         return size
 
     def _growth(self, written: int) -> int:
-        """The bytes this upload adds to its tree once ``written`` bytes are in."""
+        """The room this upload takes once ``written`` bytes are in: all of a
+        temporary (the file it replaces stays until the commit, which then
+        charges only the difference); what an in-place upload adds."""
+        if not self._in_place:
+            return written
         if self._rest:  # REST + STOR writes over the file from a position
             return max(self.old, self._start + written) - self.old
         return self._start + written - self.old
