@@ -40,59 +40,105 @@ def scan(root: str, store: ConfigStore, progress: Callable[[int], None] | None =
 def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | None = None,
             began_at: dict[str, int] | None = None, keys: set[str] | None = None) -> tuple[int, set[str]]:
     """(size, keys): the scan of ``root``; ``keys`` collects the file and
-    folder keys of everything counted (for a move), if given."""
+    folder keys of everything counted (for a move), if given.
+
+    The walk opens each folder relative to its parent's descriptor, so
+    paths of any length are counted (a folder renamed to a long name can
+    push the paths below it past PATH_MAX, where a walk by path fails).
+    """
     root = os.path.realpath(root)
     excluded: set[str] = set()
     sizes: dict[str, int] = {}
-    stack = [root]
     seen = 0
     collect = keys is not None
     found: set[str] = keys if keys is not None else set()
-    if collect:
-        try:
-            st = os.lstat(root)
-            found.add(folder_key(st.st_dev, st.st_ino))
-        except OSError:
-            pass
-    while stack:
-        folder = stack.pop()
-        mounts = store.mounts(folder)
-        for mount in mounts.values():
-            excluded.add(os.path.realpath(mount.target))
-        total = 0
-        try:
-            with os.scandir(folder) as it:
-                for entry in it:
-                    name = entry.name
-                    if name == CONFIG_DIR or is_temp_name(name) or name in mounts:
-                        continue
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat_mod.S_ISDIR(st.st_mode):
-                        stack.append(entry.path)
-                        if collect:
-                            found.add(folder_key(st.st_dev, st.st_ino))
-                    elif stat_mod.S_ISREG(st.st_mode):
-                        size = st.st_size
-                        if began_at or collect:
-                            key = file_key(st.st_dev, st.st_ino)
-                            if began_at and key in began_at:
-                                size = began_at[key]
+    # (the open parent folder, or None for the root; name; path): a parent's
+    # descriptor stays open until its last subfolder is opened, so about
+    # one descriptor per level is open, however wide the tree
+    stack: list[tuple[_Open | None, str, str]] = [(None, root, root)]
+    try:
+        while stack:
+            parent, name, folder = stack.pop()
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd if parent else None)
+            except OSError as err:
+                log.warning("%s: cannot scan: %s", folder, err.strerror)
+                continue
+            finally:
+                if parent is not None:
+                    parent.done_one()
+            subfolders: list[str] = []
+            try:
+                if collect and parent is None:
+                    st = os.fstat(fd)
+                    found.add(folder_key(st.st_dev, st.st_ino))
+                mounts = store.mounts(folder)
+                for mount in mounts.values():
+                    excluded.add(os.path.realpath(mount.target))
+                total = 0
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        name = entry.name
+                        if name == CONFIG_DIR or is_temp_name(name) or name in mounts:
+                            continue
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        if stat_mod.S_ISDIR(st.st_mode):
+                            subfolders.append(name)
                             if collect:
-                                found.add(key)
-                        total += size
-                    seen += 1
-                    if progress is not None and seen % 1000 == 0:
-                        progress(seen)
-        except OSError as err:
-            log.warning("%s: cannot scan: %s", folder, err.strerror)
-        sizes[folder] = total
+                                found.add(folder_key(st.st_dev, st.st_ino))
+                        elif stat_mod.S_ISREG(st.st_mode):
+                            size = st.st_size
+                            if began_at or collect:
+                                key = file_key(st.st_dev, st.st_ino)
+                                if began_at and key in began_at:
+                                    size = began_at[key]
+                                if collect:
+                                    found.add(key)
+                            total += size
+                        seen += 1
+                        if progress is not None and seen % 1000 == 0:
+                            progress(seen)
+                sizes[folder] = total
+            except OSError as err:
+                log.warning("%s: cannot scan: %s", folder, err.strerror)
+                subfolders = []
+            if subfolders:
+                opened = _Open(fd, len(subfolders))
+                stack.extend((opened, sub, f"{folder}/{sub}") for sub in subfolders)
+            else:
+                os.close(fd)
+    finally:
+        for parent in {id(p): p for p, _, _ in stack if p is not None}.values():  # an error left some open
+            parent.close()
     excluded.discard(root)
     size = sum(size for folder, size in sizes.items()
                if not any(folder == ex or folder.startswith(ex + "/") for ex in excluded))
     return size, found
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _Open:
+    """A folder's descriptor, open while subfolders of it wait to be opened."""
+
+    __slots__ = ("fd", "pending")
+
+    def __init__(self, fd: int, pending: int) -> None:
+        self.fd, self.pending = fd, pending
+
+    def done_one(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def entry_keys(path: str) -> tuple[int, list[str]]:
