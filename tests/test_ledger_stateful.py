@@ -87,10 +87,9 @@ class LedgerMachine(RuleBasedStateMachine):
         old, new = self.path(src_tree, src), self.path(dst_tree, dst)
         if old == new or not os.path.isfile(old) or any(u.target in (old, new) for u in self.active):
             return
-        replaced = os.path.getsize(new) if os.path.isfile(new) else 0
         try:
             move(self.quotas.ledger(self.trees[src_tree]), self.quotas.ledger(self.trees[dst_tree]),
-                 os.path.getsize(old), replaced, old, lambda: os.rename(old, new))
+                 lambda: entry_keys(old), lambda: entry_keys(new), old, lambda: os.rename(old, new))
         except QuotaExceeded:
             assert os.path.isfile(old)
 

@@ -221,11 +221,11 @@ class XxftpFS(AbstractedFS):
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
         self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
         src_ledger, dst_ledger = self.quotas.ledger(old.area.root), self.quotas.ledger(new.area.root)
-        moved, keys = self._measure(old) if src_ledger.root != dst_ledger.root else (0, [])
-        replaced, replaced_keys = entry_keys(new.real)
+        if dst_ledger.limit is None and src_ledger.root != dst_ledger.root:
+            raise QuotaRefused(str(QuotaInvalid(top=new.area.top)))
         try:
-            move(src_ledger, dst_ledger, moved, replaced, old.real, lambda: os.rename(old.real, new.real),
-                 keys, replaced_keys, renamed=(old.real, new.real))
+            move(src_ledger, dst_ledger, lambda: self._measure(old), lambda: entry_keys(new.real), old.real,
+                 lambda: os.rename(old.real, new.real), renamed=(old.real, new.real))
         except QuotaExceeded as err:
             raise QuotaRefused(str(err.at(new.area.top))) from None
         except Busy as err:
@@ -235,19 +235,6 @@ class XxftpFS(AbstractedFS):
                 raise FilesystemError("can't move between different filesystems; "
                                       "download and upload instead") from None
             raise
-
-    def check_move(self, src: str, dst: str) -> None:
-        """Refuse up front (552) a move that does not fit the target tree."""
-        old, new = self.resolve(src), self.resolve(dst)
-        ledger = self.quotas.limited(new.area.root)
-        if ledger is None or ledger.root == os.path.realpath(old.area.root):
-            return
-        usage = ledger.usage()
-        if usage.limit is None:
-            raise QuotaRefused(str(QuotaInvalid(top=new.area.top)))
-        growth = self._measure(old)[0] - entry_keys(new.real)[0]
-        if growth > usage.free:
-            raise QuotaRefused(str(QuotaExceeded(usage.limit, usage.free, new.area.top)))
 
     def _measure(self, node: Node) -> tuple[int, list[str]]:
         """(size, keys) of what a move to another tree carries: a file, or a whole folder."""

@@ -341,12 +341,6 @@ class XxftpSession:
             upload.idle()
 
 
-    def ftp_RNTO(self, path: str):
-        if self._rnfr and self._refused("check_move", self._rnfr, path):
-            self._rnfr = None
-            return None
-        return super().ftp_RNTO(path)
-
     def ftp_ALLO(self, line: str) -> None:
         """ALLO n: 552 at once if n bytes can't fit the current tree."""
         size = line.split()[0] if line.split() else ""

@@ -173,28 +173,48 @@ class Quotas:
         return ledger if ledger.limit != 0 else None
 
 
-def move(src: Ledger, dst: Ledger, moved: int, replaced: int, gone: str, action: Callable[[], None],
-         keys: Iterable[str] = (), replaced_keys: Iterable[str] = (), renamed: tuple[str, str] | None = None) -> None:
-    """Move ``moved`` bytes from tree ``src`` to tree ``dst`` by ``action``.
+Measure = Callable[[], "tuple[int, list[str]]"]  # (size, keys) of what a change touches, now
 
-    ``replaced``: the size of the file the move overwrites at the
-    destination (``replaced_keys`` its keys). Within one tree only the
-    replaced file is freed, and running uploads follow ``renamed``.
-    Across trees, ``keys`` (everything moved) must be free of running
-    uploads and ``dst`` must have room; both ledgers are locked, in the
-    order of their roots, for the whole move.
+
+def move(src: Ledger, dst: Ledger, moved: Measure, replaced: Measure, gone: str, action: Callable[[], None],
+         renamed: tuple[str, str] | None = None) -> None:
+    """Move what ``moved`` measures from tree ``src`` to tree ``dst`` by ``action``.
+
+    ``replaced`` measures what the move overwrites at the destination.
+    Both are measured under the ledgers' locks, as the move finds things.
+    Within one tree only the replaced file is freed, and running uploads
+    follow ``renamed``. Across trees, nothing moved may be held by a
+    running upload and ``dst`` must have room; both ledgers are locked, in
+    the order of their roots, for the whole move.
     """
     if src.root == dst.root:
-        src.change(-replaced, gone, action, keys=replaced_keys, renamed=renamed)
+        def freed() -> tuple[int, list[str]]:
+            size, keys = replaced()
+            return -size, keys
+
+        src.change(0, gone, action, renamed=renamed, measure=freed)
         return
-    keys = list(keys)
-    steps = sorted([(src, -moved, False, keys), (dst, moved - replaced, True, list(replaced_keys))],
-                   key=lambda step: step[0].root)
+    once: list[tuple[int, list[str]]] = []
+
+    def moving() -> tuple[int, list[str]]:  # measured once, under the first lock taken
+        if not once:
+            once.append(moved())
+        return once[0]
+
+    def leaving() -> tuple[int, list[str]]:
+        size, keys = moving()
+        return -size, keys
+
+    def arriving() -> tuple[int, list[str]]:
+        size, _ = moving()
+        old, keys = replaced()
+        return size - old, keys
+
+    steps = sorted([(src, leaving, False), (dst, arriving, True)], key=lambda step: step[0].root)
     run = action
-    for ledger, delta, check, busy_keys in reversed(steps):
-        run = (lambda ledger, delta, check, busy_keys, inner:
-               lambda: ledger.change(delta, gone, inner, check_fits=check, keys=busy_keys))(
-            ledger, delta, check, busy_keys, run)
+    for ledger, measure, check in reversed(steps):
+        run = (lambda ledger, measure, check, inner:
+               lambda: ledger.change(0, gone, inner, check_fits=check, measure=measure))(ledger, measure, check, run)
     run()
 
 
