@@ -168,12 +168,20 @@ def _half_way_append_and_a_rebuild_elsewhere(tree, start_server, connect, second
     return home, b, upload
 
 
-def test_ledger_rebuilt_by_another_process_mid_append_charges_once(tree, start_server, connect, second_server):
+def test_ledger_rebuilt_by_another_process_mid_append_never_undercounts(tree, start_server, connect, second_server):
+    """The process that rebuilds a deleted ledger can't know another
+    process's running upload: its scan counts the bytes that upload wrote so
+    far, which the upload charges again when it ends. A deleted ledger may
+    so count too much (never too little) until a rescan."""
     home, b, upload = _half_way_append_and_a_rebuild_elsewhere(tree, start_server, connect, second_server)
     reply = upload.finish(os.urandom(64 * KiB))
 
     assert reply.startswith("226"), reply
     assert size(home / "f.bin") == len(OLD) + 128 * KiB
+    assert usage(home, tree.root) <= ledger_used(home) <= usage(home, tree.root) + 64 * KiB
+    assert b.sendcmd("SITE QUOTA").startswith("200")
+    from xxftp_pyftpdlib.ledger import Quotas
+    assert Quotas(ConfigStore(str(tree.root))).ledger(str(home)).rescan() == usage(home, tree.root)
     assert ledger_used(home) == usage(home, tree.root)
 
 
