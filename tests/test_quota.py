@@ -263,3 +263,21 @@ def test_upload_onto_a_folder_is_refused_before_any_data(tree, limited, start_se
     assert (limited / "folder" / "inside.txt").read_bytes() == b"kept"
     assert no_temporaries(tree.root)
     assert ftp.voidcmd("NOOP").startswith("200")
+
+
+def test_a_folder_with_its_own_size_file_is_a_tree_of_its_own(tree, start_server, connect):
+    """A file counts in the nearest tree at or above it: a subfolder with a
+    size file of its own is counted there, and left out of the home's tree."""
+    home = tree.user("alice", password="pw", size="100K")
+    tree.xxftp(tree.folder("alice/projects"), "size", "10K\n")
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    upload(ftp, "projects/a.bin", b"a" * (8 * KiB))
+    with pytest.raises(ftplib.error_perm, match="^552 .*10240 bytes"):
+        upload(ftp, "projects/b.bin", b"b" * (3 * KiB))  # the subfolder's limit, not the home's
+    upload(ftp, "/h.bin", b"h" * (50 * KiB))
+    assert ledger_used(home / "projects") == 8 * KiB == usage_on_disk(home / "projects", tree.root)
+    assert ledger_used(home) == 50 * KiB == usage_on_disk(home, tree.root)
+    assert "8.0 KiB used of 10.0 KiB" in ftp.sendcmd("SITE QUOTA /projects")
+    with pytest.raises(ftplib.error_perm, match="^550 .*quota tree of its own"):
+        ftp.rename("/projects", "/moved")
+    assert no_temporaries(tree.root)

@@ -251,6 +251,14 @@ class ConfigStore:
             return None
         return self._load(path, lambda text: Parsed(text), None, None)
 
+    def has_size(self, folder: str) -> bool:
+        """True if ``folder`` holds a size file (of any content): it is a quota tree."""
+        try:
+            os.stat(f"{folder}/{CONFIG_DIR}/size")
+        except OSError:
+            return False
+        return True
+
     def size_limit(self, folder: str) -> int | None:
         """A tree's byte limit: 0 unlimited, None invalid (refuse uploads)."""
         path = f"{folder}/{CONFIG_DIR}/size"

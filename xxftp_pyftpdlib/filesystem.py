@@ -149,8 +149,14 @@ class XxftpFS(AbstractedFS):
         except QuotaExceeded as err:
             raise QuotaRefused(str(err.at(node.area.top))) from None
 
+    def _tree(self, node: Node, itself: bool = False) -> Ledger:
+        """The ledger governing ``node``: its folder's tree (``itself``: the
+        node is a folder to be measured as such, e.g. for SITE QUOTA)."""
+        folder = node.real if itself else os.path.dirname(node.real)
+        return self.quotas.tree_of(folder, node.area.root)
+
     def _ledger(self, node: Node) -> Ledger:
-        ledger = self.quotas.ledger(node.area.root)
+        ledger = self._tree(node)
         if ledger.limit is None:
             raise QuotaRefused(str(QuotaInvalid(top=node.area.top)))
         return ledger
@@ -158,8 +164,8 @@ class XxftpFS(AbstractedFS):
     def quota_usage(self, path: str) -> tuple[Node, Usage | None]:
         """The area of ``path`` and its quota usage (None: unlimited)."""
         node = self.resolve(path)
-        ledger = self.quotas.limited(node.area.root)
-        return node, (ledger.usage() if ledger is not None else None)
+        ledger = self._tree(node, itself=os.path.isdir(node.real))
+        return node, (ledger.usage() if ledger.limit != 0 else None)
 
     def _unique_folder(self, folder_path: str, prefix: str, suffix: str = "") -> Node:
         folder = self.resolve(folder_path)
@@ -198,7 +204,7 @@ class XxftpFS(AbstractedFS):
     def remove(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
-        ledger = self.quotas.ledger(node.area.root)
+        ledger = self._tree(node)
 
         def measure() -> tuple[int, list[str]]:  # under the ledger's lock: what is there now
             size, keys = entry_keys(node.real)
@@ -220,7 +226,9 @@ class XxftpFS(AbstractedFS):
         old, new = self.resolve(src), self.resolve(dst)
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
         self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
-        src_ledger, dst_ledger = self.quotas.ledger(old.area.root), self.quotas.ledger(new.area.root)
+        if self.namespace.store.has_size(old.real):
+            raise FilesystemError(f"{old.ftp} is a quota tree of its own: it can't be moved")
+        src_ledger, dst_ledger = self._tree(old), self._tree(new)
         if dst_ledger.limit is None and src_ledger.root != dst_ledger.root:
             raise QuotaRefused(str(QuotaInvalid(top=new.area.top)))
         try:
@@ -271,7 +279,7 @@ class XxftpFS(AbstractedFS):
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
         st = os.lstat(node.real)
-        ledger = self.quotas.ledger(node.area.root)
+        ledger = self._tree(node)
         self._change(node, ledger, lambda: os.rmdir(node.real), lambda: (0, [folder_key(st.st_dev, st.st_ino)]))
 
     def listdir(self, path: str) -> list[str]:

@@ -2,11 +2,12 @@
 
 Rules that live here:
 
-- A quota tree is a home or a mount target whose ``.xxftp/size`` holds a
-  limit (0 or no file: unlimited; invalid: uploads refused). Its usage is
-  the total size of its regular files, ``.xxftp/`` excluded, upload
-  temporaries excluded, and the trees of mounts declared inside it
-  excluded (they count on their own).
+- A quota tree is a folder whose ``.xxftp/size`` holds a limit (0:
+  unlimited; invalid: uploads refused): a home, a mount target, or any
+  folder an admin gives a size file. Its usage is the total size of its
+  regular files, ``.xxftp/`` and upload temporaries excluded, and folders
+  inside it that are trees of their own excluded. A file counts in the
+  nearest tree at or above it, whichever home or mount reaches it.
 - A tree's *state* is its committed usage (``used``; ``None`` while
   unknown or untracked), the *pending* uploads (each with the room it
   reserved, what it has written, its owner and the keys of the files it

@@ -2,10 +2,14 @@
 
 Rules that live here:
 
-- Every tree (a home or a mount target) has one ledger; it holds the
-  state of ``quota.State``. A limited tree tracks its usage there; an
-  unlimited one keeps only its running uploads (so a crash is settled
-  there too, and a second writer is refused there).
+- A tree is a folder with a size file; a file belongs to the nearest one
+  at or above it, however it is reached (through which home or mount).
+  A folder with a size file inside a tree is a tree of its own, left out
+  of the enclosing one. Without a tree above it, a file belongs to the
+  home or mount target it is reached through, whose ledger then keeps
+  only its running uploads (so a crash is settled there too, and a second
+  writer is refused there).
+- Every tree has one ledger; it holds the state of ``quota.State``.
 - The ``Ledger`` protocol is what the rest of xxftpd uses. Every operation
   is atomic against every other operation on the same tree, from any
   thread, process or host that shares the ledger; a backend provides that
@@ -166,6 +170,19 @@ class Quotas:
             # one object per tree, even when two threads get here at once
             ledger = self._ledgers.setdefault(tree_root, self._factory(tree_root, self.store))
         return ledger
+
+    def tree_of(self, folder: str, area_root: str) -> Ledger:
+        """The ledger governing ``folder`` (a real path): that of the nearest
+        folder at or above it with a size file; if there is none, that of
+        ``area_root`` (the home or mount target it is reached through),
+        which then only keeps its running uploads."""
+        path = folder.rstrip("/") or "/"
+        while True:
+            if self.store.has_size(path):
+                return self.ledger(path)
+            if path == "/":
+                return self.ledger(area_root)
+            path = os.path.dirname(path)
 
     def limited(self, tree_root: str) -> Ledger | None:
         """The ledger of a tree if its usage is tracked (a limit, or an invalid size file)."""

@@ -3,8 +3,10 @@
 Rules that live here:
 
 - A tree's usage is the total size of its regular files; ``.xxftp/``,
-  upload temporaries and the trees of mounts declared inside it are left
-  out, and symlinks are not followed (``quota``'s rules).
+  upload temporaries and the folders inside it that have a size file of
+  their own (trees of their own) are left out, and symlinks are not
+  followed. Mounts play no part: the scan counts what is on the disk,
+  whichever homes or mounts reach it.
 - A file that a running upload is writing in place counts with the size
   it had when that upload began: its new bytes are the upload's, held in
   its reservation and charged when it commits, never twice.
@@ -47,8 +49,7 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
     push the paths below it past PATH_MAX, where a walk by path fails).
     """
     root = os.path.realpath(root)
-    excluded: set[str] = set()
-    sizes: dict[str, int] = {}
+    used = 0
     seen = 0
     collect = keys is not None
     found: set[str] = keys if keys is not None else set()
@@ -72,14 +73,14 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
                 if collect and parent is None:
                     st = os.fstat(fd)
                     found.add(folder_key(st.st_dev, st.st_ino))
-                mounts = store.mounts(folder)
-                for mount in mounts.values():
-                    excluded.add(os.path.realpath(mount.target))
+                if parent is not None and store.has_size(folder):
+                    os.close(fd)  # a tree of its own
+                    continue
                 total = 0
                 with os.scandir(fd) as it:
                     for entry in it:
                         name = entry.name
-                        if name == CONFIG_DIR or is_temp_name(name) or name in mounts:
+                        if name == CONFIG_DIR or is_temp_name(name):
                             continue
                         try:
                             st = entry.stat(follow_symlinks=False)
@@ -101,7 +102,7 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
                         seen += 1
                         if progress is not None and seen % 1000 == 0:
                             progress(seen)
-                sizes[folder] = total
+                used += total
             except OSError as err:
                 log.warning("%s: cannot scan: %s", folder, err.strerror)
                 subfolders = []
@@ -113,10 +114,7 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
     finally:
         for parent in {id(p): p for p, _, _ in stack if p is not None}.values():  # an error left some open
             parent.close()
-    excluded.discard(root)
-    size = sum(size for folder, size in sizes.items()
-               if not any(folder == ex or folder.startswith(ex + "/") for ex in excluded))
-    return size, found
+    return used, found
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
