@@ -226,6 +226,33 @@ def upload_or_refusal(ftp: ftplib.FTP, cmd: str, data: bytes = b"x", rest: int |
     return "started, then " + upload.finish(data)
 
 
+def tree_usage(tree_root, root) -> int:
+    """The usage of a quota tree as a fresh scan of the disk counts it."""
+    from xxftp_pyftpdlib.config import ConfigStore
+    from xxftp_pyftpdlib.ledger.scan import scan
+    return scan(str(tree_root), ConfigStore(str(root)))
+
+
+def size(path) -> int:
+    """A file's size, or -1 if it is not there."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return -1
+
+
+def stop_process(proc: subprocess.Popen) -> str:
+    """SIGTERM a server process and wait for it; its stderr. It must exit 0."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    return err
+
+
 def ledger_used(tree_root) -> int | None:
     """The committed usage in a quota tree's ledger."""
     with open(os.path.join(tree_root, ".xxftp", "ledger")) as f:
@@ -390,11 +417,5 @@ class XxftpdProcess:
         return ftp
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        assert self.proc.returncode == 0, err
+        stop_process(self.proc)
         assert "Traceback" not in self.log.read_text(errors="replace")

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import signal
 import socket
 import threading
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd, temporaries, wait_until
+from conftest import HOST, free_port, run_xxftpd, stop_process, temporaries, wait_until
 from xxftp_pyftpdlib import XxftpHandler
 
 KiB = 1024
@@ -303,14 +302,7 @@ class Served:
         durations = [d for _, d in self.watcher.rounds]
         print(f"\nsecond client: {len(durations)} NOOP+LIST+RETR rounds, "
               f"slowest {max(durations, default=0):.3f} s, errors {len(self.watcher.errors)}")
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            _, err = self.proc.communicate(timeout=20)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        assert self.proc.returncode == 0, err
-        assert "Traceback" not in err
+        assert "Traceback" not in stop_process(self.proc)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from conftest import UploadInProgress, ledger_used, open_file_bytes, store, temporaries, upload_or_refusal, wait_until
+from conftest import UploadInProgress, ledger_used, open_file_bytes, size, store, tree_usage, upload_or_refusal, wait_until
 from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.ledger.scan import scan
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -19,15 +18,6 @@ OLD = b"old content " * 1000  # 12000 bytes
 ARRIVAL = 0.2
 
 
-def usage(tree_root, root) -> int:
-    return scan(str(tree_root), ConfigStore(str(root)))
-
-
-def size(path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1
 
 
 def disk_bytes(folder) -> int:
@@ -178,11 +168,11 @@ def test_ledger_rebuilt_by_another_process_mid_append_never_undercounts(tree, st
 
     assert reply.startswith("226"), reply
     assert size(home / "f.bin") == len(OLD) + 128 * KiB
-    assert usage(home, tree.root) <= ledger_used(home) <= usage(home, tree.root) + 64 * KiB
+    assert tree_usage(home, tree.root) <= ledger_used(home) <= tree_usage(home, tree.root) + 64 * KiB
     assert b.sendcmd("SITE QUOTA").startswith("200")
     from xxftp_pyftpdlib.ledger import Quotas
-    assert Quotas(ConfigStore(str(tree.root))).ledger(str(home)).rescan() == usage(home, tree.root)
-    assert ledger_used(home) == usage(home, tree.root)
+    assert Quotas(ConfigStore(str(tree.root))).ledger(str(home)).rescan() == tree_usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 def test_ledger_rebuilt_by_another_process_mid_append_keeps_one_writer(tree, start_server, connect, second_server):
@@ -209,9 +199,9 @@ def test_overwrite_whose_old_file_was_renamed_away_respects_the_limit(tree, star
     assert other.rename("f.bin", "g.bin").startswith("250")  # within the tree: allowed
     reply = upload.finish()
 
-    assert usage(home, tree.root) <= 1 * MiB, reply
+    assert tree_usage(home, tree.root) <= 1 * MiB, reply
     assert reply.startswith("552"), reply
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 # --- folders deeper than PATH_MAX
@@ -365,7 +355,7 @@ def test_dele_racing_an_overwrite_commit_frees_what_it_removes(tree, start_serve
         os.close(lock)
         reply = upload._reply()
         thread.join(10)
-        results.append((reply[:3], dele[0][:3], ledger_used(home), usage(home, tree.root)))
+        results.append((reply[:3], dele[0][:3], ledger_used(home), tree_usage(home, tree.root)))
         if dele[0].startswith("250"):
             break
     assert all(used == scanned for _, _, used, scanned in results), results

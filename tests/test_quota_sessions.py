@@ -42,10 +42,8 @@ import time
 
 import pytest
 
-from conftest import (HOST, UploadInProgress, free_port, ledger_used, run_xxftpd, store, temporaries,
-                      upload_or_refusal, wait_until)
-from xxftp_pyftpdlib.config import ConfigStore
-from xxftp_pyftpdlib.ledger.scan import scan
+from conftest import (HOST, UploadInProgress, free_port, ledger_used, run_xxftpd, size, store, temporaries,
+                      tree_usage, upload_or_refusal, wait_until)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -53,16 +51,6 @@ OLD = b"old content " * 1000  # 12000 bytes
 ARRIVAL = 0.2  # seconds for sent bytes to reach a temporary (nothing to watch on the disk)
 
 
-def usage(tree_root, root) -> int:
-    """The usage of a quota tree as a fresh scan of the disk counts it."""
-    return scan(str(tree_root), ConfigStore(str(root)))
-
-
-def size(path) -> int:
-    try:
-        return os.path.getsize(path)
-    except OSError:
-        return -1
 
 
 # --- in-place uploads: charged from the file they write
@@ -107,7 +95,7 @@ def test_rename_during_in_place_upload(tree, start_server, connect, kind):
     assert reply.startswith("226"), reply
     assert not (home / "f.bin").exists()
     assert (home / "g.bin").read_bytes() == start + part1 + part2
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 @pytest.mark.parametrize("kind", IN_PLACE)
@@ -120,7 +108,7 @@ def test_dele_during_in_place_upload_is_refused(tree, start_server, connect, kin
 
     assert reply.startswith("226"), reply
     assert (home / "f.bin").read_bytes() == start + part1 + part2
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 @pytest.mark.parametrize("kind", IN_PLACE)
@@ -149,7 +137,7 @@ def test_in_place_uploads_renamed_away_never_pass_the_limit(tree, start_server, 
             if (home / "f.bin").exists():
                 other.rename("f.bin", f"kept{round_}.bin")
             upload.finish()
-        rounds.append((round_, usage(home, tree.root), ledger_used(home)))
+        rounds.append((round_, tree_usage(home, tree.root), ledger_used(home)))
     assert [r for r in rounds if r[1] > limit or r[2] != r[1]] == [], rounds
     assert not temporaries(tree.root)
 
@@ -178,7 +166,7 @@ def test_atomic_upload_commits_into_its_renamed_folder(tree, start_server, conne
     assert (home / renamed / "new.bin").read_bytes() == part1 + part2
     assert not (home / old).exists()
     assert temporaries(tree.root) == []
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 def test_rmd_of_the_folder_an_upload_commits_into_is_refused(tree, start_server, connect):
@@ -198,7 +186,7 @@ def test_rmd_of_the_folder_an_upload_commits_into_is_refused(tree, start_server,
     assert reply.startswith("226"), reply
     assert (home / "n/x.bin").read_bytes() == part1 + part2
     assert temporaries(tree.root) == []
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 # --- one writer per file
@@ -234,7 +222,7 @@ def test_second_upload_to_a_file_being_appended_is_refused(tree, team, start_ser
 
     assert reply.startswith("226"), reply
     assert (team / "shared.bin").read_bytes() == OLD + part1 + part2
-    assert ledger_used(team) == usage(team, tree.root)
+    assert ledger_used(team) == tree_usage(team, tree.root)
 
 
 @pytest.mark.parametrize("failure", ["quota", "broken"])
@@ -259,7 +247,7 @@ def test_failed_append_cuts_back_only_its_own_bytes(tree, team, start_server, co
     acknowledged = b"B" * KiB if second.startswith("started, then 226") else b""
     assert (team / "shared.bin").read_bytes() == before + acknowledged, "bytes answered with 226 were cut"
     assert second.startswith("450"), second
-    assert ledger_used(team) == usage(team, tree.root)
+    assert ledger_used(team) == tree_usage(team, tree.root)
     assert temporaries(tree.root) == []
 
 
@@ -296,7 +284,7 @@ def test_write_only_upload_never_replaces_a_file_that_appeared_meanwhile(tree, d
     assert reply.startswith("550"), reply
     assert (drop_box / "new.bin").read_bytes() == appeared
     assert temporaries(tree.root) == []
-    used = usage(drop_box, tree.root)
+    used = tree_usage(drop_box, tree.root)
     if route == "written":  # the ledger does not see a file written outside FTP (README)
         assert ledger_used(drop_box) in (used, used - len(appeared))
     else:
@@ -318,7 +306,7 @@ def test_second_upload_of_a_new_name_is_refused(tree, drop_box, start_server, co
     assert reply.startswith("226"), reply
     assert (drop_box / "new.bin").read_bytes() == part1 + part2
     assert temporaries(tree.root) == []
-    assert ledger_used(drop_box) == usage(drop_box, tree.root)
+    assert ledger_used(drop_box) == tree_usage(drop_box, tree.root)
 
 
 # --- reservations have leases
@@ -342,7 +330,7 @@ def test_idle_uploads_give_back_their_room(tree, drop_box, start_server, connect
     assert (drop_box / "big.bin").read_bytes() == big
     assert all((drop_box / f"idle{i}.bin").read_bytes() == b"i" for i in range(len(idle)))
     assert temporaries(tree.root) == []
-    assert ledger_used(drop_box) == usage(drop_box, tree.root) == len(big) + len(idle)
+    assert ledger_used(drop_box) == tree_usage(drop_box, tree.root) == len(big) + len(idle)
 
 
 def test_uploads_waiting_for_their_data_connection_give_back_their_room(tree, drop_box, start_server, connect):
@@ -361,7 +349,7 @@ def test_uploads_waiting_for_their_data_connection_give_back_their_room(tree, dr
     assert store(connect(port, "anonymous"), "upload/big.bin", big).startswith("226")
     for ftp in waiting:
         ftp.close()
-    assert wait_until(lambda: ledger_used(drop_box) == usage(drop_box, tree.root) == len(big))
+    assert wait_until(lambda: ledger_used(drop_box) == tree_usage(drop_box, tree.root) == len(big))
     assert wait_until(lambda: not json.loads((drop_box / ".xxftp" / "ledger").read_text())["pending"])
 
 
@@ -434,13 +422,13 @@ def test_broken_ledger_and_a_crash(tree, damage):
         assert not [n for n in ftp.nlst() if n.startswith(".")]
         ftp.quit()
         assert temporaries(tree.root) == []
-        assert ledger_used(home) == usage(home, tree.root)
+        assert ledger_used(home) == tree_usage(home, tree.root)
         shown = admin(tree.root, "quota")
         assert shown.returncode == 0 and "Traceback" not in shown.stderr, shown.stderr
-        assert ledger_used(home) == usage(home, tree.root)
+        assert ledger_used(home) == tree_usage(home, tree.root)
         rescanned = admin(tree.root, "quota", "--rescan")
         assert rescanned.returncode == 0 and "Traceback" not in rescanned.stderr, rescanned.stderr
-        assert ledger_used(home) == usage(home, tree.root)
+        assert ledger_used(home) == tree_usage(home, tree.root)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -485,7 +473,7 @@ def test_size_file_added_mid_upload(tree, start_server, connect):
     assert reply.startswith("552"), reply
     assert not (home / "big.bin").exists()
     assert temporaries(tree.root) == []
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 # --- long names
@@ -507,7 +495,7 @@ def test_longest_utf8_names_in_every_upload_mode(tree, start_server, connect):
         for name in names:
             assert (home / mode / name).read_bytes() == data
     assert temporaries(tree.root) == []
-    assert ledger_used(home) == usage(home, tree.root)
+    assert ledger_used(home) == tree_usage(home, tree.root)
 
 
 # --- one writer per file, whatever serves the sessions

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 from . import quota
 from .ledger import Commit, Ledger, new_token, this_owner
-from .quota import GRANT, Busy, Pending, QuotaExceeded, QuotaWait, file_key, folder_key, name_key, temp_name
+from .quota import GRANT, Busy, Pending, QuotaWait, file_key, folder_key, name_key, temp_name
 
 _SPLICE = hasattr(os, "splice")  # Linux, Python 3.10+
 _NO_SPLICE = {errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP}  # the target can't be spliced into
