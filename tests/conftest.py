@@ -96,6 +96,15 @@ def tree(tmp_path: Path) -> Tree:
 
 
 @pytest.fixture
+def drop_box(tree):
+    """anonymous: a read-only home with a write-only /upload of 5 MiB."""
+    tree.user("anonymous", permission="read", virtual="upload $root/public-upload write\n")
+    folder = tree.folder("public-upload")
+    tree.xxftp(folder, "size", "5M\n")
+    return folder
+
+
+@pytest.fixture
 def start_server():
     """start_server(root, concurrency="async", **handler_attrs) -> ServerThread"""
     started: list[ServerThread] = []

@@ -69,15 +69,6 @@ def test_uploads_through_a_mount_of_a_subfolder_count_in_the_tree(tree, overlap,
 # --- room held by uploads whose data connection never comes
 
 
-@pytest.fixture
-def drop_box(tree):
-    """anonymous: a read-only home with a write-only /upload of 5 MiB."""
-    tree.user("anonymous", permission="read", virtual="upload $root/public-upload write\n")
-    folder = tree.folder("public-upload")
-    tree.xxftp(folder, "size", "5M\n")
-    return folder
-
-
 def test_uploads_waiting_for_their_data_connection_hold_no_room(tree, drop_box, start_server, connect):
     port = start_server(tree.root).port
     for i in range(8):  # STOR accepted (150), the data connection never opened

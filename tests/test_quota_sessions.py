@@ -254,15 +254,6 @@ def test_failed_append_cuts_back_only_its_own_bytes(tree, team, start_server, co
 # --- commit without clobbering
 
 
-@pytest.fixture
-def drop_box(tree):
-    """anonymous: a read-only home with a write-only /upload of 5 MiB."""
-    tree.user("anonymous", permission="read", virtual="upload $root/public-upload write\n")
-    folder = tree.folder("public-upload")
-    tree.xxftp(folder, "size", "5M\n")
-    return folder
-
-
 @pytest.mark.parametrize("route", ["written", "moved"])
 def test_write_only_upload_never_replaces_a_file_that_appeared_meanwhile(tree, drop_box, start_server, connect, route):
     port = start_server(tree.root).port
