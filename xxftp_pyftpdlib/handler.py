@@ -162,7 +162,7 @@ class XxftpSession:
         forge a reply line (``NOOP x\n226 ...``). Our own multi-line replies
         join their lines with CRLF, which is kept."""
         code, self._refusal_code = self._refusal_code, None
-        if code is not None and resp.startswith("550 "):
+        if code is not None and resp.startswith(("550 ", "450 ")):  # 450: pyftpdlib's STOU refusals
             resp = f"{code} {resp[4:]}"
         if "\n" in resp or "\r" in resp or "\x00" in resp:
             resp = _BARE_CONTROLS.sub(_escape, resp)

@@ -14,8 +14,9 @@ Rules that live here:
   writes) and the *intents* of changes under way (delete, move: "apply
   DELTA once PATH is gone").
 - Room: an upload reserves room before it writes. A reservation is
-  granted ahead of need (a sixteenth of what is left, at most ``GRANT``),
-  so a big upload touches its ledger rarely. The free room is the limit
+  granted ahead of need, by what the caller asks (``GRANT``, or what the
+  upload has written so far if more) but at most a sixteenth of what is
+  left, so a big upload touches its ledger rarely. The free room is the limit
   minus the usage minus every pending reservation. Exactly ``limit``
   bytes fit; one more does not.
 - Leases: an upload that has received nothing for ``LEASE`` seconds gives
