@@ -98,6 +98,15 @@ run() {
 }
 status=0
 run -ra "$@" ${suite[@]+"${suite[@]}"} | tee "$failed.log" || status=$?
+# Under load, pyOpenSSL has crashed the interpreter itself (a segmentation
+# fault in a TLS listing test that pyftpdlib marks "may fail on CI"; plain
+# pyftpdlib too). A crash is no verdict on any test: the whole run is made
+# once more, and its result counts.
+if [ "$status" -gt 1 ] && [ "$status" -ge 128 ]; then
+    echo "conformance: the test process crashed (status $status); running the suite once more" >&2
+    status=0
+    run -ra "$@" ${suite[@]+"${suite[@]}"} | tee "$failed.log" || status=$?
+fi
 if [ "$status" -eq 1 ]; then
     grep -E '^FAILED ' "$failed.log" | sed -E 's/^FAILED ([^ ]+).*/\1/' | sort -u > "$failed"
     if [ -s "$failed" ] && [ "$(wc -l < "$failed")" -le 3 ]; then
