@@ -471,9 +471,12 @@ class QuotaModel(RuleBasedStateMachine):
             if sess.upload is None:
                 return
             received = re.search(r"Total bytes received: (\d+)", status[sess])
-            if received and int(received.group(1)) >= sess.upload.sent and self._on_disk(sess.upload):
+            taken = received is not None and int(received.group(1)) >= sess.upload.sent
+            if taken and self._on_disk(sess.upload):
                 return
-            assert time.monotonic() < deadline, f"the server neither took nor refused {sess.upload}: {status[sess]!r}"
+            assert time.monotonic() < deadline, \
+                f"{sess.upload}: the server took the bytes but they are not on disk as sent" if taken else \
+                f"{sess.upload}: the server neither took nor refused them: {status[sess]!r}"
             time.sleep(0.002)
 
     def _status(self, sess: Session) -> str:
