@@ -111,7 +111,10 @@ def test_size_file_added_to_a_subfolder_mid_upload_keeps_its_limit(tree, start_s
 # --- a file hard-linked into two limited trees grows through one of them
 
 
-def test_append_to_a_file_hard_linked_into_another_tree_counts_there(tree, start_server, connect):
+def test_a_file_hard_linked_into_another_tree_is_never_written_in_place(tree, start_server, connect):
+    """Appending to one name of a hard-linked file would grow its other
+    names too (here in bob's tree) uncounted: refused; replacing this name
+    (an atomic STOR) changes this name only."""
     tree.user("alice", password="pw", size="1M")
     bob = tree.user("bob", password="pw", size="128K")
     shared = tree.file("alice/shared.bin", b"s" * (64 * KiB))
@@ -120,8 +123,12 @@ def test_append_to_a_file_hard_linked_into_another_tree_counts_there(tree, start
     alice, bobftp = connect(port, "alice", "pw"), connect(port, "bob", "pw")
     assert store(bobftp, "warm.bin", b"").startswith("226")  # bob's ledger is scanned: 64 KiB
 
-    assert store(alice, "shared.bin", b"a" * (48 * KiB), cmd="APPE").startswith("226")
+    refusal = store(alice, "shared.bin", b"a" * (48 * KiB), cmd="APPE")
+    assert refusal.startswith("550") and "hard links" in refusal, refusal
+    assert store(alice, "shared.bin", b"r" * (48 * KiB)).startswith("226")  # replaces alice's name only
+    assert (bob / "shared.bin").read_bytes() == b"s" * (64 * KiB)
     second = store(bobftp, "more.bin", b"b" * (48 * KiB))
+    assert second.startswith("226"), second
 
     assert ledger_used(bob) == tree_usage(bob, tree.root), second
     assert tree_usage(bob, tree.root) <= 128 * KiB, f"{tree_usage(bob, tree.root)} bytes in a 128 KiB tree: {second}"

@@ -62,8 +62,8 @@ def reconcile(root: str) -> int:
     store = shared_store(root)
     quotas = shared_quotas(store)
     count = 0
-    for info in trees(store):
-        ledger = quotas.ledger(info.root)
+    for folder in [store.server_root] + [info.root for info in trees(store)]:  # the root: unlimited folders' uploads
+        ledger = quotas.ledger(folder)
         if ledger.limit != 0 or ledger.exists():
             ledger.usage()
             count += 1

@@ -28,7 +28,7 @@ from .ledger.scan import entry_keys, measure
 from .permissions import Action, Permission
 from .quota import Busy, QuotaExceeded, QuotaInvalid, Usage, folder_key
 from .tree import Entry, Listing, Namespace, Node, PathRefused, check_name, require
-from .uploads import Upload
+from .uploads import Refused, Upload
 
 
 class QuotaRefused(FilesystemError):
@@ -143,17 +143,19 @@ class XxftpFS(AbstractedFS):
         ledger = self._ledger(node)
         try:
             return Upload(node.real, os.path.normpath(filename), mode, self.upload_mode, ledger,
-                          overwrite_refusal=overwrite_refusal)
+                          overwrite_refusal=overwrite_refusal, tree_of=self.quotas.tree_of)
         except Busy as err:
             raise FileBusy(f"{node.ftp}: {err}") from None
         except QuotaExceeded as err:
             raise QuotaRefused(str(err.at(node.area.top))) from None
+        except Refused as err:
+            raise FilesystemError(str(err)) from None
 
     def _tree(self, node: Node, itself: bool = False) -> Ledger:
         """The ledger governing ``node``: its folder's tree (``itself``: the
         node is a folder to be measured as such, e.g. for SITE QUOTA)."""
         folder = node.real if itself else os.path.dirname(node.real)
-        return self.quotas.tree_of(folder, node.area.root)
+        return self.quotas.tree_of(folder)
 
     def _ledger(self, node: Node) -> Ledger:
         ledger = self._tree(node)
@@ -193,7 +195,8 @@ class XxftpFS(AbstractedFS):
         name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
         try:
             node = self.resolve(name)
-            return Upload(real, name, "wb", self.upload_mode, self._ledger(node), placeholder=True)
+            return Upload(real, name, "wb", self.upload_mode, self._ledger(node), placeholder=True,
+                          tree_of=self.quotas.tree_of)
         except QuotaExceeded as err:
             os.remove(real)
             raise QuotaRefused(str(err.at(node.area.top))) from None

@@ -2,6 +2,9 @@
 
 Rules that live here:
 
+- A file with several names (hard links) is never written in place: its
+  other names, in this tree or another, would change uncounted. It can
+  be replaced (an atomic STOR), which changes this name only.
 - An upload is bound to what it opened, never to a path read later: the
   folder it commits into (a descriptor, so renaming that folder or any
   folder above it changes nothing) and the file it writes (a descriptor:
@@ -42,7 +45,8 @@ import fcntl
 import io
 import os
 import stat as stat_mod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 from . import quota
 from .ledger import Commit, Ledger, new_token, this_owner
@@ -86,12 +90,16 @@ class Upload:
     _claimed: int | None = None  # a descriptor locking the file an overwrite will replace
 
     def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger,
-                 placeholder: bool = False, overwrite_refusal: str | None = None) -> None:
+                 placeholder: bool = False, overwrite_refusal: str | None = None,
+                 tree_of: Callable[[str], Ledger] | None = None) -> None:
         """``target``: the real path; ``name``: what pyftpdlib logs; ``mode``: 'wb',
         'ab' or 'r+b' (REST). ``placeholder``: ``target`` is an empty file made
         only to hold a unique name (STOU), removed if the upload fails.
         ``overwrite_refusal``: why this user may not replace an existing file
         (None: they may), for a name that appears while the upload runs.
+        ``tree_of``: the ledger governing a folder now (a size file may be
+        added, or the folder moved, while the upload runs); asked again at
+        each reservation and at the end.
 
         Raises Busy if another upload writes the file, FileNotFoundError for a
         REST on a missing file, OSError for what the disk refuses.
@@ -99,6 +107,7 @@ class Upload:
         self.name = name  # what pyftpdlib logs and passes to callbacks
         self.target = target
         self.ledger = ledger
+        self._tree_of = tree_of
         self.upload_mode = upload_mode
         self._mode = MODES[upload_mode]
         self.token = new_token()
@@ -137,6 +146,10 @@ class Upload:
         else:
             in_place = mode[0] in "ar" or self._mode.stor_in_place
         self.old = existing.st_size if existing is not None and not placeholder else 0
+        if in_place and existing is not None and existing.st_nlink > 1:
+            # its other names (in this tree or another) would grow too, uncounted
+            raise Refused(f"{self._base} has other names (hard links): it can't be written in place; "
+                          "store it under a new name")
         if in_place:
             self._open_in_place(mode, existing)
             self.temp = None
@@ -155,6 +168,7 @@ class Upload:
         if existing is not None:
             keys.append(file_key(existing.st_dev, existing.st_ino))
         entry = Pending(this_owner(), crash, self.target, self.old, fst.st_ino, self.temp, tuple(dict.fromkeys(keys)))
+        self._entry = entry
         try:
             self._granted = self.ledger.begin(self.token, entry, GRANT)
         except BaseException:
@@ -282,8 +296,29 @@ class Upload:
         """Reserve room for ``size`` more bytes, if this upload's grant is used up."""
         need = self._growth(self._written + size)
         if need > self._granted:  # ahead by what was written so far: few ledger updates for big files
+            self._follow_tree()
             self._granted = self.ledger.reserve(self.token, need, max(0, self._growth(self._written)),
                                                 max(GRANT, self._written))
+
+    def _follow_tree(self) -> None:
+        """Move to the ledger that governs the upload's folder now, if that
+        changed (a size file added or removed, the folder moved into
+        another tree): registered there first, then gone from the old."""
+        if self._tree_of is None:
+            return
+        here = _path_of(self._dir)
+        if here is None:
+            return
+        ledger = self._tree_of(here)
+        if ledger is self.ledger or ledger.root == self.ledger.root:
+            return
+        entry = replace(self._entry, target=f"{here}/{self._base}", bytes=0, written=0)
+        ledger.begin(self.token, entry, 0)
+        old, self.ledger, self._granted, self._entry = self.ledger, ledger, 0, entry
+        try:
+            old.abort(self.token)
+        except OSError:  # its folder is gone (moved): nothing of this upload is left there
+            pass
 
     def idle(self) -> None:
         """No bytes came for a lease's time: give back the room ahead."""
@@ -336,6 +371,8 @@ class Upload:
         keep = ok or (mode.keep_when_broken if why == BROKEN else mode.keep_when_refused)
         committed = False
         try:
+            if keep:
+                self._follow_tree()
             if keep and self._in_place:
                 self._usage = self.ledger.commit(self.token, self._settle_in_place)
                 committed = True

@@ -5,10 +5,10 @@ Rules that live here:
 - A tree is a folder with a size file; a file belongs to the nearest one
   at or above it, however it is reached (through which home or mount).
   A folder with a size file inside a tree is a tree of its own, left out
-  of the enclosing one. Without a tree above it, a file belongs to the
-  home or mount target it is reached through, whose ledger then keeps
-  only its running uploads (so a crash is settled there too, and a second
-  writer is refused there).
+  of the enclosing one. Files with no tree above them share the server
+  root's ledger, which keeps only their running uploads (so a crash is
+  settled there too, and a second writer is refused there, whichever
+  home or mount it comes through).
 - Every tree has one ledger; it holds the state of ``quota.State``.
 - The ``Ledger`` protocol is what the rest of xxftpd uses. Every operation
   is atomic against every other operation on the same tree, from any
@@ -171,17 +171,18 @@ class Quotas:
             ledger = self._ledgers.setdefault(tree_root, self._factory(tree_root, self.store))
         return ledger
 
-    def tree_of(self, folder: str, area_root: str) -> Ledger:
+    def tree_of(self, folder: str) -> Ledger:
         """The ledger governing ``folder`` (a real path): that of the nearest
-        folder at or above it with a size file; if there is none, that of
-        ``area_root`` (the home or mount target it is reached through),
-        which then only keeps its running uploads."""
+        folder at or above it with a size file. Where there is none, the
+        server root's, which then only keeps running uploads: one ledger
+        for every folder without a quota, so a second writer is refused
+        there whichever home or mount it comes through."""
         path = folder.rstrip("/") or "/"
         while True:
             if self.store.has_size(path):
                 return self.ledger(path)
             if path == "/":
-                return self.ledger(area_root)
+                return self.ledger(self.store.server_root)
             path = os.path.dirname(path)
 
     def limited(self, tree_root: str) -> Ledger | None:

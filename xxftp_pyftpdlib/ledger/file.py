@@ -70,8 +70,11 @@ class FileLedger:
     def _open(self) -> int:
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:  # no .xxftp folder yet
-            os.makedirs(self.dir, exist_ok=True)
+        except FileNotFoundError:  # no .xxftp folder yet (but never a tree's folder: it may have moved)
+            try:
+                os.mkdir(self.dir)
+            except FileExistsError:
+                pass
             return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextmanager
@@ -160,7 +163,7 @@ class FileLedger:
             with self._locked() as (state, _, limit):
                 if limit is None:
                     raise core.QuotaInvalid()
-                hit = core.busy(state, core.writer_keys(entry.keys), alive_here)
+                hit = core.busy(state, core.writer_keys(entry.keys), alive_here, exclude=token)
                 if hit is not None:
                     raise hit
                 entry.since = entry.touched = time.time()
@@ -190,9 +193,9 @@ class FileLedger:
             return state.usage(limit)
 
     def abort(self, token: str) -> None:
+        self._mine.pop(token, None)
         with self._locked() as (state, _, _):
             state.pending.pop(token, None)
-            self._mine.pop(token, None)
 
     def change(self, delta: int, gone: str, action: Callable[[], None], *, check_fits: bool = False,
                keys: Iterable[str] = (), renamed: tuple[str, str] | None = None,
