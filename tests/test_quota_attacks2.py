@@ -7,7 +7,7 @@ import ftplib
 import os
 import time
 
-from conftest import UploadInProgress, ledger_used, store, tree_usage, upload_or_refusal, wait_until
+from conftest import UploadInProgress, ledger_used, store, tree_usage, upload_or_refusal
 
 KiB = 1024
 ARRIVAL = 0.3  # time for sent bytes to reach the server
