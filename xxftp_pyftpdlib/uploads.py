@@ -87,7 +87,6 @@ class Upload:
 
     _rest = False  # a REST position was set (seek before the first byte)
     _truncate = False  # a STOR in place, which empties the file it writes
-    _claimed: int | None = None  # a descriptor locking the file an overwrite will replace
 
     def __init__(self, target: str, name: str, mode: str, upload_mode: str, ledger: Ledger,
                  placeholder: bool = False, overwrite_refusal: str | None = None,
@@ -155,18 +154,16 @@ class Upload:
             self.temp = None
             crash = "keep" if self._mode.keep_when_broken else "truncate"
         else:
-            if existing is not None:  # the file this upload will replace: no one else may write it meanwhile
-                self._claimed = _claim_path(self._base, self._dir)
             self._open_temporary()
             self.temp = os.path.join(os.path.dirname(self.target), self._temp_name) if self._temp_name else None
             crash = "delete"
         self._in_place = in_place
         self._start = self.old if self._append and in_place else 0
         fst = os.fstat(self._file.fileno())
+        # The file an overwrite will replace is not claimed: it may be renamed
+        # away meanwhile, and what the name holds at the commit is checked then.
         keys = [name_key(dir_st.st_dev, dir_st.st_ino, self._base), folder_key(dir_st.st_dev, dir_st.st_ino),
                 file_key(fst.st_dev, fst.st_ino)]
-        if existing is not None:
-            keys.append(file_key(existing.st_dev, existing.st_ino))
         entry = Pending(this_owner(), crash, self.target, self.old, fst.st_ino, self.temp, tuple(dict.fromkeys(keys)))
         self._entry = entry
         try:
@@ -421,7 +418,7 @@ class Upload:
             raise Refused(f"{self._base}: a folder of that name appeared meanwhile")
         if not ours and self._overwrite_refusal is not None:
             raise Refused(f"a file of that name appeared meanwhile; {self._overwrite_refusal}")
-        tx.busy([file_key(st.st_dev, st.st_ino)])
+        tx.busy([file_key(st.st_dev, st.st_ino)])  # an upload writing it in place
         old = st.st_size if stat_mod.S_ISREG(st.st_mode) else 0
         tx.fits(size - old)
         if self._temp_name is None:  # an unnamed temporary: give it a hidden name first
@@ -472,9 +469,6 @@ class Upload:
             pass
 
     def _close_fds(self) -> None:
-        if self._claimed is not None:
-            os.close(self._claimed)
-            self._claimed = None
         if self._file is not None and not self._file.closed:
             self._file.close()
         if self._dir >= 0:
@@ -491,29 +485,13 @@ class Upload:
 
 
 def _claim(fd: int) -> None:
-    """Lock a file this upload writes or replaces (``flock``, held while its
-    descriptor is open). The ledger keeps one writer per file within a tree;
-    this lock also holds between trees that reach one file (two mounts of
-    one folder, a hard link). Busy if another upload holds it."""
+    """Lock a file this upload writes in place (``flock``, held while its
+    descriptor is open): a second guard beside the ledger's keys, which
+    holds for any route to the file. Busy if another upload holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise Busy("file") from None
-
-
-def _claim_path(name: str, folder: int) -> int | None:
-    """Open and lock the file ``name`` in ``folder``; its descriptor (None if
-    it can't be opened: then the ledger's keys alone guard it)."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
-    except OSError:
-        return None
-    try:
-        _claim(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def _path_of(fd: int) -> str | None:
