@@ -340,7 +340,6 @@ class XxftpSession:
         if queued is not None and queued[0] is upload:
             upload.idle()
 
-
     def ftp_ALLO(self, line: str) -> None:
         """ALLO n: 552 at once if n bytes can't fit the current tree."""
         size = line.split()[0] if line.split() else ""
