@@ -536,3 +536,21 @@ def test_one_writer_per_file_across_threads_and_processes(tree, start_server, se
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
             proc.communicate(timeout=15)
+
+
+def test_overwrite_of_a_file_renamed_onto_while_appended_is_refused_at_once(tree, start_server, connect):
+    """An APPE writes f.bin; another session renames it to g.bin (allowed:
+    the upload follows the file). A STOR of g.bin would replace the file
+    being written: 450 before any data, not after the transfer."""
+    home = tree.user("alice", password="pw")
+    (home / "f.bin").write_bytes(OLD)
+    port = start_server(tree.root).port
+    writer, other = connect(port, "alice", "pw"), connect(port, "alice", "pw")
+    upload = UploadInProgress(writer, "APPE f.bin")
+    upload.send(b"a" * KiB)
+    assert wait_until(lambda: size(home / "f.bin") == len(OLD) + KiB)
+    assert other.rename("f.bin", "g.bin").startswith("250")
+    refusal = upload_or_refusal(other, "STOR g.bin", b"x" * KiB)
+    assert refusal.startswith("450"), refusal
+    assert upload.finish(b"a" * KiB).startswith("226")
+    assert (home / "g.bin").read_bytes() == OLD + b"a" * (2 * KiB)

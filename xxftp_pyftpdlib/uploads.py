@@ -154,6 +154,8 @@ class Upload:
             self.temp = None
             crash = "keep" if self._mode.keep_when_broken else "truncate"
         else:
+            if existing is not None:  # a file another upload writes in place can't be replaced now
+                _probe(self._base, self._dir)
             self._open_temporary()
             self.temp = os.path.join(os.path.dirname(self.target), self._temp_name) if self._temp_name else None
             crash = "delete"
@@ -492,6 +494,19 @@ def _claim(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise Busy("file") from None
+
+
+def _probe(name: str, folder: int) -> None:
+    """Busy if an upload writes the file ``name`` in place now (it holds the
+    file's lock). Only a probe: the commit checks again under the ledger."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=folder)
+    except OSError:
+        return
+    try:
+        _claim(fd)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _path_of(fd: int) -> str | None:
