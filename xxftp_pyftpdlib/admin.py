@@ -228,7 +228,7 @@ def users_table(root: str, out: TextIO = sys.stdout) -> int:
     accounts = Accounts(root)
     rows = [["USER", "PASSWORD", "PERMISSION", "QUOTA", "USED", "MOUNTS"]]
     for user in users(store.server_root):
-        home = os.path.join(store.server_root, user)
+        home = os.path.realpath(os.path.join(store.server_root, user))  # a home may be a link
         path = accounts.password_file(user)
         if not os.path.lexists(path):
             kind = "none (user only)" if user == "anonymous" else "none"

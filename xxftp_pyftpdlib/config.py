@@ -16,6 +16,13 @@ Rules that live here:
   an invalid quota that refuses uploads).
 - Parsed files are cached by path and stat identity, so an unchanged file
   costs one ``stat`` and an edited one is read again on its next use.
+- The files that shape a session's tree (``permission``, ``virtual``,
+  ``size``) are read through ``beneath``, at the real paths resolution
+  gives: no symbolic link is followed on the way (a ``.xxftp`` folder or
+  file that is a link is unreadable, which falls back to the safe side),
+  and the identity cached with what was read is that of the file read.
+  ``hosts`` and banners are read by their path (checked at login, and the
+  home named there may be a link).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
+from . import beneath
 from .access import parse_hosts
 from .permissions import FULL, NONE, Permission
 
@@ -156,7 +164,8 @@ class ConfigStore:
         self._reported: set[tuple] = set()
         self._folders: dict[str, tuple[tuple[int, int], str]] = {}
 
-    def _load(self, path: str, parse: Callable[[str], Parsed[T]], missing: T, unreadable: T) -> T:
+    def _load(self, path: str, parse: Callable[[str], Parsed[T]], missing: T, unreadable: T,
+              bound: bool = True) -> T:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -166,18 +175,20 @@ class ConfigStore:
             return unreadable
         key = _identity(st)
         hit = self._cache.get(path)
-        if hit is not None and hit[0] == key:
+        if hit is not None and hit[0] == key:  # the very file that was read (``key`` is of what was read)
             return hit[1].value
         if not stat.S_ISREG(st.st_mode):
             parsed: Parsed = Parsed(unreadable, (Problem(path, 0, "not a regular file"),))
         else:
             try:
-                with open(path, encoding="utf-8", errors="surrogateescape") as f:
-                    text = f.read(65536)
+                with open(path, encoding="utf-8", errors="surrogateescape", opener=beneath.opener if bound else None) as f:
+                    read = os.fstat(f.fileno())
+                    text = f.read(65536) if stat.S_ISREG(read.st_mode) else None
             except OSError as err:
                 parsed = Parsed(unreadable, (Problem(path, 0, f"cannot read: {err.strerror}"),))
             else:
-                parsed = parse(text)
+                key = _identity(read)
+                parsed = parse(text) if text is not None else Parsed(unreadable, (Problem(path, 0, "not a regular file"),))
         for problem in parsed.problems:
             log.warning("%s", problem)
         with self._lock:
@@ -238,7 +249,7 @@ class ConfigStore:
     def hosts(self, home: str) -> tuple | None:
         """Networks a user may log in from; None without a hosts file."""
         path = f"{home}/{CONFIG_DIR}/hosts"
-        return self._load(path, lambda text: parse_hosts(text, path), None, ())
+        return self._load(path, lambda text: parse_hosts(text, path), None, (), bound=False)
 
     def text(self, path: str) -> str | None:
         """A small text file (a banner), or None if missing or unreadable.
@@ -249,15 +260,11 @@ class ConfigStore:
         """
         if not os.access(path, os.F_OK):
             return None
-        return self._load(path, lambda text: Parsed(text), None, None)
+        return self._load(path, lambda text: Parsed(text), None, None, bound=False)
 
     def has_size(self, folder: str) -> bool:
         """True if ``folder`` holds a size file (of any content): it is a quota tree."""
-        try:
-            os.stat(f"{folder}/{CONFIG_DIR}/size")
-        except OSError:
-            return False
-        return True
+        return beneath.lexists(f"{folder}/{CONFIG_DIR}/size")
 
     def size_limit(self, folder: str) -> int | None:
         """A tree's byte limit: 0 unlimited, None invalid (refuse uploads)."""

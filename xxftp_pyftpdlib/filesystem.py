@@ -8,6 +8,10 @@ never raises. Every operation resolves its path through ``tree.Namespace``
 permission itself, so the rules hold for every command, with any
 authorizer (``DummyAuthorizer`` included) and any handler. Under a mount,
 such a path is *not* the real path: use ``fs.resolve(path).real`` for that.
+
+Every use of a resolved real path goes through ``beneath`` (opened with no
+link followed on the way), so a folder swapped for a symbolic link after
+the resolution meets an error (550), never what the link leads to.
 """
 
 from __future__ import annotations
@@ -15,13 +19,13 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_mod
-import tempfile
+import secrets
 import time
 from typing import Callable, Iterator
 
 from pyftpdlib.filesystems import AbstractedFS, FilesystemError
 
-from . import listing
+from . import beneath, listing
 from .config import shared_store
 from .ledger import Ledger, move, shared_quotas
 from .ledger.scan import entry_keys, measure
@@ -121,9 +125,9 @@ class XxftpFS(AbstractedFS):
         node = self.resolve(filename)
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
-            return open(node.real, mode)
+            return open(node.real, mode, opener=beneath.opener)  # a real file: sendfile takes it
         try:
-            mode_bits = os.stat(node.real).st_mode
+            mode_bits = beneath.lstat(node.real).st_mode
         except OSError:
             mode_bits = 0
         if stat_mod.S_ISDIR(mode_bits) and not node.is_top:
@@ -166,7 +170,7 @@ class XxftpFS(AbstractedFS):
     def quota_usage(self, path: str) -> tuple[Node, Usage | None]:
         """The area of ``path`` and its quota usage (None: unlimited)."""
         node = self.resolve(path)
-        ledger = self._tree(node, itself=os.path.isdir(node.real))
+        ledger = self._tree(node, itself=self._is(node.real, stat_mod.S_ISDIR))
         return node, (ledger.usage() if ledger.limit != 0 else None)
 
     def _unique_folder(self, folder_path: str, prefix: str, suffix: str = "") -> Node:
@@ -190,18 +194,17 @@ class XxftpFS(AbstractedFS):
         """STOU: reserve a unique name, then upload into it like STOR (quota,
         upload mode); a failed upload removes the name again."""
         folder = self._unique_folder(dir if dir is not None else self.ftp2fs(self.cwd), prefix, suffix)
-        fd, real = tempfile.mkstemp(suffix, prefix, folder.real)
-        os.close(fd)
+        real = _unique_file(folder.real, prefix, suffix)
         name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
         try:
             node = self.resolve(name)
             return Upload(real, name, "wb", self.upload_mode, self._ledger(node), placeholder=True,
                           tree_of=self.quotas.tree_of)
         except QuotaExceeded as err:
-            os.remove(real)
+            beneath.unlink(real)
             raise QuotaRefused(str(err.at(node.area.top))) from None
         except BaseException:
-            os.remove(real)
+            beneath.unlink(real)
             raise
 
     def remove(self, path: str) -> None:
@@ -213,7 +216,7 @@ class XxftpFS(AbstractedFS):
             size, keys = entry_keys(node.real)
             return -size, keys
 
-        self._change(node, ledger, lambda: os.remove(node.real), measure)
+        self._change(node, ledger, lambda: beneath.unlink(node.real), measure)
 
     def _change(self, node: Node, ledger: Ledger, action, measure) -> None:
         try:
@@ -236,7 +239,7 @@ class XxftpFS(AbstractedFS):
             raise QuotaRefused(str(QuotaInvalid(top=new.area.top)))
         try:
             move(src_ledger, dst_ledger, lambda: self._measure(old), lambda: entry_keys(new.real), old.real,
-                 lambda: os.rename(old.real, new.real), renamed=(old.real, new.real))
+                 lambda: beneath.rename(old.real, new.real), renamed=(old.real, new.real))
         except QuotaExceeded as err:
             raise QuotaRefused(str(err.at(new.area.top))) from None
         except Busy as err:
@@ -258,32 +261,32 @@ class XxftpFS(AbstractedFS):
     def chmod(self, path: str, mode: int) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "changing modes", on_entry=True)
-        os.chmod(node.real, mode)
+        beneath.chmod(node.real, mode)
 
     def utime(self, path: str, timeval: float) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "setting the modification time")
-        os.utime(node.real, (timeval, timeval))
+        beneath.utime(node.real, (timeval, timeval))
 
     # --- folders
 
     def chdir(self, path: str) -> None:
         node = self.resolve(path)
-        if not stat_mod.S_ISDIR(os.stat(node.real).st_mode):
+        if not stat_mod.S_ISDIR(beneath.lstat(node.real).st_mode):
             raise FilesystemError(f"{node.ftp}: not a folder")
         self.cwd = node.ftp
 
     def mkdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "creating a folder", on_entry=True)
-        os.mkdir(node.real)
+        beneath.mkdir(node.real)
 
     def rmdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
-        st = os.lstat(node.real)
+        st = beneath.lstat(node.real)
         ledger = self._tree(node)
-        self._change(node, ledger, lambda: os.rmdir(node.real), lambda: (0, [folder_key(st.st_dev, st.st_ino)]))
+        self._change(node, ledger, lambda: beneath.rmdir(node.real), lambda: (0, [folder_key(st.st_dev, st.st_ino)]))
 
     def listdir(self, path: str) -> list[str]:
         listed = self.namespace.listing(self.resolve(path))
@@ -295,36 +298,43 @@ class XxftpFS(AbstractedFS):
     # --- information
 
     def stat(self, path: str) -> os.stat_result:
-        return os.stat(self.resolve(path).real)
+        return beneath.lstat(self.resolve(path).real)  # its last component is no link either
 
     lstat = stat  # links inside an area are transparent
 
     def readlink(self, path: str) -> str:
         raise FilesystemError("symbolic links are not shown")
 
-    def _test(self, path: str, predicate) -> bool:
+    @staticmethod
+    def _is(real: str, kind: Callable[[int], bool]) -> bool:
         try:
-            return predicate(self.resolve(path).real)
-        except (FilesystemError, OSError):
+            return kind(beneath.lstat(real).st_mode)
+        except OSError:
+            return False
+
+    def _test(self, path: str, kind: Callable[[int], bool]) -> bool:
+        try:
+            return self._is(self.resolve(path).real, kind)
+        except FilesystemError:
             return False
 
     def isfile(self, path: str) -> bool:
-        return self._test(path, os.path.isfile)
+        return self._test(path, stat_mod.S_ISREG)
 
     def isdir(self, path: str) -> bool:
-        return self._test(path, os.path.isdir)
+        return self._test(path, stat_mod.S_ISDIR)
 
     def islink(self, path: str) -> bool:
         return False
 
     def lexists(self, path: str) -> bool:
-        return self._test(path, os.path.exists)
+        return self._test(path, bool)
 
     def getsize(self, path: str) -> int:
-        return os.path.getsize(self.resolve(path).real)
+        return self.stat(path).st_size
 
     def getmtime(self, path: str) -> float:
-        return os.path.getmtime(self.resolve(path).real)
+        return self.stat(path).st_mtime
 
     # --- listings
 
@@ -347,7 +357,7 @@ class XxftpFS(AbstractedFS):
                 entry = found.pop(name, None)
                 if entry is None:
                     node = self.resolve(os.path.join(basedir, name))
-                    entry = Entry(name, node.area, node.is_top, os.stat(node.real))
+                    entry = Entry(name, node.area, node.is_top, beneath.lstat(node.real))
                 if type(entry) is Entry:
                     result = (name, entry.st, entry.area.permission, entry.is_top)
                 else:  # an os.DirEntry: a plain file or folder
@@ -386,6 +396,24 @@ class XxftpFS(AbstractedFS):
         if key not in self._names:
             self._names[key] = str(self.get_group_by_gid(gid))
         return self._names[key]
+
+
+def _unique_file(folder: str, prefix: str, suffix: str) -> str:
+    """Create an empty file of a new name ``prefix + random + suffix`` in the
+    checked folder ``folder`` (as ``tempfile.mkstemp``, but opened beneath)."""
+    fd = beneath.open_folder(folder)
+    try:
+        for _ in range(100):
+            name = f"{prefix}{secrets.token_hex(4)}{suffix}"
+            try:
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 0o600, dir_fd=fd))
+            except FileExistsError:
+                continue
+            return f"{folder.rstrip('/')}/{name}"
+    finally:
+        os.close(fd)
+    raise FileExistsError(errno.EEXIST, "no unique name found", folder)
 
 
 LINES_PER_CHUNK = 16

@@ -16,6 +16,16 @@ Rules that live here:
   (the home, or the target of the mount being walked); anything else is
   refused, so nothing outside the home and its reachable mount targets
   can be reached.
+- Hidden means hidden however it is reached: a symlink whose real path
+  has a dot name in any component below its area's root (``settings ->
+  .xxftp``, ``quota.txt -> .xxftp/size``) is refused and left out of
+  listings like one that leaves its area; a mount whose target's real
+  path has a dot name (below the server root for a target inside it,
+  anywhere for one outside) is refused and reported once, like a missing
+  target.
+- What resolution returns is a *checked path* (no link in any component);
+  operations use it through ``beneath``, so a link swapped in after the
+  check meets an error there.
 - Loops: a step may never arrive at a folder that is already on the walked
   path, nor at one of that path's ancestors (a mount of ``$root/alice``
   inside alice's home, a symlink to a parent, two mounts pointing at each
@@ -29,9 +39,11 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 import stat as stat_mod
 from dataclasses import dataclass
 
+from . import beneath
 from .config import ConfigStore, Mount
 from .permissions import Action, Permission
 
@@ -101,6 +113,19 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
+def hidden_below(real: str, folder: str) -> bool:
+    """True if a component of ``real`` below ``folder`` is a dot name
+    (``real`` inside ``folder``; both real paths)."""
+    rest = real[len(folder.rstrip("/")):]
+    return "/." in rest
+
+
+def hidden_target(real: str, server_root: str) -> bool:
+    """True if a mount target lies in a hidden folder: a dot name below the
+    server root for a target inside it, anywhere for one outside."""
+    return hidden_below(real, server_root if _inside(real, server_root) else "/")
+
+
 def _loops(real: str, trail: tuple[str, ...]) -> bool:
     """True if arriving at ``real`` would revisit the path or climb above it."""
     return any(_inside(walked, real) for walked in trail)
@@ -163,6 +188,8 @@ class Namespace:
             real = os.path.realpath(real)
             if not _inside(real, node.area.root):
                 raise PathRefused(f"{ftp}: symbolic link leads outside the tree")
+            if hidden_below(real, node.area.root):
+                raise PathRefused(f"{ftp}: symbolic link leads to a hidden name")
             if _loops(real, node.trail):
                 raise PathRefused(f"{ftp}: symbolic link loops back into its own path")
         return Node(ftp, real, node.area, False, node.trail + (real,))
@@ -173,6 +200,12 @@ class Namespace:
             self.store.report_once(
                 ("target", mount.source, self.store.version(mount.source.rsplit(":", 1)[0])),
                 f"{mount.source}: mount target {mount.target!r} is missing or not a folder",
+            )
+            raise PathRefused(f"{ftp}: virtual directory is unavailable")
+        if hidden_target(target, self.store.server_root):
+            self.store.report_once(
+                ("hidden", mount.source, self.store.version(mount.source.rsplit(":", 1)[0])),
+                f"{mount.source}: mount target {mount.target!r} lies in a hidden folder ({target!r}); refused",
             )
             raise PathRefused(f"{ftp}: virtual directory is unavailable")
         if _loops(target, node.trail):
@@ -187,33 +220,45 @@ class Namespace:
 
     def listing(self, node: Node) -> Listing:
         """Visible entries of a folder: real ones (no dot names, no escaping
-        or looping links, none hidden by a mount) and then its mounts."""
+        or looping links, none hidden by a mount) and then its mounts.
+
+        The folder is read through a descriptor opened as checked
+        (``beneath``), kept open as long as the listing lives: its plain
+        entries are stat'ed relative to it when their lines are made.
+        """
         mounts = self.store.mounts(node.real)
         found: dict[str, os.DirEntry | Entry] = {}
         links = []
-        with os.scandir(node.real) as it:
-            for de in it:  # the hot loop of a big folder: keep it short
-                name = de.name
-                # as check_name, but for NUL, which no file name holds
-                if name[0] == "." or "\n" in name or "\r" in name:
-                    continue
-                found[name] = de
-                if de.is_symlink():
-                    links.append(name)
+        folder = beneath.open_folder(node.real, listable=True)
+        try:
+            with os.scandir(folder) as it:
+                for de in it:  # the hot loop of a big folder: keep it short
+                    name = de.name
+                    # as check_name, but for NUL, which no file name holds
+                    if name[0] == "." or "\n" in name or "\r" in name:
+                        continue
+                    found[name] = de
+                    if de.is_symlink():
+                        links.append(name)
+        except BaseException:
+            os.close(folder)
+            raise
+        listed = Listing(found, node.area)
+        weakref.finalize(listed, os.close, folder)
         for name in links:  # rare: resolve each, keep it only if it stays inside
             try:
                 child = self.child(node, name)
-                found[name] = Entry(name, node.area, False, os.stat(child.real))
+                found[name] = Entry(name, node.area, False, beneath.lstat(child.real))
             except (OSError, PathRefused):
                 del found[name]
         for name, mount in mounts.items():
             found.pop(name, None)  # a mount hides a real entry of its name
             try:
                 child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
-                found[name] = Entry(name, child.area, True, os.stat(child.real))
+                found[name] = Entry(name, child.area, True, beneath.lstat(child.real))
             except (OSError, PathRefused):
                 continue
-        return Listing(found, node.area)
+        return listed
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ Rules that live here:
   other names, in this tree or another, would change uncounted. It can
   be replaced (an atomic STOR), which changes this name only.
 - An upload is bound to what it opened, never to a path read later: the
-  folder it commits into (a descriptor, so renaming that folder or any
-  folder above it changes nothing) and the file it writes (a descriptor:
+  folder it commits into (a descriptor, opened through ``beneath`` so a
+  link swapped in on its path meets an error; renaming that folder or any
+  folder above it later changes nothing) and the file it writes (a descriptor:
   its size, its rollback and its charge come from ``fstat``/``ftruncate``
   of that descriptor).
 - Where the bytes go, by the upload mode (``MODES``, one row each):
@@ -48,7 +49,7 @@ import stat as stat_mod
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from . import quota
+from . import beneath, quota
 from .ledger import Commit, Ledger, new_token, this_owner
 from .quota import GRANT, Busy, Pending, QuotaWait, file_key, folder_key, name_key, temp_name
 
@@ -122,7 +123,7 @@ class Upload:
         self._temp_name: str | None = None  # a named temporary (no O_TMPFILE here)
         self._file: io.FileIO | None = None
         folder, self._base = os.path.split(target)
-        self._dir = os.open(folder, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._dir = beneath.open_folder(folder)
         try:
             self._open(mode, placeholder)
         except BaseException:
@@ -459,8 +460,8 @@ class Upload:
                 return
             fd = self._file.fileno()
             path = os.readlink(f"/proc/self/fd/{fd}")
-            if os.lstat(path).st_ino == os.fstat(fd).st_ino:
-                os.unlink(path)
+            if beneath.lstat(path).st_ino == os.fstat(fd).st_ino:
+                beneath.unlink(path)
         except (OSError, ValueError):
             pass
 

@@ -2,7 +2,9 @@
 
 Rules that live here:
 
-- The state of a tree lives in ``<tree>/.xxftp/ledger``. Every operation
+- The state of a tree lives in ``<tree>/.xxftp/ledger``, opened through
+  ``beneath`` (no symbolic link on its path, the ledger itself included),
+  as is every path the ledger looks at or changes when it settles. Every operation
   reads, changes and writes it under an exclusive ``flock`` on that file,
   so threads and processes of one host see one order of events.
 - The file is written in place, in one ``pwrite``: a shorter text is
@@ -34,6 +36,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
+from .. import beneath
 from .. import quota as core
 from ..config import CONFIG_DIR, ConfigStore
 from ..quota import Intent, Pending, State, Usage
@@ -63,19 +66,19 @@ class FileLedger:
         return self.store.size_limit(self.root)
 
     def exists(self) -> bool:
-        return os.path.lexists(self.path)
+        return beneath.lexists(self.path)
 
     # --- the lock and the text
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except FileNotFoundError:  # no .xxftp folder yet (but never a tree's folder: it may have moved)
             try:
-                os.mkdir(self.dir)
+                beneath.mkdir(self.dir)
             except FileExistsError:
                 pass
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextmanager
     def _locked(self, limit: int | None | object = _UNREAD,
@@ -144,7 +147,7 @@ class FileLedger:
         for intent in list(state.intents):
             if not alive_here(intent.owner):
                 state.intents.remove(intent)
-                if not os.path.lexists(intent.gone):
+                if not beneath.lexists(intent.gone):
                     state.add(intent.delta)
         for token, p in list(state.pending.items()):
             if not alive_here(p.owner):
@@ -227,7 +230,7 @@ class FileLedger:
             finally:
                 if intent is not None:
                     state.intents.remove(intent)
-            if delta and not os.path.lexists(gone):
+            if delta and not beneath.lexists(gone):
                 state.add(delta)
             if renamed is not None:
                 _follow(state, *renamed)
@@ -290,7 +293,7 @@ def _ours(path: str | None, ino: int) -> os.stat_result | None:
     if not path:
         return None
     try:
-        st = os.lstat(path)
+        st = beneath.lstat(path)
     except OSError:
         return None
     return st if st.st_ino == ino else None
@@ -299,7 +302,7 @@ def _ours(path: str | None, ino: int) -> os.stat_result | None:
 def _cut(path: str, ino: int, size: int) -> None:
     """Cut the file ``path`` back to ``size`` if it still is inode ``ino``
     (opened without following a link, checked on what was opened)."""
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = beneath.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if st.st_ino == ino and st.st_size > size:
@@ -320,13 +323,13 @@ def _recover(p: Pending) -> int:
             return target.st_size - p.old if target is not None else 0
         if target is not None:  # committed before its charge was written
             if temp is not None:  # a link + unlink cut in between: one file, two names
-                os.remove(p.temp)
+                beneath.unlink(p.temp)
             return target.st_size - p.old
         if temp is not None:  # a named temporary, never committed
-            if p.crash == "keep-new" and not os.path.lexists(p.target):  # an earlier version's resumable upload
-                os.rename(p.temp, p.target)
+            if p.crash == "keep-new" and not beneath.lexists(p.target):  # an earlier version's resumable upload
+                beneath.rename(p.temp, p.target)
                 return temp.st_size
-            os.remove(p.temp)
+            beneath.unlink(p.temp)
         return 0
     except OSError as err:
         log.warning("recovering the upload of %s: %s", p.target, err.strerror)

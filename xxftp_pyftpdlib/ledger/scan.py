@@ -2,6 +2,9 @@
 
 Rules that live here:
 
+- A tree is read through descriptors: its top opened through ``beneath``
+  (no link on its path), each folder below relative to its parent's
+  descriptor without following a link.
 - A tree's usage is the total size of its regular files; ``.xxftp/``,
   upload temporaries and the folders inside it that have a size file of
   their own (trees of their own) are left out, and symlinks are not
@@ -24,6 +27,7 @@ import os
 import stat as stat_mod
 from typing import Callable
 
+from .. import beneath
 from ..config import CONFIG_DIR, ConfigStore
 from ..quota import file_key, folder_key, is_temp_name
 
@@ -61,7 +65,7 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
         while stack:
             parent, name, folder = stack.pop()
             try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd if parent else None)
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent.fd) if parent else beneath.open_folder(name, listable=True)
             except OSError as err:
                 log.warning("%s: cannot scan: %s", folder, err.strerror)
                 continue
@@ -73,7 +77,7 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
                 if collect and parent is None:
                     st = os.fstat(fd)
                     found.add(folder_key(st.st_dev, st.st_ino))
-                if parent is not None and store.has_size(folder):
+                if parent is not None and _own_tree(fd):
                     os.close(fd)  # a tree of its own
                     continue
                 total = 0
@@ -120,6 +124,22 @@ def measure(root: str, store: ConfigStore, progress: Callable[[int], None] | Non
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _own_tree(fd: int) -> bool:
+    """True if the open folder ``fd`` holds a size file (as ``ConfigStore.has_size``:
+    an entry of any kind, in a ``.xxftp`` that is no link)."""
+    try:
+        config = os.open(CONFIG_DIR, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    except OSError:
+        return False
+    try:
+        os.stat("size", dir_fd=config, follow_symlinks=False)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(config)
+
+
 class _Open:
     """A folder's descriptor, open while subfolders of it wait to be opened."""
 
@@ -143,7 +163,7 @@ def entry_keys(path: str) -> tuple[int, list[str]]:
     """(size, keys) of one path that is about to change: a file's size and
     key, or a folder's key (no size: folders are measured when they move)."""
     try:
-        st = os.lstat(path)
+        st = beneath.lstat(path)
     except OSError:
         return 0, []
     if stat_mod.S_ISREG(st.st_mode):
