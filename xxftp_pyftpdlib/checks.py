@@ -7,8 +7,10 @@ Rules that live here (on top of the parsers' own problems):
   (it holds a ``.xxftp/`` folder).
 - A password file must be in a known format and not readable by group or
   others; a password file that is not a regular file is an error.
-- Mount targets must exist and be folders, and must not contain the folder
-  that declares them (a loop).
+- Mount targets must exist and be folders, must not contain the folder
+  that declares them (a loop), and must not lie in a hidden folder.
+- A symbolic link in a home or a mount target that leads to a hidden name
+  inside it (``settings -> .xxftp``) is reported: the server refuses it.
 - Every ``.xxftp/`` folder of a home or of a reachable mount target is
   checked, at any depth.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from . import passwords
 from .accounts import USER_NAME
 from .config import CONFIG_DIR, ConfigStore, Problem, parse_permission, parse_size, parse_virtual
+from .tree import hidden_below, hidden_target
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,8 @@ def check_tree(root: str) -> list[Finding]:
         if tree in seen:
             continue
         seen.add(tree)
-        for folder, dirs, _files in os.walk(tree):
+        for folder, dirs, files in os.walk(tree):
+            _check_links(folder, dirs + files, tree, error)
             if CONFIG_DIR in dirs:
                 pending.extend(_check_folder(folder, root, store, error))
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -81,6 +85,20 @@ def check_tree(root: str) -> list[Finding]:
             error(folder, 0, f"{os.path.basename(folder)!r} has a .xxftp folder but is neither a user "
                              "(names are [A-Za-z0-9_]+) nor a mount target", False)
     return findings
+
+
+def _check_links(folder: str, names: list[str], tree: str, error) -> None:
+    """Report the links among ``names`` that lead to a hidden name of ``tree``."""
+    for name in sorted(names):
+        if name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        if not os.path.islink(path):
+            continue
+        real = os.path.realpath(path)
+        if (real == tree or real.startswith(tree.rstrip("/") + "/")) and hidden_below(real, tree):
+            error(path, 0, f"symbolic link {name!r} leads to a hidden name ({os.path.relpath(real, tree)}): "
+                           "refused", False)
 
 
 def _check_password(path: str, error) -> None:
@@ -131,6 +149,8 @@ def _check_folder(folder: str, root: str, store: ConfigStore, error) -> list[str
         target = os.path.realpath(mount.target)
         if not os.path.isdir(target):
             error(path, line, f"mount {mount.name!r}: target {mount.target!r} is missing or not a folder")
+        elif hidden_target(target, root):
+            error(path, line, f"mount {mount.name!r}: target {mount.target!r} lies in a hidden folder: refused")
         elif real_folder == target or real_folder.startswith(target.rstrip("/") + "/"):
             error(path, line, f"mount {mount.name!r}: target {mount.target!r} contains the folder "
                               "that declares it (a loop): refused")

@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
 import stat as stat_mod
+import weakref
 from dataclasses import dataclass
 
 from . import beneath
@@ -205,7 +205,8 @@ class Namespace:
         if hidden_target(target, self.store.server_root):
             self.store.report_once(
                 ("hidden", mount.source, self.store.version(mount.source.rsplit(":", 1)[0])),
-                f"{mount.source}: mount target {mount.target!r} lies in a hidden folder ({target!r}); refused",
+                f"{mount.source}: mount {mount.name!r}: target {mount.target!r} lies in a hidden folder"
+                + (f" (it is {target!r})" if target != mount.target else "") + "; refused",
             )
             raise PathRefused(f"{ftp}: virtual directory is unavailable")
         if _loops(target, node.trail):
