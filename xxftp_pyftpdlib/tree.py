@@ -185,7 +185,10 @@ class Namespace:
         except (OSError, ValueError):
             st = None
         if st is not None and stat_mod.S_ISLNK(st.st_mode):
-            real = os.path.realpath(real)
+            try:
+                real = os.path.realpath(real)
+            except OSError:  # the link became something else while it was read
+                raise PathRefused(f"{ftp}: changed while being resolved; try again") from None
             if not _inside(real, node.area.root):
                 raise PathRefused(f"{ftp}: symbolic link leads outside the tree")
             if hidden_below(real, node.area.root):
