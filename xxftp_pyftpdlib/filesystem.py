@@ -60,6 +60,7 @@ class XxftpFS(AbstractedFS):
         self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
         self._listed: tuple[str, Listing] | None = None  # the last listdir: (folder, its entries)
         self._memo: dict[str, Node] | None = None  # on once a handler calls forget()
+        self._stat_memo: dict[str, os.stat_result] | None = None  # likewise, until the command changes something
 
     def forget(self) -> None:
         """Start a new command: drop what the last one resolved.
@@ -69,6 +70,7 @@ class XxftpFS(AbstractedFS):
         resolves afresh.
         """
         self._memo = {}
+        self._stat_memo = {}
 
     # --- path mapping (string operations only)
 
@@ -113,6 +115,11 @@ class XxftpFS(AbstractedFS):
             memo[ftp] = node
         return node
 
+    def _changing(self) -> None:
+        """The command changes the tree: stats taken so far are stale."""
+        if self._stat_memo:
+            self._stat_memo = {}
+
     def _require(self, node: Node, action: Action, what: str, on_entry: bool = False) -> None:
         try:
             require(node, action, what=what, on_entry=on_entry)
@@ -126,6 +133,7 @@ class XxftpFS(AbstractedFS):
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
             return open(node.real, mode, opener=beneath.opener)  # a real file: sendfile takes it
+        self._changing()
         try:
             mode_bits = beneath.lstat(node.real).st_mode
         except OSError:
@@ -194,6 +202,7 @@ class XxftpFS(AbstractedFS):
         """STOU: reserve a unique name, then upload into it like STOR (quota,
         upload mode); a failed upload removes the name again."""
         folder = self._unique_folder(dir if dir is not None else self.ftp2fs(self.cwd), prefix, suffix)
+        self._changing()
         real = _unique_file(folder.real, prefix, suffix)
         name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
         try:
@@ -210,6 +219,7 @@ class XxftpFS(AbstractedFS):
     def remove(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
+        self._changing()
         ledger = self._tree(node)
 
         def measure() -> tuple[int, list[str]]:  # under the ledger's lock: what is there now
@@ -232,6 +242,7 @@ class XxftpFS(AbstractedFS):
         old, new = self.resolve(src), self.resolve(dst)
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
         self._require(new, Action.CHANGE, "renaming into this place", on_entry=True)
+        self._changing()
         if self.namespace.store.has_size(old.real):
             raise FilesystemError(f"{old.ftp} is a quota tree of its own: it can't be moved")
         src_ledger, dst_ledger = self._tree(old), self._tree(new)
@@ -261,29 +272,33 @@ class XxftpFS(AbstractedFS):
     def chmod(self, path: str, mode: int) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "changing modes", on_entry=True)
+        self._changing()
         beneath.chmod(node.real, mode)
 
     def utime(self, path: str, timeval: float) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "setting the modification time")
+        self._changing()
         beneath.utime(node.real, (timeval, timeval))
 
     # --- folders
 
     def chdir(self, path: str) -> None:
         node = self.resolve(path)
-        if not stat_mod.S_ISDIR(beneath.lstat(node.real).st_mode):
+        if not stat_mod.S_ISDIR(self.stat(path).st_mode):
             raise FilesystemError(f"{node.ftp}: not a folder")
         self.cwd = node.ftp
 
     def mkdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "creating a folder", on_entry=True)
+        self._changing()
         beneath.mkdir(node.real)
 
     def rmdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
+        self._changing()
         st = beneath.lstat(node.real)
         ledger = self._tree(node)
         self._change(node, ledger, lambda: beneath.rmdir(node.real), lambda: (0, [folder_key(st.st_dev, st.st_ino)]))
@@ -298,7 +313,17 @@ class XxftpFS(AbstractedFS):
     # --- information
 
     def stat(self, path: str) -> os.stat_result:
-        return beneath.lstat(self.resolve(path).real)  # its last component is no link either
+        """The stat of a path's real entry (whose last component is no link
+        either); shared within a command that changes nothing, as the
+        resolution is (pyftpdlib asks 2-3 times a command)."""
+        real = self.resolve(path).real
+        memo = self._stat_memo
+        st = memo.get(real) if memo is not None else None
+        if st is None:
+            st = beneath.lstat(real)
+            if memo is not None and len(memo) < 64:
+                memo[real] = st
+        return st
 
     lstat = stat  # links inside an area are transparent
 
@@ -314,8 +339,8 @@ class XxftpFS(AbstractedFS):
 
     def _test(self, path: str, kind: Callable[[int], bool]) -> bool:
         try:
-            return self._is(self.resolve(path).real, kind)
-        except FilesystemError:
+            return kind(self.stat(path).st_mode)
+        except (FilesystemError, OSError):
             return False
 
     def isfile(self, path: str) -> bool:
