@@ -177,18 +177,20 @@ class ConfigStore:
         hit = self._cache.get(path)
         if hit is not None and hit[0] == key:  # the very file that was read (``key`` is of what was read)
             return hit[1].value
+        not_regular: Parsed = Parsed(unreadable, (Problem(path, 0, "not a regular file"),))
         if not stat.S_ISREG(st.st_mode):
-            parsed: Parsed = Parsed(unreadable, (Problem(path, 0, "not a regular file"),))
+            parsed = not_regular
         else:
+            opener = beneath.opener if bound else None
             try:
-                with open(path, encoding="utf-8", errors="surrogateescape", opener=beneath.opener if bound else None) as f:
-                    read = os.fstat(f.fileno())
+                with open(path, encoding="utf-8", errors="surrogateescape", opener=opener) as f:
+                    read = os.fstat(f.fileno())  # what was opened may differ from what was stat'ed
                     text = f.read(65536) if stat.S_ISREG(read.st_mode) else None
             except OSError as err:
                 parsed = Parsed(unreadable, (Problem(path, 0, f"cannot read: {err.strerror}"),))
             else:
                 key = _identity(read)
-                parsed = parse(text) if text is not None else Parsed(unreadable, (Problem(path, 0, "not a regular file"),))
+                parsed = parse(text) if text is not None else not_regular
         for problem in parsed.problems:
             log.warning("%s", problem)
         with self._lock:
