@@ -225,7 +225,10 @@ class ConfigStore:
         hit = self._folders.get(path)
         if hit is not None and hit[0] == key:
             return hit[1]
-        real = os.path.realpath(path)
+        try:
+            real = os.path.realpath(path)
+        except OSError:  # a link on the path changed while it was read
+            return None
         with self._lock:
             self._folders[path] = (key, real)
         return real
