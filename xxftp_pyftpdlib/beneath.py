@@ -227,12 +227,16 @@ def utime(path: str, times: tuple[float, float]) -> None:
 
 def chmod(path: str, mode: int) -> None:
     """Set the mode of the entry ``path`` (never of what a link leads to)."""
-    fd = _open_path(path, _PATH_FLAGS)
-    try:
-        if _PROC_FD and _PATH_FLAGS != os.O_RDONLY | os.O_CLOEXEC:
+    if _PROC_FD and hasattr(os, "O_PATH"):
+        fd = _open_path(path, _PATH_FLAGS)
+        try:
             os.chmod(f"/proc/self/fd/{fd}", mode)  # the entry the O_PATH descriptor holds
-        else:
-            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        return
+    fd = _open_path(path, os.O_RDONLY | os.O_NONBLOCK)  # no /proc: the entry must be readable
+    try:
+        os.fchmod(fd, mode)
     finally:
         os.close(fd)
 
