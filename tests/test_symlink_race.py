@@ -161,3 +161,32 @@ def test_a_folder_swapped_for_a_link_never_reaches_outside(tree, start_server, c
     # the race was run: commands got through the folder and were refused through the link
     assert seen.get("RETR ok", 0) > 0 and seen.get("RETR refused", 0) > 0, seen
     assert seen.get("LIST ok", 0) > 0, seen
+
+
+def folders_held(folder: Path) -> int:
+    """Descriptors this process holds on ``folder`` itself."""
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held += os.readlink(f"/proc/self/fd/{fd}") == str(folder)
+        except OSError:
+            continue
+    return held
+
+
+def test_a_listing_holds_its_folder_only_while_it_is_sent(tree, start_server, connect):
+    """A listing is read and stat'ed through its folder's descriptor, which
+    must not stay open for the rest of an idle session (one per session)."""
+    from conftest import wait_until
+
+    home = tree.user("alice", password="pw")
+    for n in range(40):
+        (home / f"f{n}.txt").write_bytes(b"x")
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    for command in ("LIST", "MLSD", "NLST"):
+        lines: list[str] = []
+        ftp.retrlines(command, lines.append)
+        assert len(lines) == 40
+        if command == "NLST":  # names only: nothing tells the listing is used up but the next command
+            ftp.voidcmd("NOOP")
+        assert wait_until(lambda: folders_held(home) == 0, timeout=5), command

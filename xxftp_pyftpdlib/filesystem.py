@@ -71,6 +71,7 @@ class XxftpFS(AbstractedFS):
         """
         self._memo = {}
         self._stat_memo = {}
+        self._listed = None  # a listing being sent keeps its own reference (and its folder's descriptor)
 
     # --- path mapping (string operations only)
 
@@ -392,6 +393,8 @@ class XxftpFS(AbstractedFS):
                     raise
                 continue
             yield result
+        if listed is not None and self._listed is not None and self._listed[1] is listed:
+            self._listed = None  # used up: its folder's descriptor closes with it
 
     def _timefunc(self):
         return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime
