@@ -190,3 +190,84 @@ def test_a_listing_holds_its_folder_only_while_it_is_sent(tree, start_server, co
         if command == "NLST":  # names only: nothing tells the listing is used up but the next command
             ftp.voidcmd("NOOP")
         assert wait_until(lambda: folders_held(home) == 0, timeout=5), command
+
+
+DETERMINISTIC = [
+    "RETR box/f.txt", "RETR box/sub/deep.txt", "LIST box", "NLST box", "MLSD box", "LIST box/sub",
+    "STOR box/new.txt", "STOR box/g.txt", "APPE box/g.txt", "STOU box/u", "DELE box/victim.txt",
+    "MKD box/m", "RMD box/d", "RNFR box/f.txt", "SIZE box/f.txt", "MDTM box/f.txt",
+    "MFMT 20000101000000 box/f.txt", "SITE CHMOD 600 box/f.txt", "SITE CHMOD 700 box/sub", "CWD box/sub",
+    "MLST box/f.txt", "STAT box",
+]
+
+
+@pytest.mark.parametrize("when", ["resolved", "first-used"])
+@pytest.mark.parametrize("command", DETERMINISTIC)
+def test_a_swap_right_after_the_check_meets_an_error(tree, start_server, connect, tmp_path, monkeypatch, command,
+                                                     when):
+    """The same race made certain: the folder becomes a link to an outside
+    folder right after the first resolution through it (``resolved``), or
+    right after the first filesystem call on a path through it, so the
+    command's own operation meets the link (``first-used``)."""
+    from xxftp_pyftpdlib import tree as tree_module
+
+    home = tree.user("alice", password="pw")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    fill(outside, MARKER)
+    box = home / "box"
+    box.mkdir()
+    fill(box, b"alice data")
+    held = home / ".box-real"
+    before = snapshot(outside)
+    armed = []
+    resolve = tree_module.Namespace.resolve
+
+    def swap(path: str) -> None:
+        if armed and "box" in path.split("/"):
+            armed.clear()
+            os.rename(box, held)
+            os.symlink(outside, box)
+
+    def resolve_then_swap(self, ftp_path: str):
+        node = resolve(self, ftp_path)
+        swap(ftp_path)
+        return node
+
+    if when == "resolved":
+        monkeypatch.setattr(tree_module.Namespace, "resolve", resolve_then_swap)
+    else:
+        from xxftp_pyftpdlib import beneath
+        open_path = beneath._open_path
+
+        def use_then_swap(path: str, *args):
+            try:
+                return open_path(path, *args)
+            finally:
+                swap(path)
+
+        monkeypatch.setattr(beneath, "_open_path", use_then_swap)
+    ftp = connect(start_server(tree.root).port, "alice", "pw")
+    ftp.voidcmd("TYPE I")
+    verb = command.split()[0]
+    armed.append(True)
+    got: list[bytes] = []
+    try:
+        if verb in ("RETR", "LIST", "NLST", "MLSD"):
+            ftp.retrbinary(command, got.append)
+        elif verb in ("STOR", "APPE", "STOU"):
+            ftp.storbinary(command, io.BytesIO(b"alice new"))
+        else:
+            reply = ftp.sendcmd(command)
+            got.append(reply.encode())
+    except ftplib.Error as err:
+        reply = str(err)
+        assert reply.startswith("550") and "symbolic link" in reply, reply
+    else:
+        # Only a command that had opened what it acts on before the swap may
+        # succeed: it then acted on alice's folder (where ``box`` was).
+        assert when == "first-used", f"{command} succeeded through the link: {b''.join(got)[:200]!r}"
+    assert not armed, "the command never used a path through the folder"
+    assert MARKER not in b"".join(got)
+    assert snapshot(outside) == before
+    assert ftp.voidcmd("NOOP").startswith("200")

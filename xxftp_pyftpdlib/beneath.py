@@ -48,6 +48,10 @@ _PROC_FD = os.path.isdir("/proc/self/fd")
 SWAPPED = "a folder or file on the path became a symbolic link while in use; refused"
 
 
+class Swapped(OSError):
+    """A component of a checked path is a symbolic link now (ELOOP)."""
+
+
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
@@ -75,8 +79,8 @@ def _load_openat2():
 _openat2 = _load_openat2()
 
 
-def _swapped(path: str) -> OSError:
-    return OSError(errno.ELOOP, SWAPPED, path)
+def _swapped(path: str) -> Swapped:
+    return Swapped(errno.ELOOP, SWAPPED, path)
 
 
 def _open_path(path: str, flags: int, mode: int = 0) -> int:
@@ -246,5 +250,5 @@ def uses_openat2() -> bool:
     return _openat2 is not None
 
 
-__all__ = ["SWAPPED", "open", "opener", "open_folder", "parent", "lstat", "lexists", "unlink", "rmdir",
+__all__ = ["SWAPPED", "Swapped", "open", "opener", "open_folder", "parent", "lstat", "lexists", "unlink", "rmdir",
            "mkdir", "rename", "utime", "chmod", "uses_openat2"]

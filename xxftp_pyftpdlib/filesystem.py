@@ -17,6 +17,7 @@ the resolution meets an error (550), never what the link leads to.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat as stat_mod
 import secrets
@@ -45,6 +46,27 @@ class FileBusy(FilesystemError):
     """Another upload is writing the file (or into the folder): FTP reply 450."""
 
     code = 450
+
+
+class PathChanged(FilesystemError):
+    """A folder on the path became a symbolic link between the check and the use: 550."""
+
+    code = 550
+
+
+def _bound(method):
+    """Answer a path that changed under an operation (``beneath.Swapped``)
+    with a clear 550 naming the FTP path, not pyftpdlib's bare strerror."""
+
+    @functools.wraps(method)
+    def run(self, path, *args, **kwargs):
+        try:
+            return method(self, path, *args, **kwargs)
+        except beneath.Swapped as err:
+            where = self.fs2ftp(path) if isinstance(path, str) else "path"
+            raise PathChanged(f"{where}: {err.strerror}") from None
+
+    return run
 
 
 class XxftpFS(AbstractedFS):
@@ -129,6 +151,7 @@ class XxftpFS(AbstractedFS):
 
     # --- files
 
+    @_bound
     def open(self, filename: str, mode: str):
         node = self.resolve(filename)
         if "r" in mode and "+" not in mode:
@@ -176,6 +199,7 @@ class XxftpFS(AbstractedFS):
             raise QuotaRefused(str(QuotaInvalid(top=node.area.top)))
         return ledger
 
+    @_bound
     def quota_usage(self, path: str) -> tuple[Node, Usage | None]:
         """The area of ``path`` and its quota usage (None: unlimited)."""
         node = self.resolve(path)
@@ -204,19 +228,31 @@ class XxftpFS(AbstractedFS):
         upload mode); a failed upload removes the name again."""
         folder = self._unique_folder(dir if dir is not None else self.ftp2fs(self.cwd), prefix, suffix)
         self._changing()
-        real = _unique_file(folder.real, prefix, suffix)
-        name = self.ftp2fs(folder.ftp.rstrip("/") + "/" + os.path.basename(real))
         try:
-            node = self.resolve(name)
-            return Upload(real, name, "wb", self.upload_mode, self._ledger(node), placeholder=True,
-                          tree_of=self.quotas.tree_of)
-        except QuotaExceeded as err:
-            beneath.unlink(real)
-            raise QuotaRefused(str(err.at(node.area.top))) from None
-        except BaseException:
-            beneath.unlink(real)
-            raise
+            fd = beneath.open_folder(folder.real)
+        except beneath.Swapped as err:
+            raise PathChanged(f"{folder.ftp}: {err.strerror}") from None
+        try:  # the name is made and, if the upload can't start, removed in the folder checked
+            base = _unique_name(fd, prefix, suffix)
+            ftp = folder.ftp.rstrip("/") + "/" + base
+            real = folder.real.rstrip("/") + "/" + base
+            node = Node(ftp, real, folder.area, False, folder.trail + (real,))
+            try:
+                return Upload(real, self.ftp2fs(ftp), "wb", self.upload_mode, self._ledger(node), placeholder=True,
+                              tree_of=self.quotas.tree_of)
+            except QuotaExceeded as err:
+                os.unlink(base, dir_fd=fd)
+                raise QuotaRefused(str(err.at(node.area.top))) from None
+            except beneath.Swapped as err:
+                os.unlink(base, dir_fd=fd)
+                raise PathChanged(f"{folder.ftp}: {err.strerror}") from None
+            except BaseException:
+                os.unlink(base, dir_fd=fd)
+                raise
+        finally:
+            os.close(fd)
 
+    @_bound
     def remove(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "deleting", on_entry=True)
@@ -239,6 +275,7 @@ class XxftpFS(AbstractedFS):
         """Refuse at RNFR what RNTO would refuse for the source anyway."""
         self._require(self.resolve(path), Action.CHANGE, "renaming", on_entry=True)
 
+    @_bound
     def rename(self, src: str, dst: str) -> None:
         old, new = self.resolve(src), self.resolve(dst)
         self._require(old, Action.CHANGE, "renaming", on_entry=True)
@@ -270,12 +307,14 @@ class XxftpFS(AbstractedFS):
             keys = list(found)
         return size, keys
 
+    @_bound
     def chmod(self, path: str, mode: int) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "changing modes", on_entry=True)
         self._changing()
         beneath.chmod(node.real, mode)
 
+    @_bound
     def utime(self, path: str, timeval: float) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "setting the modification time")
@@ -284,18 +323,21 @@ class XxftpFS(AbstractedFS):
 
     # --- folders
 
+    @_bound
     def chdir(self, path: str) -> None:
         node = self.resolve(path)
         if not stat_mod.S_ISDIR(self.stat(path).st_mode):
             raise FilesystemError(f"{node.ftp}: not a folder")
         self.cwd = node.ftp
 
+    @_bound
     def mkdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "creating a folder", on_entry=True)
         self._changing()
         beneath.mkdir(node.real)
 
+    @_bound
     def rmdir(self, path: str) -> None:
         node = self.resolve(path)
         self._require(node, Action.CHANGE, "removing a folder", on_entry=True)
@@ -304,6 +346,7 @@ class XxftpFS(AbstractedFS):
         ledger = self._tree(node)
         self._change(node, ledger, lambda: beneath.rmdir(node.real), lambda: (0, [folder_key(st.st_dev, st.st_ino)]))
 
+    @_bound
     def listdir(self, path: str) -> list[str]:
         listed = self.namespace.listing(self.resolve(path))
         self._listed = (os.path.normpath(path), listed)
@@ -313,6 +356,7 @@ class XxftpFS(AbstractedFS):
 
     # --- information
 
+    @_bound
     def stat(self, path: str) -> os.stat_result:
         """The stat of a path's real entry (whose last component is no link
         either); shared within a command that changes nothing, as the
@@ -382,8 +426,9 @@ class XxftpFS(AbstractedFS):
             try:
                 entry = found.pop(name, None)
                 if entry is None:
-                    node = self.resolve(os.path.join(basedir, name))
-                    entry = Entry(name, node.area, node.is_top, beneath.lstat(node.real))
+                    path = os.path.join(basedir, name)
+                    node = self.resolve(path)
+                    entry = Entry(name, node.area, node.is_top, self.stat(path))
                 if type(entry) is Entry:
                     result = (name, entry.st, entry.area.permission, entry.is_top)
                 else:  # an os.DirEntry: a plain file or folder
@@ -426,22 +471,18 @@ class XxftpFS(AbstractedFS):
         return self._names[key]
 
 
-def _unique_file(folder: str, prefix: str, suffix: str) -> str:
+def _unique_name(folder: int, prefix: str, suffix: str) -> str:
     """Create an empty file of a new name ``prefix + random + suffix`` in the
-    checked folder ``folder`` (as ``tempfile.mkstemp``, but opened beneath)."""
-    fd = beneath.open_folder(folder)
-    try:
-        for _ in range(100):
-            name = f"{prefix}{secrets.token_hex(4)}{suffix}"
-            try:
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 0o600, dir_fd=fd))
-            except FileExistsError:
-                continue
-            return f"{folder.rstrip('/')}/{name}"
-    finally:
-        os.close(fd)
-    raise FileExistsError(errno.EEXIST, "no unique name found", folder)
+    open folder ``folder`` (as ``tempfile.mkstemp`` does in a path); its name."""
+    for _ in range(100):
+        name = f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=folder))
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(errno.EEXIST, "no unique name found")
 
 
 LINES_PER_CHUNK = 16
