@@ -19,8 +19,8 @@ from __future__ import annotations
 import errno
 import functools
 import os
-import stat as stat_mod
 import secrets
+import stat as stat_mod
 import time
 from typing import Callable, Iterator
 
