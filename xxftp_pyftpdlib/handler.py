@@ -25,7 +25,7 @@ from . import access, banners, hashpool, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
-from .passive import PassiveUnavailable, XxftpPassiveDTP
+from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
@@ -508,7 +508,7 @@ if TLS_FTPHandler is not None:
 
         proto_cmds = _tls_commands(TLS_FTPHandler.proto_cmds)
         dtp_handler = XxftpTLSDTPHandler
-        tls_session_reuse = tlschannel.DEFAULT_SESSION_REUSE
+        tls_session_reuse = DEFAULT_SESSION_REUSE
 
         @classmethod
         def get_ssl_context(cls):

@@ -38,8 +38,12 @@ from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
 
 logger = logging.getLogger("pyftpdlib")
 
-__all__ = ["PENDING", "WINDOW", "NO_DESCRIPTORS", "PassiveUnavailable", "XxftpPassiveDTP", "may_connect"]
+__all__ = ["DEFAULT_SESSION_REUSE", "NOT_RESUMED", "PENDING", "SESSION_REUSE", "WINDOW", "NO_DESCRIPTORS",
+           "PassiveUnavailable", "XxftpPassiveDTP", "may_connect"]
 
+SESSION_REUSE = ("required", "off")  # --tls-session-reuse: must a protected data connection resume?
+DEFAULT_SESSION_REUSE = "required"
+NOT_RESUMED = "522 Data connection must resume the TLS session of the control connection."
 WINDOW = 30  # seconds a passive listener waits for its data connection
 PENDING = 4  # TLS handshakes that may compete for one passive port at once
 NO_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)

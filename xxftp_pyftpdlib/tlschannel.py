@@ -42,13 +42,10 @@ from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, AsyncChat
 
 from .datachannel import XxftpDTPHandler, XxftpDTPMixin, _recv_buffer
+from .passive import NOT_RESUMED
 from .uploads import Upload
 
 logger = logging.getLogger("pyftpdlib")
-
-SESSION_REUSE = ("required", "off")
-DEFAULT_SESSION_REUSE = "required"
-NOT_RESUMED = "522 Data connection must resume the TLS session of the control connection."
 
 RECORD = 16 * 1024  # the most plaintext one TLS record carries
 SEND_CHUNK = 256 * 1024  # file bytes per TLS write of a download
