@@ -431,7 +431,7 @@ def test_plaintext_after_auth_tls_ends_the_connection_unanswered(tls_server, hom
     (b"NOOP " + b"y" * 3000, b"NOOP\r\n"),
     (b"RETR " + b"z" * 70000, b"NOOP\r\n"),  # longer than one read
     (b"X" * 2049, b"NOOP\r\n"),
-])
+], ids=["alone", "then-noop", "noop-with-long-arg", "longer-than-a-read", "one-past-the-limit"])
 def test_an_overlong_line_gets_exactly_one_reply(homes, start_server, line, follow):
     srv = start_server(homes.root)
     raw = Raw(srv.port)
