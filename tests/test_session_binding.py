@@ -233,6 +233,29 @@ def test_a_client_that_cannot_resume_gets_522_at_once_and_off_lets_it_through(tl
     ftp.quit()
 
 
+def test_active_mode_data_connections_must_resume_too(tls_server):
+    srv = tls_server()
+    ftp = tls_login(srv.port)
+    ftp.set_pasv(False)
+    out = io.BytesIO()
+    ftp.retrbinary("RETR secret.txt", out.write)
+    assert out.getvalue() == SECRET
+    ftp.quit()
+    ftp = tls_login(srv.port, resume=False)
+    ftp.set_pasv(False)
+    try:
+        ftp.retrbinary("RETR secret.txt", lambda b: None)
+    except ftplib.error_perm as err:
+        assert str(err).startswith("522")
+    except (ssl.SSLError, OSError):
+        with pytest.raises(ftplib.error_perm, match="^522"):
+            ftp.voidresp()
+    else:
+        pytest.fail("an active data connection with a fresh TLS session was served")
+    assert ftp.sendcmd("NOOP").startswith("200")
+    ftp.quit()
+
+
 def test_lftp_and_curl_resume_the_session_under_required(homes, pair, tmp_path):
     for tool in ("curl", "lftp"):
         assert __import__("shutil").which(tool), f"{tool} is needed (installed by tests/debian-packages.sh)"
