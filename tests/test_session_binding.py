@@ -29,6 +29,14 @@ from xxftp_pyftpdlib.server import ConfigError, Options, make_handler
 SECRET = b"ALICE-PRIVATE-DATA " * 1000
 
 
+@pytest.fixture(autouse=True)
+def no_traceback(caplog):
+    """Whatever a test tries, the server logs no traceback and no error."""
+    yield
+    bad = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info or "Traceback" in r.getMessage()]
+    assert not bad, "\n".join(r.getMessage() for r in bad[:3])
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     return certs.self_signed(str(tmp_path_factory.mktemp("tls")))
@@ -573,7 +581,7 @@ def retrying(call, *args):
             time.sleep(0.01)
 
 
-def test_client_renegotiation_is_refused_and_harmless(tls_server):
+def test_client_renegotiation_is_refused_and_harmless(tls_server, caplog):
     srv = tls_server()
     raw = Raw(srv.port)
     raw.send(b"AUTH TLS\r\n")
@@ -598,6 +606,9 @@ def test_client_renegotiation_is_refused_and_harmless(tls_server):
     ftp = tls_login(srv.port)  # the server goes on serving
     assert ftp.sendcmd("NOOP").startswith("200")
     ftp.quit()
+    assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    if not renegotiated:
+        assert wait_until(lambda: "TLS error on the control connection" in caplog.text, 5)
 
 
 def test_an_unasked_client_certificate_changes_nothing(tls_server, tmp_path):

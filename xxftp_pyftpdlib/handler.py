@@ -521,6 +521,29 @@ if TLS_FTPHandler is not None:
         def data_needs_resumption(self) -> bool:
             return bool(self._prot) and self.tls_session_reuse == "required"
 
+        def recv(self, buffer_size: int) -> bytes:
+            try:
+                return super().recv(buffer_size)
+            except SSL.Error as err:  # pyftpdlib's recv has dealt with want-read/write and closes
+                self._tls_failed(err)
+                return b""
+
+        def send(self, data) -> int:
+            try:
+                return super().send(data)
+            except SSL.Error as err:
+                self._tls_failed(err)
+                return 0
+
+        def _tls_failed(self, err: SSL.Error) -> None:
+            """A TLS alert or protocol error (a refused renegotiation, a
+            forged record): the channel can't go on. One log line, no
+            traceback, no TLS shutdown on a broken session."""
+            self.log(f"TLS error on the control connection: {tlschannel.error_text(err)}; closing",
+                     logfun=logging.getLogger("pyftpdlib").warning)
+            self._error = True
+            self.close()
+
         def ftp_AUTH(self, line: str) -> None:
             plain = not isinstance(self.socket, SSL.Connection)
             super().ftp_AUTH(line)

@@ -227,6 +227,13 @@ def _peer(conn) -> str:
     return f"{host}:{port}"
 
 
+def error_text(err: SSL.Error) -> str:
+    """The reasons OpenSSL gave, in one line ("tls alert handshake failure")."""
+    reasons = [entry[2] for entry in (err.args[0] if err.args and isinstance(err.args[0], list) else [])
+               if isinstance(entry, tuple) and len(entry) == 3]
+    return "; ".join(r for r in reasons if r) or repr(err)
+
+
 def same_session(control: SSL.Connection, data: SSL.Connection) -> bool:
     """Whether ``data`` resumed the TLS session of ``control``: a full
     handshake makes a new master secret, a resumption keeps it (TLS 1.2)."""
