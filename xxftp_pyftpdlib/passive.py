@@ -173,8 +173,8 @@ class XxftpPassiveDTP(PassiveDTP):
         channel = self.cmd_channel
         self._forget()
         if channel.connected:
-            channel.log(f"passive data channel timed out after {self.timeout} seconds", logfun=logger.info)
-            channel.passive_failed(f"425 No data connection within {self.timeout} seconds.")
+            channel.log(f"passive data channel timed out after {self.timeout:g} s", logfun=logger.info)
+            channel.passive_failed(f"425 No data connection came within {self.timeout:g} s.")
 
     def close(self) -> None:
         pending, self._pending = self._pending, set()
