@@ -169,6 +169,64 @@ def test_a_stranger_who_takes_the_passive_port_first_gets_nothing_and_the_client
     ftp.quit()
 
 
+def _race(port: int, stranger_tls: bool, stolen: list, stop) -> None:
+    """A stranger on the client's address who hammers the passive port."""
+    while not stop.is_set():
+        try:
+            sock = socket.create_connection((HOST, port), timeout=2)
+        except OSError:
+            time.sleep(0.001)
+            continue
+        try:
+            if stranger_tls:
+                sock = client_context().wrap_socket(sock)
+            got = read_all(sock, timeout=2)
+        except (OSError, ssl.SSLError):
+            got = b""
+        finally:
+            sock.close()
+        stolen.append(len(got))
+
+
+def test_strangers_racing_for_the_port_never_get_a_byte(tls_server):
+    """Each round a stranger thread connects to the announced port as fast
+    as it can while the client connects and downloads: under PROT P with
+    reuse required the client gets every file and the stranger nothing."""
+    import threading
+    srv = tls_server()
+    ftp = tls_login(srv.port)
+    ftp.voidcmd("TYPE I")
+    rounds = int(os.environ.get("XXFTPD_RACES", "20"))
+    served = 0
+    stolen: list[int] = []
+    for _ in range(rounds):
+        port = pasv_port(ftp)
+        stop = threading.Event()
+        stranger = threading.Thread(target=_race, args=(port, True, stolen, stop))
+        stranger.start()
+        try:
+            data = socket.create_connection((HOST, port), timeout=10)
+            assert ftp.sendcmd("RETR secret.txt")[:3] in ("125", "150")
+            try:
+                data = ftp.context.wrap_socket(data, session=ftp.sock.session)
+                got = read_all(data, timeout=10)
+            except (OSError, ssl.SSLError):
+                got = b""
+            data.close()
+            try:
+                ftp.voidresp()
+                served += got == SECRET
+            except ftplib.error_perm as err:  # the stranger's failed handshake came first: 522, nothing sent
+                assert str(err).startswith("522")
+        finally:
+            stop.set()
+            stranger.join()
+    print(f"{rounds} rounds: client served {served}, stranger attempts {len(stolen)}, bytes stolen {sum(stolen)}")
+    assert sum(stolen) == 0
+    assert served >= rounds // 2  # mostly the client wins the port anyway
+    ftp.quit()
+
+
 def test_a_stranger_who_resumes_his_own_session_gets_nothing(tls_server, homes):
     """Resuming *a* session of this server is not enough: it must be this control connection's."""
     srv = tls_server()
