@@ -2,7 +2,11 @@
 
 What the handler adds to pyftpdlib's: greeting and farewell texts from the
 server root as proper multi-line replies, an empty USER meaning
-anonymous, and USER alone logging in a user whose home has no password.
+anonymous, and USER alone logging in a user whose home has no password;
+one reply per command line (rules in ``lines``); passive listeners held
+to ``passive``'s rules; for FTPS, nothing received with AUTH TLS run
+before the handshake and data connections bound to the control
+connection's TLS session (``tlschannel``).
 Paths, mounts and permissions are the filesystem's business (XxftpFS),
 which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 """
