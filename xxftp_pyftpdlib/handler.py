@@ -516,10 +516,10 @@ if TLS_FTPHandler is not None:
 
         @classmethod
         def get_ssl_context(cls):
-            fresh = cls.ssl_context is None and cls.certfile is not None
             context = super().get_ssl_context()
-            if fresh:
+            if cls.__dict__.get("_hardened_context") is not context:  # made here or handed in: once each
                 tlschannel.harden(context, cls.tls_session_reuse)
+                cls._hardened_context = context
             return context
 
         def data_needs_resumption(self) -> bool:
