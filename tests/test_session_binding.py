@@ -477,6 +477,43 @@ def test_running_out_of_descriptors_at_pasv_is_425_and_the_session_goes_on(homes
     assert "no passive listener: Too many open files" in text and "Traceback" not in text
 
 
+def test_running_out_of_descriptors_at_the_data_accept_is_425_and_the_session_goes_on(homes, tmp_path):
+    port = free_port()
+    proc = run_xxftpd("--root", str(homes.root), "--host", HOST, "--port", str(port),
+                      "--log-file", str(tmp_path / "log"), wait_for_port=port)
+    try:
+        ftp = ftplib.FTP()
+        ftp.connect(HOST, port, timeout=10)
+        ftp.login("alice", "pw")
+        ftp.voidcmd("TYPE I")
+        data_port = pasv_port(ftp)
+        assert ftp.sendcmd("RETR secret.txt")[:3] in ("125", "150")  # waiting for its data connection
+        in_use = {int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")}
+        lowest_free = min(set(range(len(in_use) + 1)) - in_use)
+        subprocess.run(["prlimit", f"--pid={proc.pid}", f"--nofile={lowest_free}:4096"], check=True)
+        try:
+            try:
+                data = socket.create_connection((HOST, data_port), timeout=10)
+            except ConnectionError:  # the listener closed before connect() returned
+                data = None
+            with pytest.raises(ftplib.error_temp, match="^425"):
+                ftp.voidresp()
+            if data is not None:
+                assert read_all(data, timeout=2) == b""
+                data.close()
+        finally:
+            subprocess.run(["prlimit", f"--pid={proc.pid}", "--nofile=4096:4096"], check=True)
+        assert ftp.sendcmd("NOOP").startswith("200")
+        out = io.BytesIO()
+        ftp.retrbinary("RETR secret.txt", out.write)
+        assert out.getvalue() == SECRET
+        ftp.quit()
+    finally:
+        stop_process(proc)
+    text = (tmp_path / "log").read_text()
+    assert "cannot accept a data connection: Too many open files" in text and "Traceback" not in text
+
+
 # --- nothing smuggled past AUTH TLS
 
 
