@@ -13,10 +13,12 @@ import io
 import logging
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -192,7 +194,6 @@ def test_strangers_racing_for_the_port_never_get_a_byte(tls_server):
     """Each round a stranger thread connects to the announced port as fast
     as it can while the client connects and downloads: under PROT P with
     reuse required the client gets every file and the stranger nothing."""
-    import threading
     srv = tls_server()
     ftp = tls_login(srv.port)
     ftp.voidcmd("TYPE I")
@@ -324,7 +325,7 @@ def test_active_mode_data_connections_must_resume_too(tls_server):
 
 def test_lftp_and_curl_resume_the_session_under_required(homes, pair, tmp_path):
     for tool in ("curl", "lftp"):
-        assert __import__("shutil").which(tool), f"{tool} is needed (installed by tests/debian-packages.sh)"
+        assert shutil.which(tool), f"{tool} is needed (installed by tests/debian-packages.sh)"
     port = free_port()
     log = tmp_path / "log"
     proc = run_xxftpd("--root", str(homes.root), "--host", HOST, "--port", str(port), "--tls",
