@@ -371,12 +371,24 @@ def session(srv: Server) -> ftplib.FTP:
     return ftp
 
 
+class ResumingFTP_TLS(ftplib.FTP_TLS):
+    """ftplib's FTPS client resuming the control connection's TLS session on
+    each data connection, as lftp and curl do (xxftpd requires it by
+    default: ``--tls-session-reuse required``); the same client for both servers."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+
 def tls_session(srv: Server) -> ftplib.FTP_TLS:
     """Explicit FTPS: AUTH TLS, login, PBSZ 0 + PROT P, TYPE I."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the run's own self-signed certificate
-    ftp = ftplib.FTP_TLS(context=context)
+    ftp = ResumingFTP_TLS(context=context)
     ftp.connect(HOST, srv.port, timeout=120)
     ftp.auth()
     ftp.login(USER, PASSWORD)

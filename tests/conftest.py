@@ -290,6 +290,18 @@ def wait_until(predicate, timeout: float = 10.0) -> bool:
     return bool(predicate())
 
 
+class ResumingFTP_TLS(ftplib.FTP_TLS):
+    """ftplib's FTPS client resuming the control connection's TLS session on
+    each data connection, as the server requires by default (ftplib makes
+    a fresh session each time, which the server refuses with 522)."""
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+        return conn, size
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd, temporaries
+from conftest import HOST, ResumingFTP_TLS, free_port, run_xxftpd, temporaries
 from xxftp_pyftpdlib import certs
 from xxftp_pyftpdlib.server import ConfigError, Options, make_handler
 
@@ -30,7 +30,7 @@ def tls_client(port, user="alice", password="pw"):
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    ftp = ftplib.FTP_TLS(context=context)
+    ftp = ResumingFTP_TLS(context=context)
     ftp.connect(HOST, port, timeout=10)
     ftp.login(user, password)
     ftp.prot_p()
@@ -92,7 +92,7 @@ def test_required_tls_refuses_plain_login_and_data(tree, tls_server):
     plain.close()
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    ftp = ftplib.FTP_TLS(context=context)
+    ftp = ResumingFTP_TLS(context=context)
     ftp.connect(HOST, srv.port, timeout=10)
     ftp.login("alice", "pw")
     with pytest.raises(ftplib.error_perm, match="^550 SSL/TLS required on the data channel"):

@@ -18,6 +18,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from . import __version__, admin, certs
+from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
 from .signals import stop_on_signals
 from .uploads import MODES
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--keyfile", metavar="PATH", help="PEM private key, if not in --certfile")
     tls.add_argument("--tls-control-required", action="store_true", help="refuse USER/PASS before AUTH TLS")
     tls.add_argument("--tls-data-required", action="store_true", help="refuse data transfers without PROT P")
+    tls.add_argument("--tls-session-reuse", choices=SESSION_REUSE, default=DEFAULT_SESSION_REUSE,
+                     help="required (default): a PROT P data connection must resume the control "
+                          "connection's TLS session (TLS 1.2); off: any TLS session")
     acl = p.add_argument_group("access control")
     acl.add_argument("--allow-from", action="append", metavar="CIDR[,CIDR]",
                      help="accept connections only from these networks (repeatable)")
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
-        upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
+        tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
     )
     stop_on_signals()

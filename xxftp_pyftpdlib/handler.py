@@ -2,7 +2,11 @@
 
 What the handler adds to pyftpdlib's: greeting and farewell texts from the
 server root as proper multi-line replies, an empty USER meaning
-anonymous, and USER alone logging in a user whose home has no password.
+anonymous, and USER alone logging in a user whose home has no password;
+one reply per command line (rules in ``lines``); passive listeners held
+to ``passive``'s rules; for FTPS, nothing received with AUTH TLS run
+before the handshake and data connections bound to the control
+connection's TLS session (``tlschannel``).
 Paths, mounts and permissions are the filesystem's business (XxftpFS),
 which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 """
@@ -21,10 +25,11 @@ from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 
-from . import access, banners, hashpool, replies, xferlog
+from . import access, banners, hashpool, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
+from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
@@ -65,6 +70,7 @@ class XxftpSession:
 
     abstracted_fs = XxftpFS
     active_dtp = XxftpActiveDTP
+    passive_dtp = XxftpPassiveDTP
     upload_mode = "atomic"
     xferlog_path: str | None = None
     allow_from: list = []
@@ -126,6 +132,7 @@ class XxftpSession:
         return read() if read is not None else default
 
     def __init__(self, conn, server, ioloop=None) -> None:
+        self._line = lines.LineBuffer()
         super().__init__(conn, server, ioloop)
         if not self.connected:
             return
@@ -170,6 +177,66 @@ class XxftpSession:
             super().respond(resp)
         else:
             super().respond(resp, logfun=logfun)
+
+    # --- command lines (rules in ``lines``)
+
+    def collect_incoming_data(self, data: bytes) -> None:
+        self._line.add(data)
+
+    def found_terminator(self) -> None:
+        line = self._line.take()
+        if line is None:
+            self.respond_w_warning(lines.TOO_LONG)
+            return
+        self._in_buffer = [line]  # what pyftpdlib's found_terminator reads the line from
+        self._in_buffer_len = len(line)
+        super().found_terminator()
+
+    def discard_unread(self, why: str) -> None:
+        """Throw away every byte received but not yet executed (after a
+        command that switches the channel to TLS), and log how many."""
+        count = len(self.ac_in_buffer) + self._line.clear()
+        self.ac_in_buffer = b""
+        if count:
+            self.log(f"discarded {count} bytes received after {why} before the TLS handshake",
+                     logfun=logging.getLogger("pyftpdlib").warning)
+
+    # --- passive data connections (rules in ``passive``)
+
+    def ftp_PASV(self, line: str) -> None:
+        self._open_passive(super().ftp_PASV, line)
+
+    def ftp_EPSV(self, line: str) -> None:
+        self._open_passive(super().ftp_EPSV, line)
+
+    def _open_passive(self, command, line: str) -> None:
+        try:
+            command(line)
+        except (PassiveUnavailable, OSError) as err:
+            why = str(err) if isinstance(err, PassiveUnavailable) else (err.strerror or str(err))
+            self.log(f"no passive listener: {why}", logfun=logging.getLogger("pyftpdlib").warning)
+            self.respond(f"425 Can't open data connection: {why}.")
+
+    def data_needs_resumption(self) -> bool:
+        """Whether a data connection must resume this session's TLS session."""
+        return False
+
+    def passive_failed(self, reply: str) -> bool:
+        """The passive listener gave up: a transfer command waiting for its
+        data connection gets ``reply`` (its file closed, an upload rolled
+        back). False if no command was waiting (nothing is answered)."""
+        out, queued = self._out_dtp_queue, self._in_dtp_queue
+        if out is None and queued is None:
+            return False
+        self._out_dtp_queue = None
+        if out is not None and out[2] is not None:
+            out[2].close()
+        self._drop_queued_upload()
+        if self._in_dtp_queue is not None:  # a queued upload of a foreign filesystem
+            self._in_dtp_queue[0].close()
+            self._in_dtp_queue = None
+        self.respond(reply, logfun=logging.getLogger("pyftpdlib").warning)
+        return True
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
         forget = getattr(self.fs, "forget", None)
@@ -415,19 +482,95 @@ class XxftpHandler(XxftpSession, FTPHandler):
 
 
 try:
+    from OpenSSL import SSL
     from pyftpdlib.handlers import TLS_FTPHandler
 
+    from . import tlschannel
     from .tlschannel import XxftpTLSDTPHandler
 except ImportError:  # pyopenssl missing: FTPS unavailable
     TLS_FTPHandler = None
 
+
+def _tls_commands(cmds: dict) -> dict:
+    cmds = _commands(cmds)
+    cmds["CCC"] = dict(perm=None, auth=False, arg=False,
+                       help="Syntax: CCC (clear the control channel; refused).")
+    return cmds
+
+
 if TLS_FTPHandler is not None:
 
     class XxftpTLSHandler(XxftpSession, TLS_FTPHandler):
-        """TLS_FTPHandler (explicit FTPS) serving an xxftp tree."""
+        """TLS_FTPHandler (explicit FTPS) serving an xxftp tree.
 
-        proto_cmds = _commands(TLS_FTPHandler.proto_cmds)
+        Adds to pyftpdlib's: nothing received with AUTH TLS is executed
+        before the handshake; protected data connections must resume the
+        control connection's TLS session (``tls_session_reuse``, see
+        tlschannel); PBSZ checks its number; PROT C is refused when data
+        must be protected; CCC is refused.
+        """
+
+        proto_cmds = _tls_commands(TLS_FTPHandler.proto_cmds)
         dtp_handler = XxftpTLSDTPHandler
+        tls_session_reuse = DEFAULT_SESSION_REUSE
+
+        @classmethod
+        def get_ssl_context(cls):
+            context = super().get_ssl_context()
+            if cls.__dict__.get("_hardened_context") is not context:  # made here or handed in: once each
+                tlschannel.harden(context, cls.tls_session_reuse)
+                cls._hardened_context = context
+            return context
+
+        def data_needs_resumption(self) -> bool:
+            return bool(self._prot) and self.tls_session_reuse == "required"
+
+        def recv(self, buffer_size: int) -> bytes:
+            try:
+                return super().recv(buffer_size)
+            except SSL.Error as err:  # pyftpdlib's recv has dealt with want-read/write and closes
+                self._tls_failed(err)
+                return b""
+
+        def send(self, data) -> int:
+            try:
+                return super().send(data)
+            except SSL.Error as err:
+                self._tls_failed(err)
+                return 0
+
+        def _tls_failed(self, err: SSL.Error) -> None:
+            """A TLS alert or protocol error (a refused renegotiation, a
+            forged record): the channel can't go on. One log line, no
+            traceback, no TLS shutdown on a broken session."""
+            self.log(f"TLS error on the control connection: {tlschannel.error_text(err)}; closing",
+                     logfun=logging.getLogger("pyftpdlib").warning)
+            self._error = True
+            self.close()
+
+        def ftp_AUTH(self, line: str) -> None:
+            plain = not isinstance(self.socket, SSL.Connection)
+            super().ftp_AUTH(line)
+            if plain and self._ssl_requested:
+                self.discard_unread("AUTH")
+
+        def ftp_PBSZ(self, line: str) -> None:
+            size = line.strip()
+            if isinstance(self.socket, SSL.Connection) and not (
+                    size.isascii() and size.isdigit() and int(size) <= 0xFFFFFFFF):
+                self.respond("501 PBSZ needs a decimal number below 2**32 (use 0).")
+                return
+            super().ftp_PBSZ(line)
+
+        def ftp_PROT(self, line: str) -> None:
+            if (line.upper() == "C" and self.tls_data_required and self._pbsz
+                    and isinstance(self.socket, SSL.Connection)):
+                self.respond("534 PROT C refused: data connections must be protected (PROT P).")
+                return
+            super().ftp_PROT(line)
+
+        def ftp_CCC(self, line: str) -> None:
+            self.respond("534 CCC refused: the control connection stays protected.")
 
 else:  # pragma: no cover
     XxftpTLSHandler = None

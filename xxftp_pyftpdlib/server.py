@@ -21,6 +21,7 @@ from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
+from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .signals import SignalWake, stop_on_signals
 
 log = logging.getLogger("xxftpd")
@@ -156,6 +157,7 @@ class Options:
     keyfile: str | None = None
     tls_control_required: bool = False
     tls_data_required: bool = False
+    tls_session_reuse: str = DEFAULT_SESSION_REUSE
     upgrade_hashes: bool = False
     xferlog: str | None = None
     allow_from: list[str] | None = None
@@ -200,6 +202,8 @@ def make_handler(options: Options, base: type | None = None) -> type:
             xferlog.append(options.xferlog, "")
         except OSError as err:
             raise ConfigError(f"cannot write xferlog {options.xferlog!r}: {err.strerror}") from None
+    if options.tls_session_reuse not in SESSION_REUSE:
+        raise ConfigError(f"--tls-session-reuse must be one of {', '.join(SESSION_REUSE)}")
     if options.tls:
         if XxftpTLSHandler is None:
             raise ConfigError("FTPS needs pyOpenSSL, which is not installed")
@@ -212,9 +216,11 @@ def make_handler(options: Options, base: type | None = None) -> type:
         attrs.update(
             certfile=options.certfile, keyfile=options.keyfile or options.certfile, ssl_context=None,
             tls_control_required=options.tls_control_required, tls_data_required=options.tls_data_required,
+            tls_session_reuse=options.tls_session_reuse,
             ssl_options=XxftpTLSHandler.ssl_options | _NO_OLD_TLS,
         )
-    elif options.tls_control_required or options.tls_data_required or options.certfile:
+    elif (options.tls_control_required or options.tls_data_required or options.certfile
+          or options.tls_session_reuse != DEFAULT_SESSION_REUSE):
         raise ConfigError("TLS options need --tls")
     return type("Configured" + base.__name__, (base,), attrs)
 

@@ -18,19 +18,31 @@ Rules that live here:
   pyftpdlib: many clients close that way.
 - Clear data (PROT C) takes the clear channel's path (splice, sendfile);
   ASCII mode and listings take pyftpdlib's.
+- Session reuse ``required`` (the default): a protected data connection
+  must resume the TLS session of its control connection (the same master
+  secret), or it is refused; a stranger who connects to the passive port
+  first cannot complete such a handshake. Control and data connections
+  then share one context and speak TLS 1.2: a TLS 1.3 session is resumed
+  through a ticket the server must send after each data handshake (the
+  reset above), and OpenSSL's ticket count is out of pyOpenSSL's reach.
+  ``off``: data connections use their own context (no tickets) and any
+  TLS session, as pyftpdlib does.
+- Renegotiation is refused on every connection (TLS 1.2 and older).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from OpenSSL import SSL
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import TLS_DTPHandler
 from pyftpdlib.handlers.ftp.producers import FileProducer
-from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
+from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED, AsyncChat
 
 from .datachannel import XxftpDTPHandler, XxftpDTPMixin, _recv_buffer
+from .passive import NOT_RESUMED
 from .uploads import Upload
 
 logger = logging.getLogger("pyftpdlib")
@@ -48,8 +60,50 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
     _out: memoryview | None = None
     _out_pos = _out_end = 0
 
+    _acceptor = None  # the passive listener, while this connection competes for its port
+
     def secure_connection(self, ssl_context) -> None:
         super().secure_connection(_data_context(type(self.cmd_channel)))
+
+    # --- whose data connection this is
+
+    def on_probation(self, acceptor) -> None:
+        """This connection becomes the data connection only if its
+        handshake resumes the control connection's session (``acceptor``
+        decides); until then it is nobody's and closes quietly."""
+        self._acceptor = acceptor
+
+    def handle_ssl_established(self) -> None:
+        channel = self.cmd_channel
+        if channel.data_needs_resumption() and not same_session(channel.socket, self.socket):
+            peer = _peer(self.socket)
+            channel.log(f"data connection from {peer} refused: it did not resume the control "
+                        "connection's TLS session", logfun=logger.warning)
+            acceptor, self._error = self._acceptor, True
+            if acceptor is not None:
+                self.close()  # quietly: the listener waits on for the client
+                acceptor.refused(NOT_RESUMED)
+            else:  # an active (PORT) connection: its transfer fails
+                if self.file_obj is not None or self.cmd is not None:
+                    self._resp = (NOT_RESUMED, logger.warning)
+                self.close()
+            return
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is not None:
+            acceptor.prove(self)
+
+    def handle_failed_ssl_handshake(self) -> None:
+        if self._acceptor is None:
+            return super().handle_failed_ssl_handshake()
+        self.log("TLS handshake of a competing data connection failed.")
+        self.close()
+        return None
+
+    def handle_timeout(self) -> None:
+        if self._acceptor is None:
+            return super().handle_timeout()
+        self.close()
+        return None
 
     # --- uploads
 
@@ -153,7 +207,47 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
 
     def close(self) -> None:
         self._source = self._out = None
-        super().close()
+        acceptor, self._acceptor = self._acceptor, None
+        if acceptor is None:
+            super().close()
+            return
+        # Nobody's data connection yet: close the socket only; the session's
+        # data channel, transfer and timers are not this one's.
+        acceptor.release(self)
+        if self._idler is not None and not self._idler.cancelled:
+            self._idler.cancel()
+        AsyncChat.close(self)
+
+
+def _peer(conn) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
+
+
+def error_text(err: SSL.Error) -> str:
+    """The reasons OpenSSL gave, in one line ("tls alert handshake failure")."""
+    reasons = [entry[2] for entry in (err.args[0] if err.args and isinstance(err.args[0], list) else [])
+               if isinstance(entry, tuple) and len(entry) == 3]
+    return "; ".join(r for r in reasons if r) or repr(err)
+
+
+def same_session(control: SSL.Connection, data: SSL.Connection) -> bool:
+    """Whether ``data`` resumed the TLS session of ``control``: a full
+    handshake makes a new master secret, a resumption keeps it (TLS 1.2)."""
+    mine, theirs = control.master_key(), data.master_key()
+    return bool(mine) and bool(theirs) and hmac.compare_digest(mine, theirs)
+
+
+def harden(context: SSL.Context, reuse: str) -> None:
+    """Settings of the control connections' context (applied once, when it is made)."""
+    context.set_options(SSL.OP_NO_RENEGOTIATION)
+    if reuse == "required":
+        context.set_max_proto_version(SSL.TLS1_2_VERSION)
+        context.set_session_id(b"xxftpd")
+        context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
 
 
 def _data_context(handler: type) -> SSL.Context:
@@ -161,12 +255,13 @@ def _data_context(handler: type) -> SSL.Context:
     context = handler.__dict__.get("_data_ssl_context")
     if context is None:
         control = handler.get_ssl_context()  # validates certfile/keyfile as pyftpdlib does
-        if not handler.certfile:  # a ready-made ssl_context was given: use it as it is
+        if not handler.certfile or getattr(handler, "tls_session_reuse", "off") == "required":
+            # a ready-made ssl_context is used as it is; reuse needs the control's session cache
             return control
         context = SSL.Context(SSL.TLS_SERVER_METHOD)
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         context.set_max_proto_version(SSL.TLS1_2_VERSION)
-        context.set_options((handler.ssl_options or 0) | SSL.OP_NO_TICKET)
+        context.set_options((handler.ssl_options or 0) | SSL.OP_NO_TICKET | SSL.OP_NO_RENEGOTIATION)
         context.use_certificate_chain_file(handler.certfile)
         context.use_privatekey_file(handler.keyfile or handler.certfile)
         handler._data_ssl_context = context

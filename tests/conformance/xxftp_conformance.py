@@ -27,6 +27,7 @@ stale silently.
 
 from __future__ import annotations
 
+import ftplib
 import os
 
 import pyftpdlib.filesystems
@@ -46,6 +47,21 @@ SWAPS = (
 )
 for _module, _name, _ours in SWAPS:
     setattr(_module, _name, _ours)
+
+
+# The FTPS suite's client is ftplib, which makes a fresh TLS session for
+# each data connection. xxftpd by default requires a PROT P data connection
+# to resume the control connection's session (lftp and curl do; ftplib
+# answers 522 without this), so the suite's client resumes it, and the
+# suite runs against the default.
+def _resuming_ntransfercmd(self, cmd, rest=None):
+    conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+    if self._prot_p:
+        conn = self.context.wrap_socket(conn, server_hostname=self.host, session=self.sock.session)
+    return conn, size
+
+
+ftplib.FTP_TLS.ntransfercmd = _resuming_ntransfercmd
 
 # Evidence that logins really ran on our classes, shown in the summary.
 _logins = {"fs": 0}
