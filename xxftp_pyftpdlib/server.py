@@ -19,6 +19,7 @@ from . import access, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
+from .listener import Listener, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .signals import SignalWake, stop_on_signals
@@ -60,7 +61,7 @@ class SafeIOLoop(IOLoop):
                         _write(inst)
 
 
-class AsyncServer(FTPServer):
+class AsyncServer(Listener, FTPServer):
     """pyftpdlib's async server, where --max-cons counts client connections.
 
     pyftpdlib compares the IO loop's map (which holds the listening socket
@@ -71,7 +72,7 @@ class AsyncServer(FTPServer):
         return len(self.ip_map) <= self.max_cons  # ip_map already holds the new client
 
 
-class ThreadedServer(ThreadedFTPServer):
+class ThreadedServer(Listener, ThreadedFTPServer):
     """A thread per connection, with this server's own exit flag and lock.
 
     pyftpdlib keeps both on the class, so closing one server also stopped
@@ -94,7 +95,7 @@ except ImportError:  # pragma: no cover - platforms without fork
     MultiprocessFTPServer = None
 else:
 
-    class MultiprocessServer(MultiprocessFTPServer):
+    class MultiprocessServer(Listener, MultiprocessFTPServer):
         """One process per connection, where a signal to one connection's
         process ends that connection only.
 
@@ -147,7 +148,10 @@ class Options:
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
     max_cons: int = 500
-    max_cons_per_ip: int = 0
+    max_cons_per_ip: int = 20
+    max_unauthenticated: int = 50
+    max_unauthenticated_per_ip: int = 10
+    login_timeout: int = 30
     timeout: int = 120
     concurrency: str = "async"
     upload_mode: str = "atomic"
@@ -229,6 +233,9 @@ def make_server(options: Options, handler: type | None = None):
     if options.workers > 1 and options.concurrency != "async":
         raise ConfigError("--workers forks async servers: use it with --concurrency async")
     handler = handler or make_handler(options)
+    warning = raise_open_files_limit(options.max_cons if options.concurrency != "multi-proc" else 0)
+    if warning:  # a process per session (multi-proc) needs few descriptors in each
+        log.warning("%s", warning)
     settled = reconcile(handler.authorizer.root)  # before clients can connect
     log.debug("%d quota ledger(s) checked", settled)
     try:  # its own IO loop, not pyftpdlib's process-wide instance: servers stay independent
