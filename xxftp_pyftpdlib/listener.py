@@ -17,7 +17,12 @@ Rules that live here:
   busy loop) and then listens again. Any other failure while accepting is
   one log line and the same pause. The listener never closes on its own.
 
-This module does not know who is logged in (``admission`` does) nor the
+- The server keeps the admission table (``admission.Table``) of the
+  connections it accepted: a newcomer is admitted, displaces strangers
+  or is refused there, before pyftpdlib counts it; strangers out of time
+  to log in are told to leave by a sweep once a second.
+
+This module does not decide who may stay (``admission`` does) nor know the
 FTP protocol beyond its one refusal line.
 """
 
@@ -34,7 +39,9 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     resource = None
 
-__all__ = ["FDS_PER_SESSION", "PAUSE", "Listener", "raise_open_files_limit", "reserve"]
+from .admission import Limits, Place, Table
+
+__all__ = ["Admitting", "FDS_PER_SESSION", "PAUSE", "Listener", "raise_open_files_limit", "reserve"]
 
 log = logging.getLogger("xxftpd")
 
@@ -183,3 +190,55 @@ class Listener:
             os.close(self._spare_fd)
             self._spare_fd = None
         super().close()
+
+
+SWEEP = 1.0  # seconds between two looks for strangers out of time to log in
+
+
+def _wake(place: Place) -> None:
+    if place.wake is not None:
+        try:
+            place.wake()
+        except OSError:  # already gone
+            pass
+
+
+class Admitting:
+    """Mixed into a pyftpdlib server: its admission table.
+
+    ``limits`` is set by whoever builds the server (None: pyftpdlib's own
+    counting alone). The table is made in the process that accepts, at
+    its first connection, so a forked ``--workers`` worker has its own.
+    """
+
+    limits: Limits | None = None
+    places_across_processes = False  # True where each connection gets a process
+    _table: Table | None = None
+    _admitted = False
+
+    def admit(self, ip: str) -> tuple[Place | None, str | None]:
+        """A place for a new connection from ``ip``, or why not."""
+        if self.limits is None:
+            return None, None
+        if self._table is None:
+            self._table = Table(self.limits, self.places_across_processes)
+            if self.limits.login_timeout:
+                self.ioloop.call_every(SWEEP, self._sweep, _errback=self._sweep_failed)
+        place, refusal, displaced = self._table.admit(ip)
+        for other in displaced:
+            _wake(other)
+        # pyftpdlib's count of this connection comes next: the table has decided
+        self._admitted = place is not None
+        return place, refusal
+
+    def admitted_now(self) -> bool:
+        """True once, right after the table admitted a connection."""
+        admitted, self._admitted = self._admitted, False
+        return admitted
+
+    def _sweep(self) -> None:
+        for place in self._table.overdue():
+            _wake(place)
+
+    def _sweep_failed(self) -> None:
+        log.error("login timeout sweep failed", exc_info=True)

@@ -19,7 +19,8 @@ from . import access, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
-from .listener import Listener, raise_open_files_limit
+from .admission import Limits
+from .listener import Admitting, Listener, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .signals import SignalWake, stop_on_signals
@@ -61,7 +62,7 @@ class SafeIOLoop(IOLoop):
                         _write(inst)
 
 
-class AsyncServer(Listener, FTPServer):
+class AsyncServer(Admitting, Listener, FTPServer):
     """pyftpdlib's async server, where --max-cons counts client connections.
 
     pyftpdlib compares the IO loop's map (which holds the listening socket
@@ -69,10 +70,12 @@ class AsyncServer(Listener, FTPServer):
     """
 
     def _accept_new_cons(self) -> bool:
+        if self.admitted_now():
+            return True
         return len(self.ip_map) <= self.max_cons  # ip_map already holds the new client
 
 
-class ThreadedServer(Listener, ThreadedFTPServer):
+class ThreadedServer(Admitting, Listener, ThreadedFTPServer):
     """A thread per connection, with this server's own exit flag and lock.
 
     pyftpdlib keeps both on the class, so closing one server also stopped
@@ -85,6 +88,8 @@ class ThreadedServer(Listener, ThreadedFTPServer):
         self._lock = threading.Lock()
 
     def _accept_new_cons(self) -> bool:
+        if self.admitted_now():
+            return True
         # pyftpdlib lets max_cons + 1 threads run ("<=" on the running ones)
         return len(self.ip_map) <= self.max_cons
 
@@ -95,7 +100,7 @@ except ImportError:  # pragma: no cover - platforms without fork
     MultiprocessFTPServer = None
 else:
 
-    class MultiprocessServer(Listener, MultiprocessFTPServer):
+    class MultiprocessServer(Admitting, Listener, MultiprocessFTPServer):
         """One process per connection, where a signal to one connection's
         process ends that connection only.
 
@@ -115,13 +120,26 @@ else:
         def _accept_new_cons(self) -> bool:
             if os.getpid() != self._parent_pid:  # asked by a connection's process (PASV)
                 return super()._accept_new_cons()
+            if self.admitted_now():
+                return True
             # the new client has no process yet: strictly fewer running ones
             self._refresh_tasks()
             return len(self._active_tasks) < self.max_cons
 
+        places_across_processes = True
+
+        def _start_task(self, *args, **kwargs):
+            task = super()._start_task(*args, **kwargs)
+            place = getattr(kwargs["args"][0], "place", None)
+            if place is not None:  # the table follows the connection's process
+                place.alive = task.is_alive
+                place.wake = lambda: task.pid and os.kill(task.pid, signal.SIGUSR1)
+            return task
+
         def _loop(self, handler):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
             return super()._loop(handler)
 
     MultiprocessFTPServer = MultiprocessServer
@@ -243,7 +261,9 @@ def make_server(options: Options, handler: type | None = None):
     except OSError as err:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
     server.max_cons = options.max_cons
-    server.max_cons_per_ip = options.max_cons_per_ip
+    server.limits = Limits(options.max_cons, options.max_cons_per_ip, options.max_unauthenticated,
+                           options.max_unauthenticated_per_ip, options.login_timeout)
+    server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
     return server
 
 
