@@ -12,6 +12,8 @@ import os
 import select
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -279,3 +281,53 @@ def test_rein_gives_a_session_the_time_to_log_in_again(users):
         assert "421" in str(err.value) or isinstance(err.value, (EOFError, OSError))
     finally:
         stop(proc)
+
+
+def test_a_stalled_tls_handshake_is_closed_at_the_time_to_log_in(users, tmp_path):
+    """AUTH TLS, then no handshake: closed when the time to log in is up;
+    a client that did log in over TLS stays."""
+    from xxftp_pyftpdlib import certs
+    cert, key = certs.self_signed(str(tmp_path / "tls"))
+    proc, port = start(users.root, "--login-timeout", "2", "--tls", "--certfile", cert, "--keyfile", key)
+    try:
+        good = ftplib.FTP_TLS()
+        good.connect(HOST, port, timeout=10)
+        good.auth()
+        good.login("bob")
+        stalled = socket.create_connection((HOST, port), timeout=10)
+        stalled.recv(1000)
+        stalled.sendall(b"AUTH TLS\r\n")
+        assert stalled.recv(1000).startswith(b"234")
+        started = time.monotonic()
+        stalled.settimeout(8)
+        try:
+            while stalled.recv(1000):
+                pass
+        except ConnectionResetError:
+            pass
+        assert 1.5 < time.monotonic() - started < 5
+        time.sleep(1)
+        good.voidcmd("NOOP")
+        good.quit()
+    finally:
+        text = stop(proc)
+    assert "Login timed out." in text
+
+
+def test_the_limits_are_flags_and_config_keys(tmp_path):
+    from xxftp_pyftpdlib.cli import build_parser, load_config
+    from xxftp_pyftpdlib.server import Options
+    parser = build_parser()
+    defaults = parser.parse_args([])
+    assert (defaults.max_cons_per_ip, defaults.max_unauthenticated, defaults.max_unauthenticated_per_ip,
+            defaults.login_timeout) == (Options.max_cons_per_ip, Options.max_unauthenticated,
+                                        Options.max_unauthenticated_per_ip, Options.login_timeout) == (20, 50, 10, 30)
+    path = tmp_path / "x.toml"
+    path.write_text("max-unauthenticated = 7\nmax_unauthenticated_per_ip = 3\nlogin_timeout = 12\n")
+    parser.set_defaults(**load_config(parser, str(path)))
+    args = parser.parse_args(["--login-timeout", "9"])
+    assert (args.max_unauthenticated, args.max_unauthenticated_per_ip, args.login_timeout) == (7, 3, 9)
+    for bad in (["--login-timeout", "-1"], ["--max-unauthenticated", "x"]):
+        done = subprocess.run([sys.executable, "-m", "xxftp_pyftpdlib", *bad], capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 2 and done.stderr.startswith("xxftpd: error:") and "Traceback" not in done.stderr
