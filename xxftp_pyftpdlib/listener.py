@@ -223,7 +223,7 @@ class Admitting:
         if self._table is None:
             self._table = Table(self.limits, self.places_across_processes)
             if self.limits.login_timeout:
-                self.ioloop.call_every(SWEEP, self._sweep, _errback=self._sweep_failed)
+                self.ioloop.call_every(SWEEP, self._sweep)
         place, refusal, displaced = self._table.admit(ip)
         for other in displaced:
             _wake(other)
@@ -237,8 +237,9 @@ class Admitting:
         return admitted
 
     def _sweep(self) -> None:
-        for place in self._table.overdue():
-            _wake(place)
-
-    def _sweep_failed(self) -> None:
-        log.error("login timeout sweep failed", exc_info=True)
+        # never raises: pyftpdlib would stop a periodic call that did
+        try:
+            for place in self._table.overdue():
+                _wake(place)
+        except Exception as err:
+            log.error("cannot close connections out of time to log in: %s: %s", type(err).__name__, err)
