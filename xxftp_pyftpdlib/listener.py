@@ -122,6 +122,8 @@ class Listener:
         self._spare_fd = _spare()
         limit = open_files_limit()
         self._ceiling = None if limit is None else limit - reserve(limit)
+        self._near_limit = (f"open files near the limit of {limit} "
+                            f"(the last {reserve(limit or 0)} are kept for the sessions served)")
 
     def accept(self):
         """asyncore's accept (None when nothing is waiting), minus the
@@ -135,7 +137,7 @@ class Listener:
             return None
         if pair is not None and self._ceiling is not None and pair[0].fileno() >= self._ceiling:
             _refuse(pair[0])
-            self._note_refused(f"{self._ceiling} of the open files limit in use")
+            self._note_refused(self._near_limit)
             return None
         return pair
 
