@@ -6,7 +6,8 @@ anonymous, and USER alone logging in a user whose home has no password.
 On our servers each session holds a place in the admission table
 (``admission``): it says when it logs in or out, and leaves with a 421
 when told to (displaced, or out of time to log in). Paths, mounts and
-permissions are the filesystem's business (XxftpFS), which is why these handlers also work with pyftpdlib's DummyAuthorizer.
+permissions are the filesystem's business (XxftpFS), which is why these
+handlers also work with pyftpdlib's DummyAuthorizer.
 """
 
 from __future__ import annotations
