@@ -179,15 +179,17 @@ def test_flood_past_the_descriptor_limit_keeps_serving(tree, users, model):
     assert "refusing new connections" in text
 
 
-def test_accept_out_of_descriptors_refuses_pauses_and_listens_again(tree, users):
+@pytest.mark.parametrize("concurrency", ["async", "multi-thread"])
+def test_accept_out_of_descriptors_refuses_pauses_and_listens_again(tree, users, concurrency):
     """accept() itself failing with EMFILE (the process's descriptors taken
     by something else: here its soft limit lowered from outside while it
     runs): the waiting clients get 421, the listener stays, the session
     served goes on, and new logins work once descriptors are free again."""
-    proc, port = start(tree.root, *NO_CAPS, nofile=(256, 256))
+    proc, port = start(tree.root, "--concurrency", concurrency, *NO_CAPS, nofile=(256, 256))
     socks: list[socket.socket] = []
     try:
         ftp = login(port)
+        time.sleep(0.2)  # the session's thread, and its loop, are up
         opened = len(os.listdir(f"/proc/{proc.pid}/fd"))
         resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (opened + 2, 256))
         socks, codes = flood(port, 40)
@@ -216,3 +218,26 @@ def _logs_in(port: int) -> bool:
         return False
     ftp.quit()
     return True
+
+
+def test_a_session_thread_without_a_descriptor_answers_421(tree, users):
+    """multi-thread: the connection is accepted, but its thread can't open
+    its IO loop (no descriptor left): the client gets 421 and is closed,
+    not a greeting and then silence."""
+    proc, port = start(tree.root, "--concurrency", "multi-thread", *NO_CAPS, nofile=(256, 256))
+    try:
+        ftp = login(port)
+        time.sleep(0.2)
+        opened = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (opened + 1, 256))
+        s = socket.create_connection((HOST, port), timeout=10)
+        assert first_reply(s).startswith(b"220")
+        s.sendall(b"NOOP\r\n")
+        assert first_reply(s).startswith(b"421"), "greeted, then never heard"
+        s.close()
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (256, 256))
+        ftp.voidcmd("NOOP")
+        assert wait_until(lambda: _logs_in(port), timeout=10)
+        ftp.quit()
+    finally:
+        stop(proc)

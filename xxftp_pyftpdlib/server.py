@@ -20,7 +20,7 @@ from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
 from .admission import Limits
-from .listener import Admitting, Listener, raise_open_files_limit
+from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .signals import SignalWake, stop_on_signals
@@ -92,6 +92,20 @@ class ThreadedServer(Admitting, Listener, ThreadedFTPServer):
             return True
         # pyftpdlib lets max_cons + 1 threads run ("<=" on the running ones)
         return len(self.ip_map) <= self.max_cons
+
+    def _loop(self, handler):
+        """A session's thread; one that can't run (no descriptor left for
+        its IO loop) answers 421 and closes, instead of leaving its client
+        greeted and then unheard."""
+        try:
+            return super()._loop(handler)
+        except OSError as err:
+            log.warning("%s:%s closed: %s", handler.remote_ip, handler.remote_port, err.strerror or err)
+            try:
+                handler.socket.send(REFUSAL)
+            except OSError:
+                pass
+            handler.close()
 
 
 try:
