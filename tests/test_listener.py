@@ -152,7 +152,7 @@ def test_flood_past_the_descriptor_limit_keeps_serving(tree, users, model):
         count = 400 * (2 if "--workers" in model else 1)  # each worker has its own descriptors
         socks, codes = flood(port, count)
         counts = {c: codes.count(c) for c in set(codes)}
-        assert codes.count(b"220") >= 100, counts
+        assert codes.count(b"220") >= 50, counts  # about 214 (async), 107 (a loop per thread)
         assert codes.count(b"220") + codes.count(b"421") == count, counts  # nobody left hanging
         assert codes.count(b"421") >= 100, counts
         # the session served before the flood still is, transfers included
