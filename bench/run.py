@@ -1441,8 +1441,10 @@ def raise_nofile(need: int) -> int:
 
 def make_servers(base: Path, data: dict, roles: set[str]) -> dict[str, Server]:
     """The server instances the chosen figures need, by role (not started)."""
+    # every client comes from 127.0.0.1, in bursts: no per-address or not-logged-in limits (as plain pyftpdlib)
     xx = [sys.executable, "-m", "xxftp_pyftpdlib", "--root", str(data["xroot"]), "--host", HOST,
-          "--max-cons", "2000"]
+          "--max-cons", "2000", "--max-cons-per-ip", "0", "--max-unauthenticated", "0",
+          "--max-unauthenticated-per-ip", "0"]
     plain = [sys.executable, str(HERE / "plain_server.py"), "--home", str(data["phome"]), "--host", HOST,
              "--max-cons", "2000"]
     tls = []

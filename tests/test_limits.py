@@ -84,17 +84,23 @@ def users(tree):
 
 
 def hold(port: int, n: int) -> tuple[list[socket.socket], list[bytes]]:
+    """n connections, each logged in (bob needs no password) once greeted:
+    a logged-in session keeps its place (one that never logs in may be
+    displaced by a newcomer, see test_admission.py)."""
     socks, greetings = [], []
     for _ in range(n):
         s = socket.create_connection((HOST, port), timeout=10)
         socks.append(s)
         greetings.append(greeting(s)[:4])
+        if greetings[-1] == b"220 ":
+            s.sendall(b"USER bob\r\n")
+            assert greeting(s).startswith(b"230 ")
     return socks, greetings
 
 
 @pytest.mark.parametrize("concurrency", ["async", "multi-thread"])
 def test_max_cons_holds_exactly_n_connections(tree, users, concurrency):
-    """--max-cons 5: five clients are served, the sixth gets 421."""
+    """--max-cons 5: five logged-in clients are served, the sixth gets 421."""
     proc, port = start(tree.root, "--max-cons", "5", "--concurrency", concurrency)
     socks = []
     try:
@@ -149,7 +155,9 @@ def test_a_thousand_idle_connections(tree, users):
     if soft < need:
         assert hard == resource.RLIM_INFINITY or hard >= need, f"RLIMIT_NOFILE hard limit {hard} < {need}"
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))  # inherited by the server process
-    proc, port = start(tree.root, "--max-cons", "1100", "--timeout", "600")
+    # every limit on connections that have not logged in off: this is about holding them
+    proc, port = start(tree.root, "--max-cons", "1100", "--timeout", "600", "--max-cons-per-ip", "0",
+                       "--max-unauthenticated", "0", "--max-unauthenticated-per-ip", "0", "--login-timeout", "0")
     socks = []
     try:
         with ThreadPoolExecutor(16) as pool:

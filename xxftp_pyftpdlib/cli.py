@@ -78,7 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passive-ports", type=_port_range, metavar="FROM-TO", help="port range for passive data connections")
     p.add_argument("--masquerade-address", type=_address, metavar="IP", help="address announced in PASV replies (behind NAT)")
     p.add_argument("--max-cons", type=_positive, default=500, metavar="N", help="maximum simultaneous connections (default 500)")
-    p.add_argument("--max-cons-per-ip", type=_positive, default=0, metavar="N", help="maximum connections per client address (default: no limit)")
+    p.add_argument("--max-cons-per-ip", type=_positive, default=Options.max_cons_per_ip, metavar="N",
+                   help=f"maximum connections per client address (default {Options.max_cons_per_ip}; 0: no limit)")
+    p.add_argument("--max-unauthenticated", type=_positive, default=Options.max_unauthenticated, metavar="N",
+                   help=f"maximum connections not logged in yet (default {Options.max_unauthenticated}; 0: no limit)")
+    p.add_argument("--max-unauthenticated-per-ip", type=_positive, default=Options.max_unauthenticated_per_ip,
+                   metavar="N", help="maximum connections not logged in yet per client address "
+                                     f"(default {Options.max_unauthenticated_per_ip}; 0: no limit)")
+    p.add_argument("--login-timeout", type=_positive, default=Options.login_timeout, metavar="SECONDS",
+                   help=f"time to log in, whatever is sent meanwhile (default {Options.login_timeout}; 0: none)")
     p.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS", help="idle control connection timeout (default 120)")
     p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
@@ -221,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(
         root=args.root, host=args.host, port=args.port, passive_ports=args.passive_ports,
         masquerade_address=args.masquerade_address, max_cons=args.max_cons,
-        max_cons_per_ip=args.max_cons_per_ip, timeout=args.timeout, concurrency=args.concurrency,
+        max_cons_per_ip=args.max_cons_per_ip, max_unauthenticated=args.max_unauthenticated,
+        max_unauthenticated_per_ip=args.max_unauthenticated_per_ip, login_timeout=args.login_timeout,
+        timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
         tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,

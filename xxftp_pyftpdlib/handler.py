@@ -6,9 +6,12 @@ anonymous, and USER alone logging in a user whose home has no password;
 one reply per command line (rules in ``lines``); passive listeners held
 to ``passive``'s rules; for FTPS, nothing received with AUTH TLS run
 before the handshake and data connections bound to the control
-connection's TLS session (``tlschannel``).
-Paths, mounts and permissions are the filesystem's business (XxftpFS),
-which is why these handlers also work with pyftpdlib's DummyAuthorizer.
+connection's TLS session (``tlschannel``). On our servers each session
+holds a place in the admission table (``admission``): it says when it
+logs in or out, and leaves with a 421 when told to (displaced, or out of
+time to log in). Paths, mounts and permissions are the filesystem's
+business (XxftpFS), which is why these handlers also work with
+pyftpdlib's DummyAuthorizer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import errno
 import logging
 import math
 import re
+import socket
 import stat
 import time
 from concurrent.futures import Future
@@ -27,6 +31,7 @@ from pyftpdlib.handlers import FTPHandler
 
 from . import access, banners, hashpool, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
+from .admission import Place
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
@@ -103,6 +108,11 @@ class XxftpSession:
             self.close_when_done()
         super().on_login_failed(username, password)
 
+    def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        if self.place is not None:  # before the 230 leaves: the client may connect again at once
+            self.place.logged_in()
+        super().handle_auth_success(home, password, msg_login)
+
     def on_login(self, username: str) -> None:
         if self.bans is not None:
             self.bans.succeeded(self.remote_ip)
@@ -136,7 +146,8 @@ class XxftpSession:
         super().__init__(conn, server, ioloop)
         if not self.connected:
             return
-        refusal = self._refusal()
+        self._raw_socket = conn  # a TLS session wraps it later; shutdown() must reach the socket
+        refusal = self._refusal() or self._take_place(server)
         if refusal is not None:
             # Refused before the server counts or hands the connection on
             # (to a thread or a process): it sees an unconnected handler.
@@ -146,6 +157,50 @@ class XxftpSession:
                 pass
             self.log(f"connection refused: {refusal}")
             self.close()
+
+    # --- the admission table's place (see admission.py): who may stay
+
+    place: Place | None = None
+
+    def _take_place(self, server) -> str | None:
+        """Ask the server for a place (our servers keep an admission
+        table; pyftpdlib's own have none): why not, if refused."""
+        admit = getattr(server, "admit", None)
+        if admit is None:
+            return None
+        self.place, refusal = admit(self.remote_ip)
+        if self.place is not None:
+            self.place.wake = self.leave_soon
+        return refusal
+
+    def leave_soon(self) -> None:
+        """Told to leave (displaced, or out of time to log in), maybe from
+        another thread: end the reading side, so that the session's own
+        loop closes it (``close`` says why)."""
+        try:
+            self._raw_socket.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def _leave_place(self) -> None:
+        place = self.place
+        if place is None or self._closed:
+            return
+        reason = place.leaving
+        if reason is not None:
+            self.log(f"closing: {reason}")
+            try:
+                self.socket.send(f"421 {reason}\r\n".encode())
+            except Exception:  # best effort: the socket may be half shut or mid-handshake
+                pass
+        if place.alive is None:  # else the process that accepted it forgets it when this one ends
+            place.left()
+
+    def flush_account(self) -> None:
+        was_logged_in = self.authenticated
+        super().flush_account()
+        if was_logged_in and self.place is not None:
+            self.place.logged_out()
 
     def handle(self) -> None:
         self.on_connect()
@@ -455,6 +510,7 @@ class XxftpSession:
 
     def close(self) -> None:
         self._drop_queued_upload()
+        self._leave_place()
         super().close()
 
     def ftp_QUIT(self, line: str) -> None:

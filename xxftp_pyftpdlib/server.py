@@ -19,6 +19,8 @@ from . import access, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
+from .admission import Limits
+from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
@@ -61,7 +63,7 @@ class SafeIOLoop(IOLoop):
                         _write(inst)
 
 
-class AsyncServer(FTPServer):
+class AsyncServer(Admitting, Listener, FTPServer):
     """pyftpdlib's async server, where --max-cons counts client connections.
 
     pyftpdlib compares the IO loop's map (which holds the listening socket
@@ -69,10 +71,12 @@ class AsyncServer(FTPServer):
     """
 
     def _accept_new_cons(self) -> bool:
+        if self.admitted_now():
+            return True
         return len(self.ip_map) <= self.max_cons  # ip_map already holds the new client
 
 
-class ThreadedServer(ThreadedFTPServer):
+class ThreadedServer(Admitting, Listener, ThreadedFTPServer):
     """A thread per connection, with this server's own exit flag and lock.
 
     pyftpdlib keeps both on the class, so closing one server also stopped
@@ -85,8 +89,24 @@ class ThreadedServer(ThreadedFTPServer):
         self._lock = threading.Lock()
 
     def _accept_new_cons(self) -> bool:
+        if self.admitted_now():
+            return True
         # pyftpdlib lets max_cons + 1 threads run ("<=" on the running ones)
         return len(self.ip_map) <= self.max_cons
+
+    def _loop(self, handler):
+        """A session's thread; one that can't run (no descriptor left for
+        its IO loop) answers 421 and closes, instead of leaving its client
+        greeted and then unheard."""
+        try:
+            return super()._loop(handler)
+        except OSError as err:
+            log.warning("%s:%s closed: %s", handler.remote_ip, handler.remote_port, err.strerror or err)
+            try:
+                handler.socket.send(REFUSAL)
+            except OSError:
+                pass
+            handler.close()
 
 
 try:
@@ -95,7 +115,7 @@ except ImportError:  # pragma: no cover - platforms without fork
     MultiprocessFTPServer = None
 else:
 
-    class MultiprocessServer(MultiprocessFTPServer):
+    class MultiprocessServer(Admitting, Listener, MultiprocessFTPServer):
         """One process per connection, where a signal to one connection's
         process ends that connection only.
 
@@ -115,13 +135,26 @@ else:
         def _accept_new_cons(self) -> bool:
             if os.getpid() != self._parent_pid:  # asked by a connection's process (PASV)
                 return super()._accept_new_cons()
+            if self.admitted_now():
+                return True
             # the new client has no process yet: strictly fewer running ones
             self._refresh_tasks()
             return len(self._active_tasks) < self.max_cons
 
+        places_across_processes = True
+
+        def _start_task(self, *args, **kwargs):
+            task = super()._start_task(*args, **kwargs)
+            place = getattr(kwargs["args"][0], "place", None)
+            if place is not None:  # the table follows the connection's process
+                place.alive = task.is_alive
+                place.wake = lambda: task.pid and os.kill(task.pid, signal.SIGUSR1)
+            return task
+
         def _loop(self, handler):
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
             return super()._loop(handler)
 
     MultiprocessFTPServer = MultiprocessServer
@@ -148,7 +181,10 @@ class Options:
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
     max_cons: int = 500
-    max_cons_per_ip: int = 0
+    max_cons_per_ip: int = 20
+    max_unauthenticated: int = 50
+    max_unauthenticated_per_ip: int = 10
+    login_timeout: int = 30
     timeout: int = 120
     concurrency: str = "async"
     upload_mode: str = "atomic"
@@ -235,6 +271,9 @@ def make_server(options: Options, handler: type | None = None):
     if options.workers > 1 and options.concurrency != "async":
         raise ConfigError("--workers forks async servers: use it with --concurrency async")
     handler = handler or make_handler(options)
+    warning = raise_open_files_limit(options.max_cons if options.concurrency != "multi-proc" else 0)
+    if warning:  # a process per session (multi-proc) needs few descriptors in each
+        log.warning("%s", warning)
     settled = reconcile(handler.authorizer.root)  # before clients can connect
     log.debug("%d quota ledger(s) checked", settled)
     try:  # its own IO loop, not pyftpdlib's process-wide instance: servers stay independent
@@ -242,7 +281,9 @@ def make_server(options: Options, handler: type | None = None):
     except OSError as err:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
     server.max_cons = options.max_cons
-    server.max_cons_per_ip = options.max_cons_per_ip
+    server.limits = Limits(options.max_cons, options.max_cons_per_ip, options.max_unauthenticated,
+                           options.max_unauthenticated_per_ip, options.login_timeout)
+    server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
     return server
 
 

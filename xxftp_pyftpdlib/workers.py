@@ -42,6 +42,7 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
     worker = type(server)(server.socket, server.handler, ioloop=type(server.ioloop)())
     worker.max_cons = server.max_cons
     worker.max_cons_per_ip = server.max_cons_per_ip
+    worker.limits = server.limits  # each worker keeps its own admission table
     SignalWake(worker.ioloop)
     log.info("worker %d (pid %d) serving", number, os.getpid())
     status = 0
