@@ -31,6 +31,7 @@ import functools
 import os
 import stat as stat_mod
 from dataclasses import dataclass
+from typing import Iterator
 
 from .config import ConfigStore, Mount
 from .permissions import Action, Permission
@@ -186,51 +187,76 @@ class Namespace:
         return Node(ftp, target, area, True, node.trail + (target,))
 
     def listing(self, node: Node) -> Listing:
-        """Visible entries of a folder: real ones (no dot names, no escaping
-        or looping links, none hidden by a mount) and then its mounts."""
+        """The visible entries of a folder, read as they are used: real
+        ones (no dot names, no escaping or looping links, none hidden by a
+        mount) in the folder's own order, then its mounts.
+
+        The folder is opened now (an error is raised here, before any
+        entry is read); it stays open until the listing is read to its end
+        or closed. Nothing is held per entry: a folder of any size is
+        listed in the memory of one entry at a time.
+        """
         mounts = self.store.mounts(node.real)
-        found: dict[str, os.DirEntry | Entry] = {}
-        links = []
-        with os.scandir(node.real) as it:
-            for de in it:  # the hot loop of a big folder: keep it short
+        folder = open_folder(node.real)
+        return Listing(self._visible(node, folder, mounts), node.area, folder)
+
+    def _visible(self, node: Node, folder, mounts: dict[str, Mount]) -> Iterator[os.DirEntry | Entry]:
+        with folder:
+            for de in folder:  # the hot loop of a big folder: keep it short
                 name = de.name
-                # as check_name, but for NUL, which no file name holds
-                if name[0] == "." or "\n" in name or "\r" in name:
+                # as check_name, but for NUL, which no file name holds;
+                # a real entry that a mount hides is left for the mount
+                if name[0] == "." or "\n" in name or "\r" in name or name in mounts:
                     continue
-                found[name] = de
-                if de.is_symlink():
-                    links.append(name)
-        for name in links:  # rare: resolve each, keep it only if it stays inside
-            try:
-                child = self.child(node, name)
-                found[name] = Entry(name, node.area, False, os.stat(child.real))
-            except (OSError, PathRefused):
-                del found[name]
+                if de.is_symlink():  # rare: resolved, kept only if it stays inside
+                    try:
+                        child = self.child(node, name)
+                        de = Entry(name, node.area, False, os.stat(child.real))
+                    except (OSError, PathRefused):
+                        continue
+                yield de
         for name, mount in mounts.items():
-            found.pop(name, None)  # a mount hides a real entry of its name
             try:
                 child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
-                found[name] = Entry(name, child.area, True, os.stat(child.real))
+                entry = Entry(name, child.area, True, os.stat(child.real))
             except (OSError, PathRefused):
                 continue
-        return Listing(found, node.area)
+            yield entry
 
 
-@dataclass(frozen=True)
+def open_folder(real: str):
+    """An iterator of the entries of the folder at ``real`` (``os.DirEntry``
+    objects; a context manager that closes it): the one place a listing
+    opens a folder."""
+    return os.scandir(real)
+
+
 class Listing:
-    """A folder's visible entries, in listing order (mounts last).
+    """A folder's visible entries, in listing order (mounts last), read
+    from the folder as they are iterated (once).
 
     Plain entries are ``os.DirEntry`` objects: a LIST line stats one when
     it is made, NLST never does. Kept links and mount points are resolved
     (and stat'ed) ``Entry`` objects; they are few.
     """
 
-    found: dict[str, os.DirEntry | Entry]
-    area: Area  # the area of the plain entries
+    __slots__ = ("_entries", "area", "_folder")
+
+    def __init__(self, entries: Iterator[os.DirEntry | Entry], area: Area, folder) -> None:
+        self._entries, self.area, self._folder = entries, area, folder
+
+    def __iter__(self) -> Iterator[os.DirEntry | Entry]:
+        return self._entries
 
     @property
     def names(self) -> list[str]:
-        return list(self.found)
+        """Every name, in listing order (reads the listing to its end)."""
+        return [entry.name for entry in self._entries]
+
+    def close(self) -> None:
+        """Close the folder, whether or not every entry was read."""
+        self._entries.close()
+        self._folder.close()  # never started: the generator's ``with`` did not run
 
 
 def require(node: Node, action: Action, *, what: str, on_entry: bool = False) -> None:
