@@ -74,7 +74,7 @@ class SlicedProducer:
     whatever the folder's size.
     """
 
-    CHUNKS_PER_SLICE = 20
+    CHUNKS_PER_SLICE = 8
 
     def __init__(self, lines: FolderLines) -> None:
         self.lines = lines
