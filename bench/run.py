@@ -75,6 +75,7 @@ class Sizes:
     conc_streams: int  # concurrent transfers in one batch
     conc_mib: int  # ... of files of this size
     load_logins: int  # logins while the big file is downloaded
+    big_lists: tuple[int, ...] = (10_000, 200_000)  # files in the folders of figure 11
 
 
 FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_000,
@@ -84,7 +85,7 @@ FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_0
 QUICK = Sizes(big_mib=16, quota_files=2_000, quota_dirs=80, list_files=500,
               uploads=20, cmd_iters=30, list_iters=2, logins=100, burst=32,
               transfers=2, login_reps=2, tls_transfers=1, held=(100, 300),
-              conc_streams=100, conc_mib=1, load_logins=20)
+              conc_streams=100, conc_mib=1, load_logins=20, big_lists=(500, 5_000))
 
 
 def log(msg: str) -> None:
@@ -139,6 +140,18 @@ def make_flat(folder: Path, files: int, payload: bytes) -> None:
     for i in range(files):
         fd = os.open(os.path.join(folder, f"file{i:05d}.txt"), flags, 0o644)
         os.write(fd, payload)
+        os.close(fd)
+
+
+def make_empty(folder: Path, files: int) -> None:
+    """``files`` empty files ``f000000``... in a new folder (200,000 in a
+    few seconds: one ``open`` each, relative to the folder)."""
+    folder.mkdir()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(files):
+            os.close(os.open(f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd))
+    finally:
         os.close(fd)
 
 
@@ -198,6 +211,8 @@ def build_data(base: Path, sz: Sizes, need: set[str]) -> dict:
     os.link(big, home / "big.bin")
     os.link(big, t1 / "big.bin")
     make_flat(home / "list", sz.list_files if "list" in need else 0, b"y" * 100)
+    for n in sz.big_lists if "biglist" in need else ():
+        make_empty(home / f"big{n}", n)
     # quota trees for the small-upload figure
     qbig, qempty = xroot / "qbig", xroot / "qempty"
     for q in (qbig, qempty):
@@ -233,6 +248,8 @@ def build_data(base: Path, sz: Sizes, need: set[str]) -> dict:
     os.link(big, phome / "big.bin")
     os.link(big, phome / "m1" / "big.bin")
     make_flat(phome / "list", sz.list_files if "list" in need else 0, b"y" * 100)
+    for n in sz.big_lists if "biglist" in need else ():
+        make_empty(phome / f"big{n}", n)
     (phome / "qempty").mkdir()
     for folder in (phome / "conc", phome / "up"):
         folder.mkdir()
@@ -253,7 +270,8 @@ def check_space(folder: Path, sz: Sizes) -> None:
         raise SystemExit(f"bench: error: {folder} has {free / MiB:.0f} MiB free, "
                          f"the run needs about {need / MiB:.0f} MiB (use --tmpdir or --quick)")
     st = os.statvfs(folder)
-    inodes = sz.quota_files + sz.quota_dirs + 2 * sz.list_files + 4 * sz.conc_streams + 1000
+    inodes = (sz.quota_files + sz.quota_dirs + 2 * sz.list_files + 2 * sum(sz.big_lists)
+              + 4 * sz.conc_streams + 1000)
     if st.f_files and st.f_favail < inodes:
         raise SystemExit(f"bench: error: {folder} has {st.f_favail} free inodes, the run needs {inodes}")
 
@@ -921,6 +939,72 @@ def fig_list(srv: Server, ctx: dict) -> dict:
     return out
 
 
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak) of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _noops(srv: Server, stop: threading.Event, samples: list[tuple[float, float]]) -> None:
+    """Another session's NOOPs, back to back until ``stop``: (sent at, seconds)."""
+    ftp = session(srv)
+    try:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            ftp.voidcmd("NOOP")
+            samples.append((t0, time.perf_counter() - t0))
+    finally:
+        ftp.close()
+
+
+def fig_biglist(srv: Server, ctx: dict) -> dict:
+    """LIST, NLST and MLSD of folders of ``sz.big_lists`` files, each while
+    another session sends NOOPs back to back: the listing's time, the
+    server's peak memory growth during it (VmHWM, reset before each one,
+    minus VmRSS before), and the median and worst NOOP answered meanwhile."""
+    sz: Sizes = ctx["sizes"]
+    out = {}
+    ftp = session(srv)
+    try:
+        for n in sz.big_lists:
+            for cmd in ("LIST", "NLST", "MLSD"):
+                stop, samples = threading.Event(), []
+                prober = threading.Thread(target=_noops, args=(srv, stop, samples), daemon=True)
+                prober.start()
+                while len(samples) < 20 and prober.is_alive():  # logged in and answering
+                    time.sleep(0.01)
+                try:
+                    with open(f"/proc/{srv.pid}/clear_refs", "w") as f:
+                        f.write("5")  # reset VmHWM to the current VmRSS
+                except OSError:
+                    pass
+                before = _proc_status(srv.pid)["VmRSS"]
+                start = time.perf_counter()
+                secs, data = listing(ftp, f"{cmd} /big{n}", ctx["list_buf"])
+                end = time.perf_counter()
+                peak = _proc_status(srv.pid)["VmHWM"]
+                stop.set()
+                prober.join(30)
+                lines = data.count(b"\r\n")
+                if lines != n:
+                    raise RuntimeError(f"{srv.label}: {cmd} gave {lines} lines, expected {n}")
+                # the NOOPs in flight at any time during the listing
+                during = [wait for sent, wait in samples if sent <= end and sent + wait >= start]
+                key = f"bl_{cmd.lower()}_{n}"
+                out[key] = secs * 1e3
+                out[key + "_mem"] = max(0, peak - before) / MiB
+                out[key + "_noop_med"] = median(during) * 1e3
+                out[key + "_noop_max"] = max(during) * 1e3
+    finally:
+        ftp.close()
+    return out
+
+
 def fig_deep(srv: Server, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
     out = {}
@@ -1239,6 +1323,7 @@ FIGURES = [
     Figure("conc", fig_conc, ("plain", "xx")),
     Figure("load", fig_load, ("plain", "xx")),
     Figure("workers", fig_workers, ("xx", "xx_w2")),
+    Figure("biglist", fig_biglist, ("plain", "xx")),
 ]
 
 
@@ -1296,7 +1381,26 @@ def rows_for(sz: Sizes) -> list[Row]:
         Row("w1_stor", f"10c. {c} concurrent STOR of {cm} MiB, aggregate, xxftpd --workers 1", "MiB/s", ".0f", ""),
         Row("w2_stor", f"10d. {c} concurrent STOR of {cm} MiB, aggregate, xxftpd --workers 2 (ratio: 10d/10c)",
             "MiB/s", ".0f", "of:w1_stor"),
-    ]
+    ] + big_list_rows(sz)
+
+
+BIG_LIST_METRICS = (  # key suffix, what, unit, format
+    ("", "", "ms", ".0f"),
+    ("_mem", ": server peak memory growth", "MiB", ".1f"),
+    ("_noop_med", ": another session's NOOP, median", "ms", ".2f"),
+    ("_noop_max", ": another session's NOOP, worst", "ms", ".1f"),
+)
+
+
+def big_list_rows(sz: Sizes) -> list[Row]:
+    """Figure 11: 11a, 11b, ... for each folder size, command and metric."""
+    rows = []
+    for n in sz.big_lists:
+        for cmd in ("LIST", "NLST", "MLSD"):
+            for suffix, what, unit, fmt in BIG_LIST_METRICS:
+                letter = "abcdefghijklmnopqrstuvwxyz"[len(rows)]
+                rows.append(Row(f"bl_{cmd.lower()}_{n}{suffix}", f"11{letter}. {cmd} of {n:,} files{what}", unit, fmt))
+    return rows
 
 
 # --------------------------------------------------------------------------
