@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HOST, XxftpdProcess, listing
+from conftest import HOST, XxftpdProcess, listing, wait_until
 
 FILES = 100_000  # plain files in big/ (the bench lists 200,000)
 HIDDEN = 50  # dot names in big/, never listed
@@ -284,3 +284,38 @@ def test_files_come_and_go_while_a_big_folder_is_listed(server, big_root):
             writer.delete(f"/big/{name}")
     writer.quit()
     lister.quit()
+
+
+def _holds_open(pid: int, folder: Path) -> bool:
+    """Whether process ``pid`` has ``folder`` itself open."""
+    target = os.path.realpath(folder)
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_listing_cut_short_lets_go_of_the_folder(server, big_root):
+    """A client that closes the data connection in the middle of a big
+    listing: the server stops reading the folder and closes it; the
+    session goes on. A finished listing closes it too."""
+    root, _ = big_root
+    big = root / "alice" / "big"
+    pid = server.proc.pid
+    ftp = server.ftplib()
+    for cmd in ("LIST", "NLST", "MLSD"):
+        sock = ftp.transfercmd(f"{cmd} /big")
+        assert sock.recv(4096)
+        assert _holds_open(pid, big)  # the listing reads the folder as it goes
+        sock.close()
+        try:
+            ftp.voidresp()
+        except ftplib.error_temp as err:  # 426: the server saw the connection go
+            assert str(err).startswith("426")
+        assert wait_until(lambda: not _holds_open(pid, big)), f"{cmd}: the folder is still open"
+    assert len(_retrieve(ftp, "NLST /big")) == FILES + 2
+    assert not _holds_open(pid, big)
+    assert ftp.voidcmd("NOOP").startswith("200")
