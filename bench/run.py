@@ -963,45 +963,51 @@ def _noops(srv: Server, stop: threading.Event, samples: list[tuple[float, float]
 
 
 def fig_biglist(srv: Server, ctx: dict) -> dict:
-    """LIST, NLST and MLSD of folders of ``sz.big_lists`` files, each while
-    another session sends NOOPs back to back: the listing's time, the
-    server's peak memory growth during it (VmHWM, reset before each one,
-    minus VmRSS before), and the median and worst NOOP answered meanwhile."""
+    """LIST, NLST and MLSD of folders of ``sz.big_lists`` files, each on a
+    freshly started server while another session sends NOOPs back to back:
+    the listing's time, the server's peak memory growth during it (VmHWM,
+    reset before it, minus VmRSS before it), and the median and worst wait
+    of the NOOPs in flight during it; also the NOOPs' median before any
+    listing runs."""
     sz: Sizes = ctx["sizes"]
     out = {}
-    ftp = session(srv)
-    try:
-        for n in sz.big_lists:
-            for cmd in ("LIST", "NLST", "MLSD"):
-                stop, samples = threading.Event(), []
-                prober = threading.Thread(target=_noops, args=(srv, stop, samples), daemon=True)
-                prober.start()
-                while len(samples) < 20 and prober.is_alive():  # logged in and answering
-                    time.sleep(0.01)
-                try:
-                    with open(f"/proc/{srv.pid}/clear_refs", "w") as f:
-                        f.write("5")  # reset VmHWM to the current VmRSS
-                except OSError:
-                    pass
-                before = _proc_status(srv.pid)["VmRSS"]
-                start = time.perf_counter()
-                secs, data = listing(ftp, f"{cmd} /big{n}", ctx["list_buf"])
-                end = time.perf_counter()
-                peak = _proc_status(srv.pid)["VmHWM"]
-                stop.set()
-                prober.join(30)
-                lines = data.count(b"\r\n")
-                if lines != n:
-                    raise RuntimeError(f"{srv.label}: {cmd} gave {lines} lines, expected {n}")
-                # the NOOPs in flight at any time during the listing
-                during = [wait for sent, wait in samples if sent <= end and sent + wait >= start]
-                key = f"bl_{cmd.lower()}_{n}"
-                out[key] = secs * 1e3
-                out[key + "_mem"] = max(0, peak - before) / MiB
-                out[key + "_noop_med"] = median(during) * 1e3
-                out[key + "_noop_max"] = max(during) * 1e3
-    finally:
-        ftp.close()
+    quiet: list[float] = []
+    for i, (n, cmd) in enumerate((n, cmd) for n in sz.big_lists for cmd in ("LIST", "NLST", "MLSD")):
+        if i:  # a fresh server for each: what a listing leaves allocated would hide the next one's growth
+            srv.stop()
+            srv.start()
+        ftp = session(srv)
+        stop, samples = threading.Event(), []
+        prober = threading.Thread(target=_noops, args=(srv, stop, samples), daemon=True)
+        try:
+            prober.start()
+            while len(samples) < 50 and prober.is_alive():  # logged in and answering
+                time.sleep(0.01)
+            try:
+                with open(f"/proc/{srv.pid}/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM to the current VmRSS
+            except OSError:
+                pass
+            before = _proc_status(srv.pid)["VmRSS"]
+            start = time.perf_counter()
+            secs, data = listing(ftp, f"{cmd} /big{n}", ctx["list_buf"])
+            end = time.perf_counter()
+            peak = _proc_status(srv.pid)["VmHWM"]
+        finally:
+            stop.set()
+            prober.join(30)
+            ftp.close()
+        lines = data.count(b"\r\n")
+        if lines != n:
+            raise RuntimeError(f"{srv.label}: {cmd} gave {lines} lines, expected {n}")
+        quiet += [wait for sent, wait in samples if sent + wait < start]
+        during = [wait for sent, wait in samples if sent <= end and sent + wait >= start]  # in flight meanwhile
+        key = f"bl_{cmd.lower()}_{n}"
+        out[key] = secs * 1e3
+        out[key + "_mem"] = max(0, peak - before) / MiB
+        out[key + "_noop_med"] = median(during) * 1e3
+        out[key + "_noop_max"] = max(during) * 1e3
+    out["bl_noop_quiet"] = median(quiet) * 1e3
     return out
 
 
@@ -1323,7 +1329,7 @@ FIGURES = [
     Figure("conc", fig_conc, ("plain", "xx")),
     Figure("load", fig_load, ("plain", "xx")),
     Figure("workers", fig_workers, ("xx", "xx_w2")),
-    Figure("biglist", fig_biglist, ("plain", "xx")),
+    Figure("biglist", fig_biglist, ("plain_fresh", "xx_fresh"), fresh=True),
 ]
 
 
@@ -1400,6 +1406,8 @@ def big_list_rows(sz: Sizes) -> list[Row]:
             for suffix, what, unit, fmt in BIG_LIST_METRICS:
                 letter = "abcdefghijklmnopqrstuvwxyz"[len(rows)]
                 rows.append(Row(f"bl_{cmd.lower()}_{n}{suffix}", f"11{letter}. {cmd} of {n:,} files{what}", unit, fmt))
+    letter = "abcdefghijklmnopqrstuvwxyz"[len(rows)]
+    rows.append(Row("bl_noop_quiet", f"11{letter}. another session's NOOP, median, no listing running", "ms", ".2f"))
     return rows
 
 

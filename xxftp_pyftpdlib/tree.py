@@ -31,7 +31,7 @@ import functools
 import os
 import stat as stat_mod
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 from .config import ConfigStore, Mount
 from .permissions import Action, Permission
@@ -200,7 +200,7 @@ class Namespace:
         folder = open_folder(node.real)
         return Listing(self._visible(node, folder, mounts), node.area, folder)
 
-    def _visible(self, node: Node, folder, mounts: dict[str, Mount]) -> Iterator[os.DirEntry | Entry]:
+    def _visible(self, node: Node, folder: Folder, mounts: dict[str, Mount]) -> Iterator[os.DirEntry | Entry]:
         with folder:
             for de in folder:  # the hot loop of a big folder: keep it short
                 name = de.name
@@ -224,10 +224,18 @@ class Namespace:
             yield entry
 
 
-def open_folder(real: str):
-    """An iterator of the entries of the folder at ``real`` (``os.DirEntry``
-    objects; a context manager that closes it): the one place a listing
-    opens a folder."""
+class Folder(Protocol):
+    """An open folder being read: what ``os.scandir`` returns."""
+
+    def __iter__(self) -> Iterator[os.DirEntry]: ...
+    def __enter__(self) -> Folder: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_folder(real: str) -> Folder:
+    """The entries of the folder at ``real``, read as they are iterated:
+    the one place a listing opens a folder."""
     return os.scandir(real)
 
 
@@ -242,7 +250,7 @@ class Listing:
 
     __slots__ = ("_entries", "area", "_folder")
 
-    def __init__(self, entries: Iterator[os.DirEntry | Entry], area: Area, folder) -> None:
+    def __init__(self, entries: Iterator[os.DirEntry | Entry], area: Area, folder: Folder) -> None:
         self._entries, self.area, self._folder = entries, area, folder
 
     def __iter__(self) -> Iterator[os.DirEntry | Entry]:
