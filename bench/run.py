@@ -950,14 +950,25 @@ def _proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def _noops(srv: Server, stop: threading.Event, samples: list[tuple[float, float]]) -> None:
-    """Another session's NOOPs, back to back until ``stop``: (sent at, seconds)."""
+def _on_cpu(pid: int) -> float:
+    """Seconds the main thread of process ``pid`` (a server's IO loop) has run on a CPU."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def _noops(srv: Server, stop: threading.Event, samples: list[tuple[float, float, float]]) -> None:
+    """Another session's NOOPs, back to back until ``stop``: (sent at,
+    seconds to the reply, seconds the server's IO loop ran on a CPU
+    meanwhile: the work the NOOP waited for, without what the machine's
+    scheduler took)."""
     ftp = session(srv)
+    pid = srv.pid
     try:
         while not stop.is_set():
-            t0 = time.perf_counter()
+            c0, t0 = _on_cpu(pid), time.perf_counter()
             ftp.voidcmd("NOOP")
-            samples.append((t0, time.perf_counter() - t0))
+            t1, c1 = time.perf_counter(), _on_cpu(pid)
+            samples.append((t0, t1 - t0, c1 - c0))
     finally:
         ftp.close()
 
@@ -967,9 +978,9 @@ def fig_biglist(srv: Server, ctx: dict) -> dict:
     freshly started server (after a listing of the home) while another
     session sends NOOPs back to back:
     the listing's time, the server's peak memory growth during it (VmHWM,
-    reset before it, minus VmRSS before it), and the median and worst wait
-    of the NOOPs in flight during it; also the NOOPs' median before any
-    listing runs."""
+    reset before it, minus VmRSS before it), the median and worst wait of
+    the NOOPs in flight during it, and the most server work one of them
+    waited for; also the NOOPs' median before any listing runs."""
     sz: Sizes = ctx["sizes"]
     out = {}
     quiet: list[float] = []
@@ -1003,13 +1014,14 @@ def fig_biglist(srv: Server, ctx: dict) -> dict:
         lines = data.count(b"\r\n")
         if lines != n:
             raise RuntimeError(f"{srv.label}: {cmd} gave {lines} lines, expected {n}")
-        quiet += [wait for sent, wait in samples if sent + wait < start]
-        during = [wait for sent, wait in samples if sent <= end and sent + wait >= start]  # in flight meanwhile
+        quiet += [wait for sent, wait, _ in samples if sent + wait < start]
+        during = [(wait, work) for sent, wait, work in samples if sent <= end and sent + wait >= start]  # in flight
         key = f"bl_{cmd.lower()}_{n}"
         out[key] = secs * 1e3
         out[key + "_mem"] = max(0, peak - before) / MiB
-        out[key + "_noop_med"] = median(during) * 1e3
-        out[key + "_noop_max"] = max(during) * 1e3
+        out[key + "_noop_med"] = median([wait for wait, _ in during]) * 1e3
+        out[key + "_noop_max"] = max(wait for wait, _ in during) * 1e3
+        out[key + "_noop_work"] = max(work for _, work in during) * 1e3
     out["bl_noop_quiet"] = median(quiet) * 1e3
     return out
 
@@ -1394,23 +1406,26 @@ def rows_for(sz: Sizes) -> list[Row]:
 
 
 BIG_LIST_METRICS = (  # key suffix, what, unit, format
-    ("", "", "ms", ".0f"),
-    ("_mem", ": server peak memory growth", "MiB", ".1f"),
-    ("_noop_med", ": another session's NOOP, median", "ms", ".2f"),
-    ("_noop_max", ": another session's NOOP, worst", "ms", ".1f"),
+    ("", "time", "ms", ".0f"),
+    ("_mem", "server peak memory growth", "MiB", ".1f"),
+    ("_noop_med", "another session's NOOP, median", "ms", ".2f"),
+    ("_noop_max", "another session's NOOP, worst", "ms", ".1f"),
+    ("_noop_work", "another session's NOOP, most server work waited for", "ms", ".1f"),
 )
 
 
 def big_list_rows(sz: Sizes) -> list[Row]:
-    """Figure 11: 11a, 11b, ... for each folder size, command and metric."""
+    """Figure 11: 11a, 11b, ... for each folder size and command, a row per metric."""
     rows = []
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
     for n in sz.big_lists:
         for cmd in ("LIST", "NLST", "MLSD"):
+            letter = next(letters)
             for suffix, what, unit, fmt in BIG_LIST_METRICS:
-                letter = "abcdefghijklmnopqrstuvwxyz"[len(rows)]
-                rows.append(Row(f"bl_{cmd.lower()}_{n}{suffix}", f"11{letter}. {cmd} of {n:,} files{what}", unit, fmt))
-    letter = "abcdefghijklmnopqrstuvwxyz"[len(rows)]
-    rows.append(Row("bl_noop_quiet", f"11{letter}. another session's NOOP, median, no listing running", "ms", ".2f"))
+                title = f"11{letter}. {cmd} of {n:,} files: {what}"
+                rows.append(Row(f"bl_{cmd.lower()}_{n}{suffix}", title, unit, fmt))
+    rows.append(Row("bl_noop_quiet", f"11{next(letters)}. another session's NOOP, median, no listing running",
+                    "ms", ".2f"))
     return rows
 
 
