@@ -75,6 +75,7 @@ class Sizes:
     conc_streams: int  # concurrent transfers in one batch
     conc_mib: int  # ... of files of this size
     load_logins: int  # logins while the big file is downloaded
+    big_lists: tuple[int, ...] = (10_000, 200_000)  # files in the folders of figure 11
 
 
 FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_000,
@@ -84,7 +85,7 @@ FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_0
 QUICK = Sizes(big_mib=16, quota_files=2_000, quota_dirs=80, list_files=500,
               uploads=20, cmd_iters=30, list_iters=2, logins=100, burst=32,
               transfers=2, login_reps=2, tls_transfers=1, held=(100, 300),
-              conc_streams=100, conc_mib=1, load_logins=20)
+              conc_streams=100, conc_mib=1, load_logins=20, big_lists=(500, 5_000))
 
 
 def log(msg: str) -> None:
@@ -139,6 +140,18 @@ def make_flat(folder: Path, files: int, payload: bytes) -> None:
     for i in range(files):
         fd = os.open(os.path.join(folder, f"file{i:05d}.txt"), flags, 0o644)
         os.write(fd, payload)
+        os.close(fd)
+
+
+def make_empty(folder: Path, files: int) -> None:
+    """``files`` empty files ``f000000``... in a new folder (200,000 in a
+    few seconds: one ``open`` each, relative to the folder)."""
+    folder.mkdir()
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(files):
+            os.close(os.open(f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=fd))
+    finally:
         os.close(fd)
 
 
@@ -198,6 +211,8 @@ def build_data(base: Path, sz: Sizes, need: set[str]) -> dict:
     os.link(big, home / "big.bin")
     os.link(big, t1 / "big.bin")
     make_flat(home / "list", sz.list_files if "list" in need else 0, b"y" * 100)
+    for n in sz.big_lists if "biglist" in need else ():
+        make_empty(home / f"big{n}", n)
     # quota trees for the small-upload figure
     qbig, qempty = xroot / "qbig", xroot / "qempty"
     for q in (qbig, qempty):
@@ -233,6 +248,8 @@ def build_data(base: Path, sz: Sizes, need: set[str]) -> dict:
     os.link(big, phome / "big.bin")
     os.link(big, phome / "m1" / "big.bin")
     make_flat(phome / "list", sz.list_files if "list" in need else 0, b"y" * 100)
+    for n in sz.big_lists if "biglist" in need else ():
+        make_empty(phome / f"big{n}", n)
     (phome / "qempty").mkdir()
     for folder in (phome / "conc", phome / "up"):
         folder.mkdir()
@@ -253,7 +270,8 @@ def check_space(folder: Path, sz: Sizes) -> None:
         raise SystemExit(f"bench: error: {folder} has {free / MiB:.0f} MiB free, "
                          f"the run needs about {need / MiB:.0f} MiB (use --tmpdir or --quick)")
     st = os.statvfs(folder)
-    inodes = sz.quota_files + sz.quota_dirs + 2 * sz.list_files + 4 * sz.conc_streams + 1000
+    inodes = (sz.quota_files + sz.quota_dirs + 2 * sz.list_files + 2 * sum(sz.big_lists)
+              + 4 * sz.conc_streams + 1000)
     if st.f_files and st.f_favail < inodes:
         raise SystemExit(f"bench: error: {folder} has {st.f_favail} free inodes, the run needs {inodes}")
 
@@ -933,6 +951,93 @@ def fig_list(srv: Server, ctx: dict) -> dict:
     return out
 
 
+def _proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (the peak) of a process, in bytes."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) * 1024
+    return out
+
+
+def _on_cpu(pid: int) -> float:
+    """Seconds the main thread of process ``pid`` (a server's IO loop) has run on a CPU."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def _noops(srv: Server, stop: threading.Event, samples: list[tuple[float, float, float]]) -> None:
+    """Another session's NOOPs, back to back until ``stop``: (sent at,
+    seconds to the reply, seconds the server's IO loop ran on a CPU
+    meanwhile: the work the NOOP waited for, without what the machine's
+    scheduler took)."""
+    ftp = session(srv)
+    pid = srv.pid
+    try:
+        while not stop.is_set():
+            c0, t0 = _on_cpu(pid), time.perf_counter()
+            ftp.voidcmd("NOOP")
+            t1, c1 = time.perf_counter(), _on_cpu(pid)
+            samples.append((t0, t1 - t0, c1 - c0))
+    finally:
+        ftp.close()
+
+
+def fig_biglist(srv: Server, ctx: dict) -> dict:
+    """LIST, NLST and MLSD of folders of ``sz.big_lists`` files, each on a
+    freshly started server (after a listing of the home) while another
+    session sends NOOPs back to back:
+    the listing's time, the server's peak memory growth during it (VmHWM,
+    reset before it, minus VmRSS before it), the median and worst wait of
+    the NOOPs in flight during it, and the most server work one of them
+    waited for; also the NOOPs' median before any listing runs."""
+    sz: Sizes = ctx["sizes"]
+    out = {}
+    quiet: list[float] = []
+    for i, (n, cmd) in enumerate((n, cmd) for n in sz.big_lists for cmd in ("LIST", "NLST", "MLSD")):
+        if i:  # a fresh server for each: what a listing leaves allocated would hide the next one's growth
+            srv.stop()
+            srv.start()
+        ftp = session(srv)
+        for warm in ("LIST /", "NLST /", "MLSD /"):  # what any listing loads first is not this one's cost
+            listing(ftp, warm, ctx["list_buf"])
+        stop, samples = threading.Event(), []
+        prober = threading.Thread(target=_noops, args=(srv, stop, samples), daemon=True)
+        try:
+            prober.start()
+            while len(samples) < 50 and prober.is_alive():  # logged in and answering
+                time.sleep(0.01)
+            try:
+                with open(f"/proc/{srv.pid}/clear_refs", "w") as f:
+                    f.write("5")  # reset VmHWM to the current VmRSS
+            except OSError:
+                pass
+            before = _proc_status(srv.pid)["VmRSS"]
+            start = time.perf_counter()
+            secs, data = listing(ftp, f"{cmd} /big{n}", ctx["list_buf"])
+            end = time.perf_counter()
+            peak = _proc_status(srv.pid)["VmHWM"]
+        finally:
+            stop.set()
+            prober.join(30)
+            ftp.close()
+        lines = data.count(b"\r\n")
+        if lines != n:
+            raise RuntimeError(f"{srv.label}: {cmd} gave {lines} lines, expected {n}")
+        quiet += [wait for sent, wait, _ in samples if sent + wait < start]
+        during = [(wait, work) for sent, wait, work in samples if sent <= end and sent + wait >= start]  # in flight
+        key = f"bl_{cmd.lower()}_{n}"
+        out[key] = secs * 1e3
+        out[key + "_mem"] = max(0, peak - before) / MiB
+        out[key + "_noop_med"] = median([wait for wait, _ in during]) * 1e3
+        out[key + "_noop_max"] = max(wait for wait, _ in during) * 1e3
+        out[key + "_noop_work"] = max(work for _, work in during) * 1e3
+    out["bl_noop_quiet"] = median(quiet) * 1e3
+    return out
+
+
 def fig_deep(srv: Server, ctx: dict) -> dict:
     sz: Sizes = ctx["sizes"]
     out = {}
@@ -1251,6 +1356,7 @@ FIGURES = [
     Figure("conc", fig_conc, ("plain", "xx")),
     Figure("load", fig_load, ("plain", "xx")),
     Figure("workers", fig_workers, ("xx", "xx_w2")),
+    Figure("biglist", fig_biglist, ("plain_fresh", "xx_fresh"), fresh=True),
 ]
 
 
@@ -1308,7 +1414,31 @@ def rows_for(sz: Sizes) -> list[Row]:
         Row("w1_stor", f"10c. {c} concurrent STOR of {cm} MiB, aggregate, xxftpd --workers 1", "MiB/s", ".0f", ""),
         Row("w2_stor", f"10d. {c} concurrent STOR of {cm} MiB, aggregate, xxftpd --workers 2 (ratio: 10d/10c)",
             "MiB/s", ".0f", "of:w1_stor"),
-    ]
+    ] + big_list_rows(sz)
+
+
+BIG_LIST_METRICS = (  # key suffix, what, unit, format
+    ("", "time", "ms", ".0f"),
+    ("_mem", "server peak memory growth", "MiB", ".1f"),
+    ("_noop_med", "another session's NOOP, median", "ms", ".2f"),
+    ("_noop_max", "another session's NOOP, worst", "ms", ".1f"),
+    ("_noop_work", "another session's NOOP, most server work waited for", "ms", ".1f"),
+)
+
+
+def big_list_rows(sz: Sizes) -> list[Row]:
+    """Figure 11: 11a, 11b, ... for each folder size and command, a row per metric."""
+    rows = []
+    letters = iter("abcdefghijklmnopqrstuvwxyz")
+    for n in sz.big_lists:
+        for cmd in ("LIST", "NLST", "MLSD"):
+            letter = next(letters)
+            for suffix, what, unit, fmt in BIG_LIST_METRICS:
+                title = f"11{letter}. {cmd} of {n:,} files: {what}"
+                rows.append(Row(f"bl_{cmd.lower()}_{n}{suffix}", title, unit, fmt))
+    rows.append(Row("bl_noop_quiet", f"11{next(letters)}. another session's NOOP, median, no listing running",
+                    "ms", ".2f"))
+    return rows
 
 
 # --------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import itertools
 import os
 import secrets
 import stat as stat_mod
@@ -80,7 +81,8 @@ class XxftpFS(AbstractedFS):
         self.namespace = Namespace(store, root)
         self.quotas = shared_quotas(store)
         self.upload_mode = getattr(cmd_channel, "upload_mode", "atomic")
-        self._listed: tuple[str, Listing] | None = None  # the last listdir: (folder, its entries)
+        self._listed: tuple[str, dict[str, os.DirEntry | Entry], Permission, Listing] | None = None
+        # the last listdir: (folder, its entries by name, their permission)
         self._memo: dict[str, Node] | None = None  # on once a handler calls forget()
         self._stat_memo: dict[str, os.stat_result] | None = None  # likewise, until the command changes something
 
@@ -348,11 +350,43 @@ class XxftpFS(AbstractedFS):
 
     @_bound
     def listdir(self, path: str) -> list[str]:
+        """Every visible name of a folder, for pyftpdlib's own LIST, NLST,
+        MLSD and STAT (whose lines ``format_list``/``format_mlsx`` make
+        from the entries kept here). XxftpHandler lists with
+        ``folder_lines`` instead, which holds no more than a slice."""
         listed = self.namespace.listing(self.resolve(path))
-        self._listed = (os.path.normpath(path), listed)
-        return listed.names
+        found = {entry.name: entry for entry in listed}
+        # the Listing too: its folder's descriptor must outlive the entries' stats
+        self._listed = (os.path.normpath(path), found, listed.area.permission, listed)
+        return list(found)
 
     listdirinfo = listdir
+
+    def folder_lines(self, path: str, kind: str, perms: str = "", facts=()) -> FolderLines:
+        """The listing of the folder at ``path`` as encoded lines: ``kind``
+        LIST (``ls -l``), NLST (names) or MLSD (``perms``: the
+        authorizer's letters; ``facts``: the ones asked for).
+
+        The folder is opened and its first slice read now (errors are
+        raised here, before a reply); the rest is read, stat'ed and
+        formatted as the lines are taken, ``LINES_PER_CHUNK`` at a time.
+        """
+        listed = self.namespace.listing(self.resolve(path))
+        try:
+            entries, whole = listing.in_order(listed)
+        except BaseException:
+            listed.close()
+            raise
+        encoding = self._encoding()
+        if kind == "NLST":
+            chunks = _name_chunks(entries, *encoding)
+        else:
+            if kind == "MLSD":
+                line = listing.mlsx_formatter(facts, self._timefunc(), perms)
+            else:
+                line = listing.list_formatter(self._owner, self._group, self._timefunc(), time.time())
+            chunks = _chunks(_entry_stats(entries, listed.area.permission), line, *encoding)
+        return FolderLines(chunks, whole, listed)
 
     # --- information
 
@@ -419,9 +453,9 @@ class XxftpFS(AbstractedFS):
         for again is resolved afresh.
         """
         basedir = os.path.normpath(basedir)
-        listed = self._listed[1] if self._listed is not None and self._listed[0] == basedir else None
-        found = listed.found if listed is not None else {}
-        permission = listed.area.permission if listed is not None else None
+        listed = self._listed if self._listed is not None and self._listed[0] == basedir else None
+        found = listed[1] if listed is not None else {}
+        permission = listed[2] if listed is not None else None
         for name in names:
             try:
                 entry = found.pop(name, None)
@@ -438,8 +472,10 @@ class XxftpFS(AbstractedFS):
                     raise
                 continue
             yield result
-        if listed is not None and self._listed is not None and self._listed[1] is listed:
-            self._listed = None  # used up: its folder's descriptor closes with it
+        if listed is not None:
+            if self._listed is listed:
+                self._listed = None
+            listed[3].close()  # used up: its folder's descriptor is released
 
     def _timefunc(self):
         return time.gmtime if getattr(self.cmd_channel, "use_gmt_times", True) else time.localtime
@@ -486,6 +522,54 @@ def _unique_name(folder: int, prefix: str, suffix: str) -> str:
 
 
 LINES_PER_CHUNK = 16
+
+
+class FolderLines:
+    """The lines of one folder's listing, made as they are iterated:
+    ``bytes`` chunks of ``LINES_PER_CHUNK`` lines. ``whole``: the folder
+    fit in one sorted slice (``listing.in_order``). Close it to release
+    the folder before the end."""
+
+    __slots__ = ("_chunks", "whole", "_listed")
+
+    def __init__(self, chunks: Iterator[bytes], whole: bool, listed: Listing) -> None:
+        self._chunks, self.whole, self._listed = chunks, whole, listed
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        self._listed.close()
+
+
+def _entry_stats(entries: Iterator[os.DirEntry | Entry],
+                 permission: Permission) -> Iterator[tuple[str, os.stat_result, Permission, bool]]:
+    """(name, stat, permission, is_top) of each entry; one that vanished
+    since its folder was read is left out."""
+    for entry in entries:
+        if type(entry) is Entry:
+            yield entry.name, entry.st, entry.area.permission, entry.is_top
+            continue
+        try:  # an os.DirEntry: a plain file or folder
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        yield entry.name, st, permission, False
+
+
+NAMES_PER_CHUNK = 128  # NLST lines cost little each: more of them per chunk
+
+
+def _name_chunks(entries: Iterator[os.DirEntry | Entry], encoding: str, errors: str) -> Iterator[bytes]:
+    """NLST lines (the names alone), ``NAMES_PER_CHUNK`` at a time."""
+    while True:
+        names = [entry.name for entry in itertools.islice(entries, NAMES_PER_CHUNK)]
+        if not names:
+            return
+        yield ("\r\n".join(names) + "\r\n").encode(encoding, errors)
 
 
 def _chunks(entries: Iterator[tuple[str, os.stat_result, Permission, bool]], line: Callable[..., str],

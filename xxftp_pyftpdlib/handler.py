@@ -17,6 +17,7 @@ pyftpdlib's DummyAuthorizer.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import math
 import re
@@ -26,14 +27,17 @@ import time
 from concurrent.futures import Future
 
 from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
+from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.utils import strerror
 
 from . import access, banners, hashpool, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
-from .filesystem import XxftpFS
+from .filesystem import FolderLines, XxftpFS
+from .listing import SORTED_UP_TO
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
@@ -68,6 +72,36 @@ class XxftpActiveDTP(FTPHandler.active_dtp):
     def del_channel(self, map=None) -> None:
         if self._fileno is not None and self.ioloop.socket_map.get(self._fileno) is self:
             super().del_channel(map)
+
+
+class SlicedProducer:
+    """Hands a channel a folder's listing one slice per call of ``more()``.
+
+    A channel asks once per turn of the IO loop that finds its socket
+    writable, and sends what it gets before it asks again: a slice of
+    ``CHUNKS_PER_SLICE`` chunks (64 ``ls -l`` or MLSD lines, 512 names:
+    about 0.3 ms of work) is all a listing takes from the loop per turn,
+    whatever the folder's size. Another session's NOOP waits for about
+    half a slice. Each turn costs the loop about 40 µs of its own: against
+    320 lines a turn (pyftpdlib's producer over chunks of 16 lines), slices
+    of 4 chunks cost 4-8% more CPU per listing, and of 2 chunks about 15%
+    (for a NOOP waiting half as long).
+    """
+
+    CHUNKS_PER_SLICE = 4
+
+    def __init__(self, lines: FolderLines) -> None:
+        self.lines = lines
+
+    def more(self) -> bytes:
+        try:
+            data = b"".join(itertools.islice(self.lines, self.CHUNKS_PER_SLICE))
+        except OSError as err:  # the folder could not be read on: the transfer fails (and says why)
+            self.lines.close()
+            raise _FileReadWriteError(err) from err
+        if not data:
+            self.lines.close()
+        return data
 
 
 class XxftpSession:
@@ -413,6 +447,63 @@ class XxftpSession:
             future.cancel()  # a copy still queued never runs
         self.add_channel()
         self._conclude_login(done.result, password)
+
+    # --- listings: a folder is read, stat'ed and formatted a slice per
+    # turn of the IO loop (pyftpdlib reads and sorts it whole first).
+
+    def ftp_LIST(self, path: str):
+        return self._list_folder("LIST", path)
+
+    def ftp_NLST(self, path: str):
+        return self._list_folder("NLST", path)
+
+    def ftp_MLSD(self, path: str):
+        return self._list_folder("MLSD", path)
+
+    def _folder_lines(self, cmd: str, path: str) -> FolderLines | None:
+        """The lines of the folder ``path`` (None: not a folder, or a
+        filesystem that lists the pyftpdlib way)."""
+        folder_lines = getattr(self.fs, "folder_lines", None)
+        if folder_lines is None or not self.fs.isdir(path):
+            return None
+        kind = "MLSD" if cmd == "MLSD" else "NLST" if cmd == "NLST" else "LIST"
+        extra = (self.authorizer.get_perms(self.username), self._current_facts) if kind == "MLSD" else ()
+        return self.run_as_current_user(folder_lines, path, kind, *extra)
+
+    def _list_folder(self, cmd: str, path: str):
+        try:
+            lines = self._folder_lines(cmd, path)
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        if lines is None:  # a file: pyftpdlib lists that one entry
+            return getattr(super(), f"ftp_{cmd}")(path)
+        self.push_dtp_data(SlicedProducer(lines), isproducer=True, cmd=cmd)
+        return path
+
+    def ftp_STAT(self, path: str):
+        """STAT of a folder: its ``ls -l`` lines over the control connection,
+        up to ``SORTED_UP_TO`` entries; a bigger folder is refused (a client
+        could ask for it again and again without reading the replies)."""
+        if not path:
+            return super().ftp_STAT(path)
+        try:
+            lines = self._folder_lines("STAT", path)
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        if lines is None:
+            return super().ftp_STAT(path)
+        ftp_path = self.fs.fs2ftp(path)
+        if not lines.whole:
+            lines.close()
+            self.respond(f"550 {ftp_path} has more than {SORTED_UP_TO} entries: too many for STAT; "
+                         "list it with LIST, NLST or MLSD.")
+            return None
+        self.push(f'213-Status of "{ftp_path}":\r\n')
+        self.push_with_producer(SlicedProducer(lines))
+        self.respond("213 End of status.")
+        return path
 
     def _refused(self, check: str, *args) -> bool:
         """Run the filesystem's pre-check ``check``; answer 550 if it refuses.

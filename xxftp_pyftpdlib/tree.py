@@ -42,6 +42,7 @@ import os
 import stat as stat_mod
 import weakref
 from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 from . import beneath
 from .config import ConfigStore, Mount
@@ -223,63 +224,114 @@ class Namespace:
         return Node(ftp, target, area, True, node.trail + (target,))
 
     def listing(self, node: Node) -> Listing:
-        """Visible entries of a folder: real ones (no dot names, no escaping
-        or looping links, none hidden by a mount) and then its mounts.
+        """The visible entries of a folder, read as they are used: real
+        ones (no dot names, no escaping or looping links, none hidden by a
+        mount) in the folder's own order, then its mounts.
 
-        The folder is read through a descriptor opened as checked
-        (``beneath``), kept open as long as the listing lives: its plain
-        entries are stat'ed relative to it when their lines are made.
+        The folder is opened now (an error is raised here, before any
+        entry is read); it stays open until the listing is read to its end
+        or closed. Nothing is held per entry: a folder of any size is
+        listed in the memory of one entry at a time.
         """
         mounts = self.store.mounts(node.real)
-        found: dict[str, os.DirEntry | Entry] = {}
-        links = []
-        folder = beneath.open_folder(node.real, listable=True)
-        try:
-            with os.scandir(folder) as it:
-                for de in it:  # the hot loop of a big folder: keep it short
-                    name = de.name
-                    # as check_name, but for NUL, which no file name holds
-                    if name[0] == "." or "\n" in name or "\r" in name:
+        folder = open_folder(node.real)
+        return Listing(self._visible(node, folder, mounts), node.area, folder)
+
+    def _visible(self, node: Node, folder: Folder, mounts: dict[str, Mount]) -> Iterator[os.DirEntry | Entry]:
+        with folder:
+            for de in folder:  # the hot loop of a big folder: keep it short
+                name = de.name
+                # as check_name, but for NUL, which no file name holds;
+                # a real entry that a mount hides is left for the mount
+                if name[0] == "." or "\n" in name or "\r" in name or name in mounts:
+                    continue
+                if de.is_symlink():  # rare: resolved, kept only if it stays inside
+                    try:
+                        child = self.child(node, name)
+                        de = Entry(name, node.area, False, beneath.lstat(child.real))
+                    except (OSError, PathRefused):
                         continue
-                    found[name] = de
-                    if de.is_symlink():
-                        links.append(name)
-        except BaseException:
-            os.close(folder)
-            raise
-        listed = Listing(found, node.area)
-        weakref.finalize(listed, os.close, folder)
-        for name in links:  # rare: resolve each, keep it only if it stays inside
-            try:
-                child = self.child(node, name)
-                found[name] = Entry(name, node.area, False, beneath.lstat(child.real))
-            except (OSError, PathRefused):
-                del found[name]
+                yield de
         for name, mount in mounts.items():
-            found.pop(name, None)  # a mount hides a real entry of its name
             try:
                 child = self._enter_mount(node, node.ftp.rstrip("/") + "/" + name, mount)
-                found[name] = Entry(name, child.area, True, beneath.lstat(child.real))
+                entry = Entry(name, child.area, True, beneath.lstat(child.real))
             except (OSError, PathRefused):
                 continue
-        return listed
+            yield entry
 
 
-@dataclass(frozen=True)
+class Folder(Protocol):
+    """An open folder being read: what ``os.scandir`` returns."""
+
+    def __iter__(self) -> Iterator[os.DirEntry]: ...
+    def __enter__(self) -> Folder: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def close(self) -> None: ...
+
+
+class _OpenFolder:
+    """A folder opened as checked (``beneath``) and read through its
+    descriptor. Leaving the ``with`` block stops the reading; the
+    descriptor stays open until ``close()`` (or until this object is
+    gone), because the ``os.DirEntry`` objects read from it stat their
+    entries relative to it when a line is made."""
+
+    def __init__(self, real: str) -> None:
+        fd = beneath.open_folder(real, listable=True)
+        try:
+            self._entries = os.scandir(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._release = weakref.finalize(self, os.close, fd)
+
+    def __iter__(self) -> Iterator[os.DirEntry]:
+        return self._entries
+
+    def __enter__(self) -> _OpenFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._entries.close()
+
+    def close(self) -> None:
+        self._entries.close()
+        self._release()
+
+
+def open_folder(real: str) -> Folder:
+    """The entries of the folder at ``real``, read as they are iterated:
+    the one place a listing opens a folder."""
+    return _OpenFolder(real)
+
+
 class Listing:
-    """A folder's visible entries, in listing order (mounts last).
+    """A folder's visible entries, in listing order (mounts last), read
+    from the folder as they are iterated (once).
 
     Plain entries are ``os.DirEntry`` objects: a LIST line stats one when
     it is made, NLST never does. Kept links and mount points are resolved
     (and stat'ed) ``Entry`` objects; they are few.
     """
 
-    found: dict[str, os.DirEntry | Entry]
-    area: Area  # the area of the plain entries
+    __slots__ = ("_entries", "area", "_folder")
+
+    def __init__(self, entries: Iterator[os.DirEntry | Entry], area: Area, folder: Folder) -> None:
+        self._entries, self.area, self._folder = entries, area, folder
+
+    def __iter__(self) -> Iterator[os.DirEntry | Entry]:
+        return self._entries
 
     @property
     def names(self) -> list[str]:
-        return list(self.found)
+        """Every name, in listing order (reads the listing to its end)."""
+        return [entry.name for entry in self._entries]
+
+    def close(self) -> None:
+        """Close the folder, whether or not every entry was read."""
+        self._entries.close()
+        self._folder.close()  # never started: the generator's ``with`` did not run
 
 
 def require(node: Node, action: Action, *, what: str, on_entry: bool = False) -> None:
