@@ -25,6 +25,7 @@ from . import access, banners, hashpool, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .datachannel import XxftpDTPHandler
 from .filesystem import XxftpFS
+from .loopwake import LoopWake
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
@@ -232,38 +233,43 @@ class XxftpSession:
         self.username = name
         self.ftp_PASS("")
 
-    def ftp_PASS(self, line: str):
-        """Check slow password hashes in a worker thread.
+    login_checks = hashpool.LoginChecks()  # a server's own, from make_handler
+    _login_check: Future | None = None
 
-        The session stops reading commands until the verdict arrives, so
-        the event loop (and every transfer on it) never waits for a hash.
-        Hashes take idle CPU only; one that waited ``hashpool.OVERDUE``
-        seconds also goes to the overdue pool (see ``hashpool``).
+    def ftp_PASS(self, line: str):
+        """Check passwords in a worker thread, woken up when it is done.
+
+        The session stops reading commands until the verdict arrives; the
+        event loop (and every transfer on it) neither waits for the hash
+        nor looks at the session meanwhile: the finished check hands its
+        verdict to the loop (``LoopWake``). Every login that needs a
+        password, a real user's or an unknown one's, takes this same path
+        and the same work (see ``Accounts.login``). Beyond
+        ``login_checks.limit`` checks in progress a login is answered 421
+        at once, before anything about the user is looked up.
         """
-        quick = getattr(self.authorizer, "quick_login", None)
-        if self.authenticated or not self.username or quick is None:
+        check = getattr(self.authorizer, "check_login", None)
+        if self.authenticated or not self.username or check is None:
             return super().ftp_PASS(line)
         username = self.username
-        if self._conclude_login(lambda: quick(username, line, self), line):
+        open_login = getattr(self.authorizer, "open_login", None)
+        if open_login is not None and self._conclude_login(lambda: open_login(username, self), line):
+            return None
+        future = self.login_checks.submit(check, username, line, self)
+        if future is None:
+            self.respond("421 Too many logins in progress; try again later.")
+            self.log(f"login of {username!r} refused: {self.login_checks.limit} password checks in progress")
+            self.close_when_done()
             return None
         self.del_channel()
-        futures = [hashpool.pool().submit(self._check_login, username, line)]
-        overdue_at = time.monotonic() + hashpool.OVERDUE
-        self.ioloop.call_later(0.002, self._login_verdict, futures, username, line, overdue_at,
-                               _errback=self.handle_error)
+        self._login_check = future
+        wake = LoopWake.expect(self.ioloop)
+        future.add_done_callback(lambda done: wake.call(self._login_verdict, done, line))
         return None
-
-    def _check_login(self, username: str, password: str) -> tuple[str, str]:
-        """(home, login message), or AuthenticationFailed / AuthorizerError."""
-        check = getattr(self.authorizer, "check_login", None)
-        if check is not None:
-            return check(username, password, self)
-        self.authorizer.validate_authentication(username, password, self)
-        return self.authorizer.get_home_dir(username), self.authorizer.get_msg_login(username)
 
     def _conclude_login(self, outcome, password: str) -> bool:
         """pyftpdlib's end of PASS, given how the check came out; False if
-        ``outcome`` gave no verdict (a check that takes real time)."""
+        ``outcome`` gave no verdict (a password must be checked)."""
         try:
             verdict = outcome()
         except (AuthenticationFailed, AuthorizerError) as err:
@@ -275,22 +281,18 @@ class XxftpSession:
         self.handle_auth_success(home, password, msg_login)
         return True
 
-    def _login_verdict(self, futures: list[Future], username: str, password: str, overdue_at: float) -> None:
-        if self._closed:
-            for future in futures:
-                future.cancel()
+    def _login_verdict(self, done: Future, password: str) -> None:
+        """On the loop's thread, once the check is done: answer, read on."""
+        if self._login_check is done:
+            self._login_check = None
+        if self._closed or done.cancelled():
             return
-        done = next((f for f in futures if f.done()), None)
-        if done is None:
-            if len(futures) == 1 and time.monotonic() >= overdue_at:
-                futures.append(hashpool.overdue_pool().submit(self._check_login, username, password))
-            self.ioloop.call_later(0.002, self._login_verdict, futures, username, password, overdue_at,
-                                   _errback=self.handle_error)
-            return
-        for future in futures:
-            future.cancel()  # a copy still queued never runs
-        self.add_channel()
-        self._conclude_login(done.result, password)
+        try:
+            self.add_channel()
+            if not self._closing:
+                self._conclude_login(done.result, password)
+        except Exception:
+            self.handle_error()
 
     def _refused(self, check: str, *args) -> bool:
         """Run the filesystem's pre-check ``check``; answer 550 if it refuses.
@@ -388,6 +390,8 @@ class XxftpSession:
 
     def close(self) -> None:
         self._drop_queued_upload()
+        if self._login_check is not None:
+            self._login_check.cancel()  # not hashed yet: it never will be
         super().close()
 
     def ftp_QUIT(self, line: str) -> None:
