@@ -55,7 +55,7 @@ def test_a_login_on_a_saturated_machine_is_still_checked(tree, start_server, con
     home = tree.user("alice")
     tree.xxftp(home, "password", passwords.scrypt_hash("pw"))
     srv = start_server(tree.root)
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hashpool.cpus())]
     try:
         time.sleep(0.2)
         ftp = connect(srv.port, timeout=60)
@@ -92,7 +92,7 @@ def test_a_cancelled_check_gives_its_place_back():
     """A check still queued when its session closes is cancelled: its place
     is free again (and its hash never runs)."""
     gate = threading.Event()
-    workers = os.cpu_count() or 2
+    workers = hashpool.cpus()
     busy = hashpool.LoginChecks(0)
     blockers = [busy.submit(_held, gate) for _ in range(workers)]  # every pool thread busy
     checks = hashpool.LoginChecks(1)

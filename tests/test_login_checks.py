@@ -182,7 +182,7 @@ def test_waiting_logins_cost_the_event_loop_nothing(tree, start_server, hashes):
     nothing for them (no polling) and its thread uses no CPU meanwhile."""
     hashes.hold()
     release = hashes.release
-    srv = start_server(tree.root)
+    srv = start_server(tree.root, login_checks=hashpool.LoginChecks(64))
     sched = srv.server.ioloop.sched
     scheduled = []
     register = sched.register
@@ -310,5 +310,34 @@ def test_logins_in_every_concurrency_model(tree, model):
             settled = _threads(proc.pid)  # the check pool's threads are there now
             logins()
             assert wait_until(lambda: _threads(proc.pid) <= settled), (_threads(proc.pid), settled)
+    finally:
+        stop_process(proc)
+
+
+def test_the_bound_is_set_from_the_command_line_and_the_config_file(tree, tmp_path):
+    """``--max-login-checks`` (TOML ``max_login_checks``), default 16 per
+    CPU: with 1, a login sent while another one's check runs is answered 421."""
+    from xxftp_pyftpdlib.cli import build_parser, load_config
+
+    parser = build_parser()
+    assert parser.parse_args([]).max_login_checks == hashpool.MAX_CHECKS == 16 * len(os.sched_getaffinity(0))
+    config = tmp_path / "x.toml"
+    config.write_text("max_login_checks = 1\n")
+    parser.set_defaults(**load_config(parser, str(config)))
+    assert parser.parse_args([]).max_login_checks == 1
+    home = tree.user("slow")  # a hash of legal but heavy parameters: its check takes a while
+    tree.xxftp(home, "password", "$scrypt$ln=17,r=8,p=1$" + "A" * 22 + "==$" + "A" * 43 + "=\n")
+    port = free_port()
+    proc = run_xxftpd("--config", str(config), "--root", str(tree.root), "--host", HOST, "--port", str(port),
+                      wait_for_port=port)
+    try:
+        first, second = Raw(port), Raw(port)
+        assert first.cmd("USER slow").startswith("331") and second.cmd(f"USER {UNKNOWN}").startswith("331")
+        first.sock.sendall(b"PASS x\r\n")
+        time.sleep(0.1)
+        assert second.cmd("PASS x").startswith("421 Too many logins in progress")
+        assert first.reply().startswith("530 ")
+        first.close()
+        second.close()
     finally:
         stop_process(proc)

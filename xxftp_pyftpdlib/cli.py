@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rewrite a legacy MD5 password file as scrypt after a successful login")
     p.add_argument("--max-login-checks", type=_positive, default=Options.max_login_checks, metavar="N",
                    help="password checks in progress at once, per process; beyond, a login is answered "
-                        f"421 (default {Options.max_login_checks}; 0: no limit)")
+                        f"421 (default {Options.max_login_checks}: 16 per CPU; 0: no limit)")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
