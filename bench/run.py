@@ -1484,7 +1484,7 @@ def rows_for(sz: Sizes) -> list[Row]:
         Row("storm_unknown_noop", "11f. NOOP round trip, median, during 11d", "ms", ".2f"),
         Row("storm_unknown_noop_ratio", "11g. 11f/11b (target: 2 or less)", "", ".2f", ""),
         Row("storm_unknown_secs", f"11h. time until all {sz.storm} logins of 11d were answered", "s", ".1f", ""),
-        Row("storm_unknown_421", "11i. of them answered 421 (xxftpd: beyond --max-login-checks, default 64)", "",
+        Row("storm_unknown_421", "11i. of them answered 421 (xxftpd: beyond --max-login-checks, default 16 per CPU)", "",
             ".0f", ""),
         Row("storm_scrypt_retr", f"11j. RETR {sz.big_mib} MiB while {sz.storm} clients send USER bob (scrypt hash) "
             "and a wrong PASS, all at once", "MiB/s", ".0f", ""),
