@@ -90,6 +90,7 @@ class XxftpSession:
         # again (in another thread or process the count must be there first).
         if self.bans is not None and self.bans.failed(self.remote_ip):
             self._banned = True
+        self._hold_commands()  # until the delayed 530 is out
         super().handle_auth_failed(msg, password)
 
     def on_login_failed(self, username: str, password: str) -> None:
@@ -97,6 +98,7 @@ class XxftpSession:
             self.log(f"address {self.remote_ip} banned for {self.bans.ban_time:g} seconds after failed logins")
             self.close_when_done()
         super().on_login_failed(username, password)
+        self._run_held_commands()
 
     def on_login(self, username: str) -> None:
         if self.bans is not None:
@@ -173,6 +175,9 @@ class XxftpSession:
             super().respond(resp, logfun=logfun)
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if self._held_commands is not None:  # a PASS is not answered yet
+            self._held_commands.append((line, cmd, arg))
+            return
         forget = getattr(self.fs, "forget", None)
         if forget is not None:  # resolutions are shared within one command only
             forget()
@@ -262,6 +267,7 @@ class XxftpSession:
             self.close_when_done()
             return None
         self.del_channel()
+        self._hold_commands()
         self._login_check = future
         wake = LoopWake.expect(self.ioloop)
         future.add_done_callback(lambda done: wake.call(self._login_verdict, done, line))
@@ -279,7 +285,34 @@ class XxftpSession:
             return False
         home, msg_login = verdict
         self.handle_auth_success(home, password, msg_login)
+        self._run_held_commands()
         return True
+
+    _held_commands: list[tuple[str, str, str]] | None = None
+
+    def handle_timeout(self) -> None:
+        """A client waiting for the answer to its PASS is not idle: the
+        idle clock starts again (a check may take seconds on busy cores)."""
+        if self._held_commands is not None and not self._closed:
+            self._idler = self.ioloop.call_later(self.timeout, self.handle_timeout, _errback=self.handle_error)
+            return
+        super().handle_timeout()
+
+    def _hold_commands(self) -> None:
+        """Commands that come before PASS is answered (a client that sends
+        several lines at once) wait for that answer, so every reply comes
+        in order: a check in a worker thread or the delay of a failed login
+        must not let the next line overtake it."""
+        if self._held_commands is None:
+            self._held_commands = []
+
+    def _run_held_commands(self) -> None:
+        held, self._held_commands = self._held_commands, None
+        while held and not (self._closed or self._closing):
+            self.pre_process_command(*held.pop(0))
+            if self._held_commands is not None:  # that one waits for an answer in turn
+                self._held_commands[:0] = held
+                return
 
     def _login_verdict(self, done: Future, password: str) -> None:
         """On the loop's thread, once the check is done: answer, read on."""
