@@ -364,3 +364,24 @@ def test_commands_sent_with_pass_are_answered_in_order(tree, start_server, lines
         assert [raw.reply()[:3] for _ in lines] == codes
     finally:
         raw.close()
+
+
+def test_a_client_waiting_for_its_pass_answer_is_not_idle(tree, start_server, hashes):
+    """The idle timeout (here 1 s) does not cut off a client whose PASS is
+    still being checked (on busy cores a check can take seconds): it gets
+    its answer, and the idle clock runs again from there."""
+    tree.user(MD5_USER, password=PASSWORD)
+    srv = start_server(tree.root, timeout=1)
+    hashes.hold()
+    raw = Raw(srv.port)
+    try:
+        assert raw.cmd(f"USER {MD5_USER}").startswith("331")
+        raw.sock.sendall(f"PASS {PASSWORD}\r\n".encode())
+        time.sleep(2.5)
+        hashes.release()
+        assert raw.reply().startswith("230 ")
+        assert raw.cmd("NOOP").startswith("200")
+        assert raw.reply().startswith("421 Control connection timed out")  # idle afterwards: cut off as usual
+    finally:
+        hashes.release()
+        raw.close()
