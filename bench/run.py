@@ -76,6 +76,7 @@ class Sizes:
     conc_mib: int  # ... of files of this size
     load_logins: int  # logins while the big file is downloaded
     big_lists: tuple[int, ...] = (10_000, 200_000)  # files in the folders of figure 11
+    storm: int = 400  # clients that send USER/PASS all at once beside a download
 
 
 FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_000,
@@ -85,7 +86,8 @@ FULL = Sizes(big_mib=200, quota_files=100_000, quota_dirs=4_000, list_files=10_0
 QUICK = Sizes(big_mib=16, quota_files=2_000, quota_dirs=80, list_files=500,
               uploads=20, cmd_iters=30, list_iters=2, logins=100, burst=32,
               transfers=2, login_reps=2, tls_transfers=1, held=(100, 300),
-              conc_streams=100, conc_mib=1, load_logins=20, big_lists=(500, 5_000))
+              conc_streams=100, conc_mib=1, load_logins=20, big_lists=(500, 5_000),
+              storm=100)
 
 
 def log(msg: str) -> None:
@@ -229,7 +231,7 @@ def build_data(base: Path, sz: Sizes, need: set[str]) -> dict:
     if conc:
         for i in range(sz.conc_streams):
             os.link(small, home / "conc" / f"f{i:03d}.bin")
-    if "load" in need:  # bob: a second user with a scrypt password, for the logins under load
+    if need & {"load", "storm"}:  # bob: a second user with a scrypt password, for the logins under load
         (xroot / SLOW_USER).mkdir()
         xxftpd_command("--root", str(xroot), "passwd", SLOW_USER, "--stdin")
     tls = None
@@ -1335,6 +1337,208 @@ def fig_load(srv: Server, ctx: dict) -> dict:
     return out
 
 
+STORM_CONNECTING = 64  # connections of a storm not greeted yet, at most (under the servers' listen backlog)
+STORM_PATIENCE = 300.0  # seconds a storm client waits for an answer
+
+
+def _storm(conn, port: int, count: int, user: str, password: str) -> None:
+    """In a separate process: wait for "go", then open ``count`` control
+    connections as fast as the server greets them (at most
+    ``STORM_CONNECTING`` not greeted yet: beyond its listen backlog a
+    server's kernel drops connections, which measures the kernel) and send
+    USER (``user`` formatted with the client's number) and PASS on each as
+    soon as it is greeted, all driven by one selector. Sends back (start,
+    time of the last answer, {reply code: clients}) on the monotonic clock,
+    or an error; each connection is closed once PASS is answered (or the
+    server closed it, or it waited ``STORM_PATIENCE`` seconds)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the benchmark stops this process
+    socks: list[socket.socket] = []
+    try:
+        conn.send("ready")
+        if conn.recv() != "go":
+            return
+        sel = selectors.DefaultSelector()
+        codes: dict[str, int] = {}
+        t0 = last = time.perf_counter()
+        opened = connecting = 0
+        left = count
+        while left:
+            while opened < count and connecting < STORM_CONNECTING:
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.connect_ex((HOST, port))
+                socks.append(sock)
+                # [buffer, replies so far, lines to send after the greeting and after USER, opened at]
+                sel.register(sock, selectors.EVENT_READ, [b"", 0, [f"USER {user.format(opened)}\r\n",
+                                                                   f"PASS {password}\r\n"], time.perf_counter()])
+                opened += 1
+                connecting += 1
+            now = time.perf_counter()
+            for key in list(sel.get_map().values()):
+                if now - key.data[3] > STORM_PATIENCE:
+                    codes["no answer"] = codes.get("no answer", 0) + 1
+                    connecting -= key.data[1] == 0
+                    left -= 1
+                    sel.unregister(key.fileobj)
+                    key.fileobj.close()
+            for key, _ in sel.select(timeout=1.0):
+                sock, state = key.fileobj, key.data
+                greeted = state[1] > 0
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError as err:
+                    data, code = None, f"error {err.errno}"
+                else:
+                    code = "closed"
+                if data:
+                    state[0] += data
+                    while b"\n" in state[0] and data is not None:
+                        line, state[0] = state[0].split(b"\n", 1)
+                        if line[3:4] == b"-":
+                            continue  # a multi-line reply goes on
+                        state[1] += 1
+                        if line[:1] in (b"4", b"5") or state[1] == 3:  # refused, or the answer to PASS
+                            data, code = None, line[:3].decode(errors="replace")
+                        else:
+                            sock.send(state[2][state[1] - 1].encode())
+                if not greeted and (state[1] > 0 or data is None or not data):
+                    connecting -= 1
+                if data:
+                    continue
+                codes[code] = codes.get(code, 0) + 1
+                last = time.perf_counter()
+                left -= 1
+                sel.unregister(sock)
+                sock.close()
+        conn.send((t0, last, codes))
+    except (EOFError, OSError) as err:  # the benchmark closed the pipe, or no more sockets
+        try:
+            conn.send(("error", repr(err)))
+        except OSError:
+            pass
+    finally:
+        for sock in socks:
+            sock.close()
+        conn.close()
+
+
+def _noop_probe(conn, port: int, user: str, password: str) -> None:
+    """In a separate process: a logged-in session that sends NOOP every
+    20 ms until "stop", then sends back [(time sent, round trip seconds)]."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ctrl = ctrl_login(port, user, password)
+        conn.send("ready")
+        samples = []
+        while not conn.poll(0.02):
+            t = time.perf_counter()
+            ctrl.expect("NOOP", 200)
+            samples.append((t, time.perf_counter() - t))
+        conn.recv()
+        ctrl.close()
+        conn.send(samples)
+    except (EOFError, OSError, ftplib.Error) as err:
+        try:
+            conn.send(("error", repr(err)))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _helper(target, *args):
+    """A spawned helper process (its own interpreter lock) and our end of its pipe, once it is ready."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=target, args=(child, *args), daemon=True)
+    proc.start()
+    child.close()
+    ready = parent.recv() if parent.poll(60) else "nothing within 60 s"
+    if ready != "ready":
+        proc.terminate()
+        raise RuntimeError(f"helper {target.__name__} did not start: {ready!r}")
+    return proc, parent
+
+
+def _end_helper(proc, pipe) -> None:
+    pipe.close()
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+
+
+def fig_storm(srv: Server, ctx: dict) -> dict:
+    """RETR of the big file while ``sz.storm`` clients send USER/PASS as fast
+    as they are greeted (unknown users; on xxftpd also bob, a scrypt hash,
+    with a wrong password), against RETR alone right after each storm; NOOP
+    round trips on another session throughout (a third process), idle,
+    during RETR alone and during each storm; the storm's own time and how
+    many logins got 421."""
+    sz: Sizes = ctx["sizes"]
+    storms = [("unknown", "nosuchuser{}", "x")]
+    if srv.column == "xxftpd":
+        storms.append(("scrypt", SLOW_USER, "wrong"))
+    out: dict[str, float] = {}
+    windows: dict[str, tuple[float, float]] = {}
+    ftp = session(srv)
+    probe, probe_pipe = _helper(_noop_probe, srv.port, USER, PASSWORD)
+    try:
+        t = time.perf_counter()
+        time.sleep(1.0)
+        windows["idle"] = (t, time.perf_counter())
+        alone = []
+        for label, user, password in storms:
+            proc, pipe = _helper(_storm, srv.port, sz.storm, user, password)
+            try:
+                marks = _retr_loop(srv, ctx, ftp, lambda: pipe.send("go"), pipe.poll)
+                reply = pipe.recv()
+            finally:
+                _end_helper(proc, pipe)
+            if reply[0] == "error":
+                raise RuntimeError(f"{srv.label}: the {label} storm failed: {reply[1]}")
+            t0, t1, codes = reply
+            unexpected = {c: n for c, n in codes.items() if c not in ("530", "421")}
+            if unexpected:
+                raise RuntimeError(f"{srv.label}: {label} storm: unexpected answers {unexpected} ({codes})")
+            windows[label] = (t0, t1)
+            out[f"storm_{label}_retr"] = _rate(marks, t0, t1)
+            out[f"storm_{label}_secs"] = t1 - t0
+            out[f"storm_{label}_421"] = codes.get("421", 0)
+            # the reference: RETR alone right after, over a window of about the storm's length
+            quiet = min(max(t1 - t0, 2.0), 10.0)
+            start: list[float] = []
+            marks = _retr_loop(srv, ctx, ftp, lambda: start.append(time.perf_counter()),
+                               lambda: time.perf_counter() >= start[0] + quiet)
+            windows[f"{label} alone"] = (start[0], start[0] + quiet)
+            alone.append(_rate(marks, start[0], start[0] + quiet))
+            out[f"storm_{label}_ratio"] = out[f"storm_{label}_retr"] / alone[-1]
+        out["storm_alone"] = median(alone)
+        probe_pipe.send("stop")
+        samples = probe_pipe.recv() if probe_pipe.poll(60) else ("error", "no NOOP samples within 60 s")
+    finally:
+        ftp.close()
+        _end_helper(probe, probe_pipe)
+    if samples and samples[0] == "error":
+        raise RuntimeError(f"{srv.label}: the NOOP probe failed: {samples[1]}")
+    def noop_median(names: list[str]) -> float | None:
+        inside = [secs for t, secs in samples for name in names if windows[name][0] <= t <= windows[name][1]]
+        return median(inside) * 1000 if inside else None
+
+    found = {"storm_noop_idle": noop_median(["idle"]),
+             "storm_noop_retr": noop_median([f"{label} alone" for label, _, _ in storms]),
+             **{f"storm_{label}_noop": noop_median([label]) for label, _, _ in storms}}
+    out.update({key: value for key, value in found.items() if value is not None})
+    for label, _, _ in storms:
+        if f"storm_{label}_noop" in out and "storm_noop_idle" in out:
+            out[f"storm_{label}_noop_ratio"] = out[f"storm_{label}_noop"] / out["storm_noop_idle"]
+    return out
+
+
 @dataclass(frozen=True)
 class Figure:
     name: str  # for --only and the progress lines
@@ -1357,6 +1561,7 @@ FIGURES = [
     Figure("load", fig_load, ("plain", "xx")),
     Figure("workers", fig_workers, ("xx", "xx_w2")),
     Figure("biglist", fig_biglist, ("plain_fresh", "xx_fresh"), fresh=True),
+    Figure("storm", fig_storm, ("plain", "xx")),
 ]
 
 
@@ -1414,6 +1619,25 @@ def rows_for(sz: Sizes) -> list[Row]:
         Row("w1_stor", f"10c. {c} concurrent STOR of {cm} MiB, aggregate, xxftpd --workers 1", "MiB/s", ".0f", ""),
         Row("w2_stor", f"10d. {c} concurrent STOR of {cm} MiB, aggregate, xxftpd --workers 2 (ratio: 10d/10c)",
             "MiB/s", ".0f", "of:w1_stor"),
+        Row("storm_alone", f"12a. RETR {sz.big_mib} MiB alone, right after each storm, over about its length "
+            "(each the reference of its storm: 12e, 12k)", "MiB/s", ".0f"),
+        Row("storm_noop_idle", "12b. NOOP round trip, median, nothing else running", "ms", ".2f"),
+        Row("storm_noop_retr", "12c. NOOP round trip, median, during 12a", "ms", ".2f"),
+        Row("storm_unknown_retr", f"12d. RETR {sz.big_mib} MiB while {sz.storm} clients connect and send USER/PASS "
+            "of unknown users, as fast as they are greeted", "MiB/s", ".0f"),
+        Row("storm_unknown_ratio", "12e. 12d / RETR alone after it (target: 0.8 or more)", "", ".2f", ""),
+        Row("storm_unknown_noop", "12f. NOOP round trip, median, during 12d", "ms", ".2f"),
+        Row("storm_unknown_noop_ratio", "12g. 12f/12b (target: 2 or less)", "", ".2f", ""),
+        Row("storm_unknown_secs", f"12h. time until all {sz.storm} logins of 12d were answered", "s", ".1f", ""),
+        Row("storm_unknown_421", "12i. of them answered 421 (xxftpd: beyond --max-login-checks, default 16 per CPU)", "",
+            ".0f", ""),
+        Row("storm_scrypt_retr", f"12j. RETR {sz.big_mib} MiB while {sz.storm} clients send USER bob (scrypt hash) "
+            "and a wrong PASS, as fast as they are greeted", "MiB/s", ".0f", ""),
+        Row("storm_scrypt_ratio", "12k. 12j / RETR alone after it (target: 0.8 or more)", "", ".2f", ""),
+        Row("storm_scrypt_noop", "12l. NOOP round trip, median, during 12j", "ms", ".2f", ""),
+        Row("storm_scrypt_noop_ratio", "12m. 12l/12b (target: 2 or less)", "", ".2f", ""),
+        Row("storm_scrypt_secs", f"12n. time until all {sz.storm} logins of 12j were answered", "s", ".1f", ""),
+        Row("storm_scrypt_421", "12o. of them answered 421", "", ".0f", ""),
     ] + big_list_rows(sz)
 
 
@@ -1620,6 +1844,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     cpu_before = cpu_seconds()
+    if "storm" in need:
+        raise_nofile(2 * sz.storm + 512)
     if "held" in need:
         limit = raise_nofile(2 * max(sz.held) + 512)
         if limit < max(sz.held) + 256:

@@ -34,6 +34,26 @@ def test_formats():
         assert not passwords.verify(junk, "s3cret")
 
 
+@pytest.mark.parametrize("stored", [
+    None, "", "garbage", passwords.md5_hex("pw"), passwords.md5_hex("other"), passwords.scrypt_hash("pw"),
+    passwords.scrypt_hash("other"), "$scrypt$ln=14,r=8,p=1$!!$YQ==", "$scrypt$ln=14,r=8,p=1$YQ==$YQ==",
+])
+def test_a_login_check_costs_one_modern_hash_whatever_is_stored(stored, monkeypatch):
+    """No such user, MD5, garbage, scrypt that can't be decoded: exactly
+    one scrypt of the default parameters each, so the time tells nothing."""
+    calls = []
+    real = passwords._scrypt
+
+    def counted(password, salt, ln, r, p, size):
+        calls.append((ln, r, p, size))
+        return real(password, salt, ln, r, p, size)
+
+    monkeypatch.setattr(passwords, "_scrypt", counted)
+    result = passwords.check(stored, "pw")
+    assert calls == [(passwords.LN, passwords.R, passwords.P, 32)]
+    assert result is (stored is not None and passwords.verify(stored, "pw"))
+
+
 @pytest.mark.parametrize("fmt", ["md5", "scrypt"])
 def test_login_with_each_format(tree, start_server, connect, fmt):
     home = tree.user("alice")
@@ -134,8 +154,8 @@ def test_slow_logins_do_not_stall_transfers(tree, start_server, connect):
         c.connect(HOST, srv.port, timeout=60)
         try:
             c.login("alice", "pw" if i % 2 else "wrong")
-        except ftplib.error_perm:
-            pass
+        except (ftplib.error_perm, ftplib.error_temp) as err:  # 530, or 421 beyond --max-login-checks
+            assert str(err)[:3] in ("530", "421"), err
         c.close()
 
     threads = [threading.Thread(target=login, args=(i,)) for i in range(100)]

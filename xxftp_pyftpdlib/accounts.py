@@ -8,9 +8,13 @@ Rules that live here:
   It accepts any password, unless its home holds a password file, which
   is then checked like any other user's.
 - A home with ``.xxftp/password`` needs that password; a home without one
-  logs in right after USER (xxftp behaviour).
-- An unknown user is never told apart from a wrong password, and costs
-  the same work (one modern hash) to refuse.
+  logs in right after USER (xxftp behaviour, visible to anyone: 230 at
+  USER instead of 331).
+- An unknown user is never told apart from a wrong password: USER answers
+  331 to both, and every login that needs a check (a password file of any
+  format, readable or not, or no such user) costs the same work, one
+  modern hash (``passwords.check``), done by ``login``. Only a login that
+  needs no password (``open_login``) is decided without it.
 - With ``upgrade_hashes``, a legacy MD5 file is rewritten in the modern
   format after a successful login.
 - A password file that can't be read refuses the login, and says why in
@@ -93,17 +97,41 @@ class Accounts:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read(4096)
 
+    def _open_home(self, name: str) -> str | None:
+        """The home of ``name`` if it certainly has no password file.
+
+        A password file that can't even be looked at (a folder on its
+        path that can't be searched) counts as one: the check refuses it
+        and says why.
+        """
+        if not USER_NAME.fullmatch(name):
+            return None
+        try:
+            os.lstat(self.password_file(name))
+        except (FileNotFoundError, NotADirectoryError):
+            return self.home_of(name)
+        except OSError:
+            return None
+        return None
+
     def needs_password(self, name: str) -> bool:
         """False only for an existing user whose home has no password file.
 
         Unknown users answer True so they get 331 like everybody else.
         """
         name = canonical_name(name)
-        if name == ANONYMOUS or not USER_NAME.fullmatch(name):
-            return True
-        if os.path.lexists(self.password_file(name)):
-            return True  # (and the home exists)
-        return self.home_of(name) is None
+        return name == ANONYMOUS or self._open_home(name) is None
+
+    def open_login(self, name: str) -> Login | None:
+        """The verdict on a login that needs no password (a home without
+        a password file: ``anonymous``, or a user whom USER alone logs in);
+        None if a password must be checked: ``login``, off the event loop.
+
+        It asks only whether a password file is there, which costs the
+        same for a real user as for an unknown one.
+        """
+        home = self._open_home(canonical_name(name))
+        return Login(True, home) if home is not None else None
 
     def _account(self, name: str, path: str) -> tuple[str | None, str | None]:
         """(home, stored hash) of a user whose password file would be
@@ -119,30 +147,26 @@ class Accounts:
             return self._prefix + name, stored
         return self.home_of(name), None
 
-    def login(self, name: str, password: str, quick: bool = False) -> Login | None:
-        """The verdict on a login. With ``quick``, None instead of a check
-        that takes real time (a modern hash, an unknown user, an upgrade),
-        so that the caller can run it off the event loop."""
+    def login(self, name: str, password: str) -> Login:
+        """The verdict on a login, at the cost of one modern hash whenever
+        a password is checked, whoever asks (see ``passwords.check``)."""
         name = canonical_name(name)
         path = self.password_file(name)
         try:
             home, stored = self._account(name, path)
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
+            passwords.check(None, password)
             return Login(False, reason=f"unreadable password file {path}")
         if home is None:
-            if quick:
-                return None
-            passwords.waste_time(password)  # the same work as a real check
+            passwords.check(None, password)
             return Login(False, reason="no such user")
         if stored is None:
-            return Login(True, home)
+            return Login(True, home)  # no password file (any more)
         found = passwords.kind(stored)
-        if quick and (found != "md5" or self.upgrade_hashes):
-            return None
         if found == "unknown":
             log.error("%s: unrecognised password format; login refused", path)
-        if passwords.verify(stored, password):
+        if passwords.check(stored, password):
             if self.upgrade_hashes and found == "md5":
                 self._upgrade(path, password)
             return Login(True, home)

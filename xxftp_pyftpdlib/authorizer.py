@@ -13,7 +13,7 @@ import logging
 from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 
 from . import access, banners
-from .accounts import Accounts
+from .accounts import Accounts, Login
 from .config import shared_store
 
 log = logging.getLogger("xxftpd.auth")
@@ -39,18 +39,20 @@ class XxftpAuthorizer:
     def validate_authentication(self, username: str, password: str, handler) -> None:
         self.check_login(username, password, handler)
 
-    def quick_login(self, username: str, password: str, handler) -> tuple[str, str] | None:
-        """``check_login`` if its verdict comes at once; None if the check
-        takes real time (a modern hash, an unknown user), to run it off the
-        event loop with ``check_login``."""
-        return self.check_login(username, password, handler, quick=True)
+    def open_login(self, username: str, handler) -> tuple[str, str] | None:
+        """``check_login`` for a login that needs no password (decided at
+        once, on the event loop); None if a password must be checked: run
+        ``check_login`` in a worker thread."""
+        result = self.accounts.open_login(username)
+        return None if result is None else self._verdict(username, result, handler)
 
-    def check_login(self, username: str, password: str, handler, quick: bool = False) -> tuple[str, str] | None:
+    def check_login(self, username: str, password: str, handler) -> tuple[str, str]:
         """``validate_authentication``, ``get_home_dir`` and ``get_msg_login``
-        in one pass: (home, login message), or AuthenticationFailed."""
-        result = self.accounts.login(username, password, quick)
-        if result is None:
-            return None
+        in one pass: (home, login message), or AuthenticationFailed. Takes
+        one modern hash's time (see ``Accounts.login``)."""
+        return self._verdict(username, self.accounts.login(username, password), handler)
+
+    def _verdict(self, username: str, result: Login, handler) -> tuple[str, str]:
         if not result.ok:
             log.info("login refused for %r: %s", username, result.reason)
             raise AuthenticationFailed("Authentication failed.")

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how long a ban lasts (default 600)")
     p.add_argument("--upgrade-hashes", action="store_true",
                    help="rewrite a legacy MD5 password file as scrypt after a successful login")
+    p.add_argument("--max-login-checks", type=_positive, default=Options.max_login_checks, metavar="N",
+                   help="password checks in progress at once, per process; beyond, a login is answered "
+                        f"421 (default {Options.max_login_checks}: 16 per CPU; 0: no limit)")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
@@ -236,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
         tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
+        max_login_checks=args.max_login_checks,
     )
     stop_on_signals()
     server = None

@@ -38,6 +38,7 @@ from .admission import Place
 from .datachannel import XxftpDTPHandler
 from .filesystem import FolderLines, XxftpFS
 from .listing import SORTED_UP_TO
+from .loopwake import LoopWake
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
@@ -134,6 +135,7 @@ class XxftpSession:
         # again (in another thread or process the count must be there first).
         if self.bans is not None and self.bans.failed(self.remote_ip):
             self._banned = True
+        self._hold_commands()  # until the delayed 530 is out
         super().handle_auth_failed(msg, password)
 
     def on_login_failed(self, username: str, password: str) -> None:
@@ -141,6 +143,7 @@ class XxftpSession:
             self.log(f"address {self.remote_ip} banned for {self.bans.ban_time:g} seconds after failed logins")
             self.close_when_done()
         super().on_login_failed(username, password)
+        self._run_held_commands()
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
         if self.place is not None:  # before the 230 leaves: the client may connect again at once
@@ -328,6 +331,9 @@ class XxftpSession:
         return True
 
     def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if self._held_commands is not None:  # a PASS is not answered yet
+            self._held_commands.append((line, cmd, arg))
+            return
         forget = getattr(self.fs, "forget", None)
         if forget is not None:  # resolutions are shared within one command only
             forget()
@@ -388,38 +394,44 @@ class XxftpSession:
         self.username = name
         self.ftp_PASS("")
 
-    def ftp_PASS(self, line: str):
-        """Check slow password hashes in a worker thread.
+    login_checks = hashpool.LoginChecks()  # a server's own, from make_handler
+    _login_check: Future | None = None
 
-        The session stops reading commands until the verdict arrives, so
-        the event loop (and every transfer on it) never waits for a hash.
-        Hashes take idle CPU only; one that waited ``hashpool.OVERDUE``
-        seconds also goes to the overdue pool (see ``hashpool``).
+    def ftp_PASS(self, line: str):
+        """Check passwords in a worker thread, woken up when it is done.
+
+        The session stops reading commands until the verdict arrives; the
+        event loop (and every transfer on it) neither waits for the hash
+        nor looks at the session meanwhile: the finished check hands its
+        verdict to the loop (``LoopWake``). Every login that needs a
+        password, a real user's or an unknown one's, takes this same path
+        and the same work (see ``Accounts.login``). Beyond
+        ``login_checks.limit`` checks in progress a login is answered 421
+        at once, before anything about the user is looked up.
         """
-        quick = getattr(self.authorizer, "quick_login", None)
-        if self.authenticated or not self.username or quick is None:
+        check = getattr(self.authorizer, "check_login", None)
+        if self.authenticated or not self.username or check is None:
             return super().ftp_PASS(line)
         username = self.username
-        if self._conclude_login(lambda: quick(username, line, self), line):
+        open_login = getattr(self.authorizer, "open_login", None)
+        if open_login is not None and self._conclude_login(lambda: open_login(username, self), line):
+            return None
+        future = self.login_checks.submit(check, username, line, self)
+        if future is None:
+            self.respond("421 Too many logins in progress; try again later.")
+            self.log(f"login of {username!r} refused: {self.login_checks.limit} password checks in progress")
+            self.close_when_done()
             return None
         self.del_channel()
-        futures = [hashpool.pool().submit(self._check_login, username, line)]
-        overdue_at = time.monotonic() + hashpool.OVERDUE
-        self.ioloop.call_later(0.002, self._login_verdict, futures, username, line, overdue_at,
-                               _errback=self.handle_error)
+        self._hold_commands()
+        self._login_check = future
+        wake = LoopWake.expect(self.ioloop)
+        future.add_done_callback(lambda done: wake.call(self._login_verdict, done, line))
         return None
-
-    def _check_login(self, username: str, password: str) -> tuple[str, str]:
-        """(home, login message), or AuthenticationFailed / AuthorizerError."""
-        check = getattr(self.authorizer, "check_login", None)
-        if check is not None:
-            return check(username, password, self)
-        self.authorizer.validate_authentication(username, password, self)
-        return self.authorizer.get_home_dir(username), self.authorizer.get_msg_login(username)
 
     def _conclude_login(self, outcome, password: str) -> bool:
         """pyftpdlib's end of PASS, given how the check came out; False if
-        ``outcome`` gave no verdict (a check that takes real time)."""
+        ``outcome`` gave no verdict (a password must be checked)."""
         try:
             verdict = outcome()
         except (AuthenticationFailed, AuthorizerError) as err:
@@ -429,24 +441,47 @@ class XxftpSession:
             return False
         home, msg_login = verdict
         self.handle_auth_success(home, password, msg_login)
+        self._run_held_commands()
         return True
 
-    def _login_verdict(self, futures: list[Future], username: str, password: str, overdue_at: float) -> None:
-        if self._closed:
-            for future in futures:
-                future.cancel()
+    _held_commands: list[tuple[str, str, str]] | None = None
+
+    def handle_timeout(self) -> None:
+        """A client waiting for the answer to its PASS is not idle: the
+        idle clock starts again (a check may take seconds on busy cores)."""
+        if self._held_commands is not None and not self._closed:
+            self._idler = self.ioloop.call_later(self.timeout, self.handle_timeout, _errback=self.handle_error)
             return
-        done = next((f for f in futures if f.done()), None)
-        if done is None:
-            if len(futures) == 1 and time.monotonic() >= overdue_at:
-                futures.append(hashpool.overdue_pool().submit(self._check_login, username, password))
-            self.ioloop.call_later(0.002, self._login_verdict, futures, username, password, overdue_at,
-                                   _errback=self.handle_error)
+        super().handle_timeout()
+
+    def _hold_commands(self) -> None:
+        """Commands that come before PASS is answered (a client that sends
+        several lines at once) wait for that answer, so every reply comes
+        in order: a check in a worker thread or the delay of a failed login
+        must not let the next line overtake it."""
+        if self._held_commands is None:
+            self._held_commands = []
+
+    def _run_held_commands(self) -> None:
+        held, self._held_commands = self._held_commands, None
+        while held and not (self._closed or self._closing):
+            self.pre_process_command(*held.pop(0))
+            if self._held_commands is not None:  # that one waits for an answer in turn
+                self._held_commands[:0] = held
+                return
+
+    def _login_verdict(self, done: Future, password: str) -> None:
+        """On the loop's thread, once the check is done: answer, read on."""
+        if self._login_check is done:
+            self._login_check = None
+        if self._closed or done.cancelled():
             return
-        for future in futures:
-            future.cancel()  # a copy still queued never runs
-        self.add_channel()
-        self._conclude_login(done.result, password)
+        try:
+            self.add_channel()
+            if not self._closing:
+                self._conclude_login(done.result, password)
+        except Exception:
+            self.handle_error()
 
     # --- listings: a folder is read, stat'ed and formatted a slice per
     # turn of the IO loop (pyftpdlib reads and sorts it whole first).
@@ -602,6 +637,8 @@ class XxftpSession:
     def close(self) -> None:
         self._drop_queued_upload()
         self._leave_place()
+        if self._login_check is not None:
+            self._login_check.cancel()  # not hashed yet: it never will be
         super().close()
 
     def ftp_QUIT(self, line: str) -> None:

@@ -11,6 +11,12 @@ Rules that live here:
 - Every comparison of secrets is constant-time (``hmac.compare_digest``).
 - Content in no known format matches no password; scrypt parameters
   outside sane bounds are refused rather than computed.
+- A login's check (``check``) costs one modern hash of the default
+  parameters whatever is stored: an MD5 digest, content in no known
+  format, a hash that can't be decoded, or nothing at all (no such user,
+  a file that can't be read). Its time tells nothing of what was stored.
+  A scrypt hash written with other parameters costs what they say
+  (``passwd`` writes the defaults only).
 """
 
 from __future__ import annotations
@@ -50,36 +56,61 @@ def kind(stored: str) -> str:
     return "unknown"
 
 
-def is_slow(stored: str) -> bool:
-    """True if checking this hash takes real time (run it off the event loop)."""
-    return kind(stored) != "md5"
-
-
 def _scrypt(password: str, salt: bytes, ln: int, r: int, p: int, size: int) -> bytes:
     return hashlib.scrypt(_encode(password), salt=salt, n=1 << ln, r=r, p=p, maxmem=_MAXMEM, dklen=size)
 
 
+def _verify_scrypt(text: str, password: str) -> bool | None:
+    """True or False for a hash in the modern format; None if it can't be
+    computed (bad base64, a length or parameters the library refuses)."""
+    ln, r, p, salt64, hash64 = _SCRYPT.fullmatch(text).groups()
+    try:
+        salt, expected = base64.b64decode(salt64), base64.b64decode(hash64)
+    except (binascii.Error, ValueError):
+        return None
+    if not 16 <= len(expected) <= 64:
+        return None
+    try:
+        actual = _scrypt(password, salt, int(ln), int(r), int(p), len(expected))
+    except (ValueError, MemoryError):  # parameters the library refuses after all
+        return None
+    return hmac.compare_digest(expected, actual)
+
+
+def _verify_md5(text: str, password: str) -> bool:
+    actual = hashlib.md5(_encode(password)).hexdigest().encode()
+    return hmac.compare_digest(text.lower().encode(), actual)
+
+
 def verify(stored: str, password: str) -> bool:
-    """True if ``password`` matches the stored hash."""
+    """True if ``password`` matches the stored hash (an MD5 one at once:
+    for logins, see ``check``)."""
     text = stored.strip()
     found = kind(text)
     if found == "md5":
-        actual = hashlib.md5(_encode(password)).hexdigest().encode()
-        return hmac.compare_digest(text.lower().encode(), actual)
+        return _verify_md5(text, password)
     if found == "scrypt":
-        ln, r, p, salt64, hash64 = _SCRYPT.fullmatch(text).groups()
-        try:
-            salt, expected = base64.b64decode(salt64), base64.b64decode(hash64)
-        except (binascii.Error, ValueError):
-            return False
-        if not 16 <= len(expected) <= 64:
-            return False
-        try:
-            actual = _scrypt(password, salt, int(ln), int(r), int(p), len(expected))
-        except (ValueError, MemoryError):  # parameters the library refuses after all
-            return False
-        return hmac.compare_digest(expected, actual)
+        return bool(_verify_scrypt(text, password))
     return False
+
+
+def check(stored: str | None, password: str) -> bool:
+    """``verify`` at the cost of one modern hash, whatever ``stored`` is
+    (None: there is nothing to check against, the login is refused).
+
+    The time a login takes must not tell a real user from an unknown one,
+    nor one password format from another: every path does the work of one
+    scrypt of the default parameters (a stored scrypt hash is that work).
+    """
+    text = stored.strip() if stored is not None else ""
+    if stored is not None and kind(text) == "scrypt":
+        matched = _verify_scrypt(text, password)
+        if matched is not None:
+            return matched
+        waste_time(password)
+        return False
+    waste_time(password)
+    return stored is not None and kind(text) == "md5" and _verify_md5(text, password)
 
 
 def waste_time(password: str) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, xferlog
+from . import access, hashpool, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -201,6 +201,7 @@ class Options:
     ban_after: int = 0
     ban_time: int = 600
     workers: int = 1
+    max_login_checks: int = hashpool.MAX_CHECKS  # password checks in progress at once, per process (0: no limit)
 
 
 def check_root(root: str) -> str:
@@ -221,6 +222,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "timeout": options.timeout,
         "upload_mode": options.upload_mode,
         "xferlog_path": options.xferlog,
+        "login_checks": hashpool.LoginChecks(options.max_login_checks),
         "masquerade_address": options.masquerade_address,
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,
