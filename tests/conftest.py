@@ -111,9 +111,11 @@ def start_server():
 
     def start(root, concurrency: str = "async", handler_base=None, **attrs) -> ServerThread:
         # every client of these tests is 127.0.0.1, many at once: the limits per address and on
-        # connections not logged in yet are off here (test_admission.py tests them)
+        # connections not logged in yet, and the time to log in, are off here (test_admission.py
+        # tests them on the real command)
         options = Options(root=str(root), host=HOST, port=0, concurrency=concurrency, max_cons_per_ip=0,
-                          max_unauthenticated=0, max_unauthenticated_per_ip=0)
+                          max_unauthenticated=0, max_unauthenticated_per_ip=0,
+                          login_timeout=attrs.pop("login_timeout", 0))
         kwargs = {"base": handler_base} if handler_base else {}
         handler = make_handler(options, **kwargs)
         handler.auth_failed_timeout = attrs.pop("auth_failed_timeout", 0.01)

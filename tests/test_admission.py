@@ -321,7 +321,7 @@ def test_the_limits_are_flags_and_config_keys(tmp_path):
     defaults = parser.parse_args([])
     assert (defaults.max_cons_per_ip, defaults.max_unauthenticated, defaults.max_unauthenticated_per_ip,
             defaults.login_timeout) == (Options.max_cons_per_ip, Options.max_unauthenticated,
-                                        Options.max_unauthenticated_per_ip, Options.login_timeout) == (20, 50, 10, 30)
+                                        Options.max_unauthenticated_per_ip, Options.login_timeout) == (32, 50, 16, 30)
     path = tmp_path / "x.toml"
     path.write_text("max-unauthenticated = 7\nmax_unauthenticated_per_ip = 3\nlogin_timeout = 12\n")
     parser.set_defaults(**load_config(parser, str(path)))

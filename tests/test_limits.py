@@ -34,8 +34,9 @@ def start(root, *extra):
     """The real xxftpd; its log goes to a file (a full stderr pipe would stall it)."""
     port = free_port()
     log = os.path.join(os.path.dirname(root), f"xxftpd-{port}.log")
+    # every client here is 127.0.0.1: the per-address limits only where a test sets them
     proc = run_xxftpd("--root", str(root), "--host", HOST, "--port", str(port), "--log-file", log,
-                      *extra, wait_for_port=port)
+                      "--max-cons-per-ip", "0", "--max-unauthenticated-per-ip", "0", *extra, wait_for_port=port)
     proc.log = log
     return proc, port
 

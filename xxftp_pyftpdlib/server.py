@@ -181,9 +181,9 @@ class Options:
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
     max_cons: int = 500
-    max_cons_per_ip: int = 20
+    max_cons_per_ip: int = 32
     max_unauthenticated: int = 50
-    max_unauthenticated_per_ip: int = 10
+    max_unauthenticated_per_ip: int = 16
     login_timeout: int = 30
     timeout: int = 120
     concurrency: str = "async"
