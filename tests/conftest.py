@@ -362,6 +362,33 @@ def run_xxftpd(*args: str, wait_for_port: int | None = None, **popen) -> subproc
     return proc
 
 
+def start_logged(root, *args: str, host: str = HOST, **popen) -> tuple[subprocess.Popen, int]:
+    """The real ``xxftpd`` serving ``root`` on a free port, its log in a file
+    beside the root (a full stderr pipe would stall it): (process, port)."""
+    port = free_port()
+    log = os.path.join(os.path.dirname(root), f"xxftpd-{port}.log")
+    proc = run_xxftpd("--root", str(root), "--host", host, "--port", str(port), "--log-file", log, *args,
+                      wait_for_port=port, **popen)
+    proc.log = log
+    return proc, port
+
+
+def stop_logged(proc: subprocess.Popen) -> str:
+    """SIGTERM a server of ``start_logged`` and wait: it must exit 0 with no
+    traceback in its log, which is returned."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with open(proc.log, errors="replace") as f:
+        text = f.read()
+    assert proc.returncode == 0, (err or "") + text[-3000:]
+    assert "Traceback" not in text and "unhandled exception" not in text, text[-3000:]
+    return text
+
+
 def free_port_on(host: str) -> int:
     """A free TCP port on ``host`` (an IPv4 or IPv6 loopback address)."""
     if host == HOST:

@@ -8,9 +8,7 @@ the time to log in is not extended by NOOP."""
 from __future__ import annotations
 
 import ftplib
-import os
 import select
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd
+from conftest import HOST, start_logged, stop_logged
 from xxftp_pyftpdlib.admission import DISPLACED, TOO_MANY, TOO_MANY_FROM_ADDRESS, Limits, Table
 
 OTHER = "127.0.0.2"  # another client address: Linux routes all of 127/8 to loopback
@@ -114,26 +112,10 @@ def users(tree):
 
 
 def start(root, *extra: str):
-    port = free_port()
-    log = os.path.join(os.path.dirname(root), f"xxftpd-{port}.log")
-    proc = run_xxftpd("--root", str(root), "--host", "0.0.0.0", "--port", str(port), "--log-file", log,
-                      *extra, wait_for_port=port)
-    proc.log = log
-    return proc, port
+    return start_logged(root, *extra, host="0.0.0.0")
 
 
-def stop(proc) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    with open(proc.log, errors="replace") as f:
-        text = f.read()
-    assert proc.returncode == 0, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
-    return text
+stop = stop_logged
 
 
 class Squatter(threading.Thread):

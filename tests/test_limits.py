@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd, temporaries
+from conftest import HOST, start_logged, stop_logged, temporaries
 from test_hostile_protocol import Raw, read_all, wait_until
 from xxftp_pyftpdlib import XxftpHandler
 from xxftp_pyftpdlib.config import ConfigStore
@@ -31,27 +31,12 @@ MiB = 1024 * KiB
 
 
 def start(root, *extra):
-    """The real xxftpd; its log goes to a file (a full stderr pipe would stall it)."""
-    port = free_port()
-    log = os.path.join(os.path.dirname(root), f"xxftpd-{port}.log")
     # every client here is 127.0.0.1: the per-address limits only where a test sets them
-    proc = run_xxftpd("--root", str(root), "--host", HOST, "--port", str(port), "--log-file", log,
-                      "--max-cons-per-ip", "0", "--max-unauthenticated-per-ip", "0", *extra, wait_for_port=port)
-    proc.log = log
-    return proc, port
+    return start_logged(root, "--max-cons-per-ip", "0", "--max-unauthenticated-per-ip", "0", *extra)
 
 
 def stop(proc) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err
-    with open(proc.log, errors="replace") as f:
-        text = f.read()
-    assert "Traceback" not in text and "unhandled exception" not in text, text[-3000:]
+    stop_logged(proc)
 
 
 def greeting(sock: socket.socket) -> bytes:

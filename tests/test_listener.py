@@ -10,14 +10,13 @@ import ftplib
 import io
 import os
 import resource
-import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd, wait_until
+from conftest import HOST, start_logged, stop_logged, wait_until
 
 MiB = 1024 * 1024
 # Flags that leave every limit but the descriptors out of the way.
@@ -32,27 +31,10 @@ def _limit(soft: int, hard: int):
 
 
 def start(root, *extra: str, nofile: tuple[int, int] | None = None):
-    port = free_port()
-    log = os.path.join(os.path.dirname(root), f"xxftpd-{port}.log")
-    popen = {"preexec_fn": _limit(*nofile)} if nofile else {}
-    proc = run_xxftpd("--root", str(root), "--host", HOST, "--port", str(port), "--log-file", log,
-                      *extra, wait_for_port=port, **popen)
-    proc.log = log
-    return proc, port
+    return start_logged(root, *extra, **({"preexec_fn": _limit(*nofile)} if nofile else {}))
 
 
-def stop(proc) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    with open(proc.log, errors="replace") as f:
-        text = f.read()
-    assert proc.returncode == 0, text[-3000:]
-    assert "Traceback" not in text, text[-3000:]
-    return text
+stop = stop_logged
 
 
 def soft_limit(pid: int) -> int:
