@@ -114,7 +114,7 @@ def start_server():
         # connections not logged in yet, and the time to log in, are off here (test_admission.py
         # tests them on the real command)
         options = Options(root=str(root), host=HOST, port=0, concurrency=concurrency, max_cons_per_ip=0,
-                          max_unauthenticated=0, max_unauthenticated_per_ip=0,
+                          max_unauthenticated=attrs.pop("max_unauthenticated", 0), max_unauthenticated_per_ip=0,
                           login_timeout=attrs.pop("login_timeout", 0))
         kwargs = {"base": handler_base} if handler_base else {}
         handler = make_handler(options, **kwargs)

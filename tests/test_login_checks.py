@@ -345,15 +345,18 @@ def test_the_bound_is_set_from_the_command_line_and_the_config_file(tree, tmp_pa
 
 @pytest.mark.parametrize("lines, codes", [
     ([f"USER {MD5_USER}", f"PASS {PASSWORD}", "NOOP", "PWD"], ["331", "230", "200", "257"]),
+    # after a failed PASS the lines sent with it are answered 530, not run
     ([f"USER {MD5_USER}", "PASS wrong", f"USER {MD5_USER}", f"PASS {PASSWORD}", "PWD"],
-     ["331", "530", "331", "230", "257"]),
+     ["331", "530", "530", "530", "530"]),
     ([f"USER {UNKNOWN}", "PASS x", "NOOP", f"USER {SCRYPT_USER}", f"PASS {PASSWORD}", "SYST"],
-     ["331", "530", "200", "331", "230", "215"]),
-], ids=["right", "wrong then right", "unknown then scrypt"])
+     ["331", "530", "530", "530", "530", "530"]),
+    ([f"USER {SCRYPT_USER}", f"PASS {PASSWORD}", "NOOP", "SYST"], ["331", "230", "200", "215"]),
+], ids=["right", "wrong then right", "unknown then scrypt", "scrypt"])
 def test_commands_sent_with_pass_are_answered_in_order(tree, start_server, lines, codes):
     """A client that sends several lines at once gets the replies in the
     order of its commands, though PASS is answered from a worker thread
-    and a failed one after a delay: the lines after PASS wait for it."""
+    and a failed one after a delay: the lines after PASS wait for it (and
+    after a failed one are answered without running)."""
     tree.user(MD5_USER, password=PASSWORD)
     home = tree.user(SCRYPT_USER)
     tree.xxftp(home, "password", passwords.scrypt_hash(PASSWORD))

@@ -11,7 +11,10 @@ Rules that live here:
 - A newcomer that finds a limit full takes the place of the oldest
   stranger that this limit counts: for the per-address limits, the oldest
   stranger from the newcomer's own address; for the totals, the oldest
-  stranger of the address with the most strangers. Only when the limit
+  stranger of the address with the most strangers; a stranger whose
+  password is being checked is passed over while there are others (a
+  check takes a modern hash's time, and churning newcomers would
+  otherwise displace every login in progress). Only when the limit
   counts no stranger (every place is a logged-in session) is the newcomer
   refused. A logged-in session is never displaced.
 - A stranger that has not logged in ``login_timeout`` seconds after it
@@ -55,7 +58,8 @@ class Limits:
 class _State(ctypes.Structure):
     """What the connection's own thread or process writes and the table reads."""
 
-    _fields_ = [("logged_in", ctypes.c_bool), ("deadline", ctypes.c_double), ("leaving", ctypes.c_int)]
+    _fields_ = [("logged_in", ctypes.c_bool), ("deadline", ctypes.c_double), ("leaving", ctypes.c_int),
+                ("checking", ctypes.c_bool)]
 
 
 class Place:
@@ -74,6 +78,15 @@ class Place:
     @property
     def stranger(self) -> bool:
         return not self.state.logged_in
+
+    @property
+    def checking(self) -> bool:
+        """A password of this stranger is being checked."""
+        return self.state.checking
+
+    @checking.setter
+    def checking(self, value: bool) -> None:
+        self.state.checking = value
 
     @property
     def leaving(self) -> str | None:
@@ -174,7 +187,9 @@ class Table:
 
 def _victim(strangers: list[Place], any_address: bool) -> Place | None:
     """The stranger to displace: the oldest (of the most represented
-    address, when the limit counts every address)."""
+    address, when the limit counts every address), passing over those
+    whose password is being checked while there are others."""
+    strangers = [p for p in strangers if not p.checking] or strangers
     if not strangers or not any_address:
         return strangers[0] if strangers else None
     by_ip: dict[str, list[Place]] = {}

@@ -44,6 +44,7 @@ from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
 
+NOT_RUN_AFTER_FAILED_LOGIN = "530 Not run: the login sent before this command failed."
 _BARE_CONTROLS = re.compile(r"\r(?!\n)|(?<!\r)\n|\x00")
 
 
@@ -143,7 +144,20 @@ class XxftpSession:
             self.log(f"address {self.remote_ip} banned for {self.bans.ban_time:g} seconds after failed logins")
             self.close_when_done()
         super().on_login_failed(username, password)
-        self._run_held_commands()
+        self._refuse_held_commands()
+
+    def _refuse_held_commands(self) -> None:
+        """Lines sent behind a PASS that failed are answered, in order, and
+        not run: a client may not pipeline password guesses past the
+        failed-login delay and the limit of attempts (pyftpdlib counts
+        them as its delayed 530s go out)."""
+        self._holding = False
+        held, self._held_commands = self._held_commands, None
+        if not held:
+            return
+        for _ in held:
+            self.respond(NOT_RUN_AFTER_FAILED_LOGIN)
+        self.log(f"{len(held)} command(s) sent behind a failed PASS answered, not run")
 
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
         if self.place is not None:  # before the 230 leaves: the client may connect again at once
@@ -287,7 +301,7 @@ class XxftpSession:
     def discard_unread(self, why: str) -> None:
         """Throw away every byte received but not yet executed (after a
         command that switches the channel to TLS), and log how many."""
-        count = len(self.ac_in_buffer) + self._line.clear()
+        count = len(self.ac_in_buffer) + self._line.clear() + self._drop_held_commands()
         self.ac_in_buffer = b""
         if count:
             self.log(f"discarded {count} bytes received after {why} before the TLS handshake",
@@ -330,8 +344,8 @@ class XxftpSession:
         self.respond(reply, logfun=logging.getLogger("pyftpdlib").warning)
         return True
 
-    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
-        if self._held_commands is not None:  # a PASS is not answered yet
+    def pre_process_command(self, line: str, cmd: str, arg: str, from_queue: bool = False) -> None:
+        if self._held_commands is not None and not from_queue:  # a PASS is not answered yet
             self._held_commands.append((line, cmd, arg))
             return
         forget = getattr(self.fs, "forget", None)
@@ -425,6 +439,8 @@ class XxftpSession:
         self.del_channel()
         self._hold_commands()
         self._login_check = future
+        if self.place is not None:  # not to be displaced while its password is checked
+            self.place.checking = True
         wake = LoopWake.expect(self.ioloop)
         future.add_done_callback(lambda done: wake.call(self._login_verdict, done, line))
         return None
@@ -449,7 +465,7 @@ class XxftpSession:
     def handle_timeout(self) -> None:
         """A client waiting for the answer to its PASS is not idle: the
         idle clock starts again (a check may take seconds on busy cores)."""
-        if self._held_commands is not None and not self._closed:
+        if self._holding and not self._closed:
             self._idler = self.ioloop.call_later(self.timeout, self.handle_timeout, _errback=self.handle_error)
             return
         super().handle_timeout()
@@ -459,26 +475,43 @@ class XxftpSession:
         several lines at once) wait for that answer, so every reply comes
         in order: a check in a worker thread or the delay of a failed login
         must not let the next line overtake it."""
+        self._holding = True
         if self._held_commands is None:
             self._held_commands = []
 
+    _holding = False
+
     def _run_held_commands(self) -> None:
-        held, self._held_commands = self._held_commands, None
-        while held and not (self._closed or self._closing):
-            self.pre_process_command(*held.pop(0))
-            if self._held_commands is not None:  # that one waits for an answer in turn
-                self._held_commands[:0] = held
-                return
+        """Run the held lines in order, from the session's own queue: a
+        command may empty it (AUTH TLS discards what came with it) or hold
+        the rest again (another PASS)."""
+        self._holding = False
+        held = self._held_commands
+        while held and not (self._closed or self._closing or self._holding):
+            self.pre_process_command(*held.pop(0), from_queue=True)
+        if not self._holding:
+            self._held_commands = None
+
+    def _drop_held_commands(self) -> int:
+        """Forget the lines held behind a PASS; their size in bytes."""
+        held = self._held_commands or []
+        size = sum(len(line) + 2 for line, _, _ in held)
+        held.clear()  # in place: a run of the queue may be going on
+        return size
 
     def _login_verdict(self, done: Future, password: str) -> None:
         """On the loop's thread, once the check is done: answer, read on."""
         if self._login_check is done:
             self._login_check = None
+        if self.place is not None:
+            self.place.checking = False
         if self._closed or done.cancelled():
             return
         try:
             self.add_channel()
-            if not self._closing:
+            if self.place is not None and self.place.leaving:
+                self.close()  # displaced or out of time meanwhile: no login (close says why)
+            elif not self._closing:
                 self._conclude_login(done.result, password)
         except Exception:
             self.handle_error()
