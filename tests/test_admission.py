@@ -313,3 +313,20 @@ def test_the_limits_are_flags_and_config_keys(tmp_path):
         done = subprocess.run([sys.executable, "-m", "xxftp_pyftpdlib", *bad], capture_output=True, text=True,
                               timeout=30)
         assert done.returncode == 2 and done.stderr.startswith("xxftpd: error:") and "Traceback" not in done.stderr
+
+
+def test_an_ipv6_64_counts_as_one_address():
+    """A host holds a whole IPv6 /64: its addresses share the per-address
+    limits (and an IPv4-mapped address is its IPv4 one)."""
+    table = Table(Limits(max_cons_per_ip=2))
+    first, _, _ = table.admit("2001:db8:1:2::1")
+    second, _, _ = table.admit("2001:db8:1:2:ffff::9")
+    third, refusal, displaced = table.admit("2001:db8:1:2:abcd::5")
+    assert first is not None and second is not None
+    assert third is not None and displaced == [first]  # its own oldest stranger made room
+    other, refusal, displaced = table.admit("2001:db8:1:3::1")
+    assert other is not None and displaced == [] and refusal is None
+    mapped = Table(Limits(max_cons_per_ip=1))
+    mapped.admit("10.0.0.1")
+    _, _, displaced = mapped.admit("::ffff:10.0.0.1")
+    assert len(displaced) == 1

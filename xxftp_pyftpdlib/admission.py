@@ -7,7 +7,8 @@ Rules that live here:
 - Four limits, each 0 for none: ``max_cons`` (all connections),
   ``max_cons_per_ip`` (all from one address), ``max_unauthenticated``
   (strangers) and ``max_unauthenticated_per_ip`` (strangers from one
-  address).
+  address). One address is an IPv4 address or an IPv6 /64 (one host's
+  share of IPv6 space).
 - A newcomer that finds a limit full takes the place of the oldest
   stranger that this limit counts: for the per-address limits, the oldest
   stranger from the newcomer's own address; for the totals, the oldest
@@ -31,6 +32,7 @@ told to leave: ``Place.wake`` is set by the adapter that does.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import itertools
 import threading
 import time
@@ -131,6 +133,7 @@ class Table:
     def admit(self, ip: str) -> tuple[Place | None, str | None, list[Place]]:
         """(the newcomer's place, None, the places it displaces) or
         (None, why it is refused, [])."""
+        ip = source_of(ip)
         limits = self.limits
         with self._lock:
             self._prune()
@@ -183,6 +186,21 @@ class Table:
         dead = [seq for seq, p in self._places.items() if p.alive is not None and not p.alive()]
         for seq in dead:
             del self._places[seq]
+
+
+def source_of(ip: str) -> str:
+    """What the per-address limits count as one client: an IPv4 address
+    (also written IPv4-mapped, ``::ffff:a.b.c.d``), or an IPv6 /64, the
+    least a single IPv6 host or site is given."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
 
 
 def _victim(strangers: list[Place], any_address: bool) -> Place | None:
