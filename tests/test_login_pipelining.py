@@ -126,3 +126,25 @@ def test_a_login_being_checked_is_not_the_one_displaced(homes, start_server, has
             raw.close()
     assert got.startswith("230 "), got
     assert all(line.startswith("421 ") for line in displaced), displaced
+
+
+def test_a_check_that_breaks_refuses_the_login_and_keeps_the_session(homes, start_server, monkeypatch, caplog):
+    """A password check that raises (here: the hash runs out of memory) is
+    a refused login with one log line, not a traceback and a lost session."""
+    from xxftp_pyftpdlib import passwords
+
+    def broken(*args, **kwargs):
+        raise MemoryError("no room for the hash")
+
+    monkeypatch.setattr(passwords, "_scrypt", broken)
+    srv = start_server(homes.root)
+    raw = Raw(srv.port)
+    try:
+        assert raw.cmd("USER alice").startswith("331 ")
+        assert raw.cmd("PASS pw").startswith("530 ")
+        assert raw.cmd("NOOP").startswith("200 ")
+    finally:
+        raw.close()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "the check failed: MemoryError" in text, text[-2000:]
+    assert "Traceback" not in caplog.text

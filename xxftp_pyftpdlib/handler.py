@@ -453,6 +453,11 @@ class XxftpSession:
         except (AuthenticationFailed, AuthorizerError) as err:
             self.handle_auth_failed(str(err), password)
             return True
+        except Exception as err:  # a check that broke (a file it could not read, memory): refused
+            logging.getLogger("xxftpd.auth").error("login of %r refused: the check failed: %s: %s",
+                                                  self.username, type(err).__name__, err)
+            self.handle_auth_failed("Authentication failed.", password)
+            return True
         if verdict is None:
             return False
         home, msg_login = verdict

@@ -6,6 +6,7 @@ The command line (``cli``) and tests both go through ``Options`` ->
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -101,6 +102,8 @@ class ThreadedServer(Admitting, Listener, ThreadedFTPServer):
         try:
             return super()._loop(handler)
         except OSError as err:
+            if err.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
             log.warning("%s:%s closed: %s", handler.remote_ip, handler.remote_port, err.strerror or err)
             try:
                 handler.socket.send(REFUSAL)
