@@ -136,7 +136,7 @@ def test_a_check_that_breaks_refuses_the_login_and_keeps_the_session(homes, star
     def broken(*args, **kwargs):
         raise MemoryError("no room for the hash")
 
-    monkeypatch.setattr(passwords, "_scrypt", broken)
+    monkeypatch.setattr(passwords, "check", broken)
     srv = start_server(homes.root)
     raw = Raw(srv.port)
     try:

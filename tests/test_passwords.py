@@ -52,6 +52,10 @@ def test_a_login_check_costs_one_modern_hash_whatever_is_stored(stored, monkeypa
     result = passwords.check(stored, "pw")
     assert calls == [(passwords.LN, passwords.R, passwords.P, 32)]
     assert result is (stored is not None and passwords.verify(stored, "pw"))
+    calls.clear()  # a tree of legacy hashes only: no scrypt, unless one is stored
+    assert passwords.check(stored, "pw", modern=False) is result
+    stored_kind = passwords.kind(stored.strip()) if stored is not None else None
+    assert len(calls) == (1 if stored_kind == "scrypt" else 0)
 
 
 @pytest.mark.parametrize("fmt", ["md5", "scrypt"])

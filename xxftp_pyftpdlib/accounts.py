@@ -12,9 +12,13 @@ Rules that live here:
   USER instead of 331).
 - An unknown user is never told apart from a wrong password: USER answers
   331 to both, and every login that needs a check (a password file of any
-  format, readable or not, or no such user) costs the same work, one
-  modern hash (``passwords.check``), done by ``login``. Only a login that
-  needs no password (``open_login``) is decided without it.
+  format, readable or not, or no such user) costs the same work, done by
+  ``login`` (``passwords.check``): one modern hash when the tree holds a
+  modern hash (or hashes are upgraded), else one MD5. What the tree holds
+  is read from every home's password file at the first login and again
+  at the first login ``RESCAN`` seconds after, and any modern hash a login
+  reads counts at once. Only a login that needs no password
+  (``open_login``) is decided without it.
 - With ``upgrade_hashes``, a legacy MD5 file is rewritten in the modern
   format after a successful login.
 - A password file that can't be read refuses the login, and says why in
@@ -24,8 +28,10 @@ Rules that live here:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
+import time
 from typing import NamedTuple
 
 from . import passwords
@@ -35,6 +41,7 @@ log = logging.getLogger("xxftpd.accounts")
 
 USER_NAME = re.compile(r"[A-Za-z0-9_]+")
 ANONYMOUS = "anonymous"
+RESCAN = 60.0  # seconds between two looks at the formats of the tree's password files
 
 
 def canonical_name(name: str) -> str:
@@ -64,6 +71,33 @@ class Accounts:
         self.upgrade_hashes = upgrade_hashes
         self._prefix = self.root.rstrip("/") + "/"
         self._hashes: dict[str, tuple[tuple[int, ...], str]] = {}
+        self._modern = upgrade_hashes
+        self._surveyed = -math.inf
+
+    def _modern_hashes(self) -> bool:
+        """Whether the tree holds a modern hash: what a check must cost."""
+        now = time.monotonic()
+        if now - self._surveyed >= RESCAN:
+            self._surveyed = now
+            self._modern = self.upgrade_hashes or self._any_modern()
+        return self._modern
+
+    def _any_modern(self) -> bool:
+        """True if any home's password file holds a modern hash."""
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return True  # can't tell: the safe cost
+        for entry in entries:
+            if not USER_NAME.fullmatch(entry.name):
+                continue
+            try:
+                stored = self._stored(self.password_file(entry.name))
+            except OSError:
+                continue
+            if stored is not None and passwords.kind(stored) == "scrypt":
+                return True
+        return False
 
     def home_of(self, name: str) -> str | None:
         """The home folder of ``name``, or None if there is no such user."""
@@ -152,21 +186,24 @@ class Accounts:
         a password is checked, whoever asks (see ``passwords.check``)."""
         name = canonical_name(name)
         path = self.password_file(name)
+        modern = self._modern_hashes()
         try:
             home, stored = self._account(name, path)
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
-            passwords.check(None, password)
+            passwords.check(None, password, modern)
             return Login(False, reason=f"unreadable password file {path}")
         if home is None:
-            passwords.check(None, password)
+            passwords.check(None, password, modern)
             return Login(False, reason="no such user")
         if stored is None:
             return Login(True, home)  # no password file (any more)
         found = passwords.kind(stored)
-        if found == "unknown":
+        if found == "scrypt":
+            self._modern = True  # from now on every check costs one
+        elif found == "unknown":
             log.error("%s: unrecognised password format; login refused", path)
-        if passwords.check(stored, password):
+        if passwords.check(stored, password, modern):
             if self.upgrade_hashes and found == "md5":
                 self._upgrade(path, password)
             return Login(True, home)

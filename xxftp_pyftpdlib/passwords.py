@@ -94,23 +94,30 @@ def verify(stored: str, password: str) -> bool:
     return False
 
 
-def check(stored: str | None, password: str) -> bool:
-    """``verify`` at the cost of one modern hash, whatever ``stored`` is
-    (None: there is nothing to check against, the login is refused).
+def check(stored: str | None, password: str, modern: bool = True) -> bool:
+    """``verify`` at one fixed cost, whatever ``stored`` is (None: there is
+    nothing to check against, the login is refused).
 
     The time a login takes must not tell a real user from an unknown one,
-    nor one password format from another: every path does the work of one
-    scrypt of the default parameters (a stored scrypt hash is that work).
+    nor one password format from another. ``modern``: the tree holds a
+    modern hash, and every path does the work of one scrypt of the default
+    parameters (a stored scrypt hash is that work); else every path does
+    the work of one MD5 (a tree of xxftp's legacy hashes stays as fast as
+    it was). A scrypt hash is always checked as such.
     """
     text = stored.strip() if stored is not None else ""
-    if stored is not None and kind(text) == "scrypt":
+    found = kind(text) if stored is not None else "unknown"
+    if found == "scrypt":
         matched = _verify_scrypt(text, password)
         if matched is not None:
             return matched
         waste_time(password)
         return False
-    waste_time(password)
-    return stored is not None and kind(text) == "md5" and _verify_md5(text, password)
+    if modern:
+        waste_time(password)
+    actual = hashlib.md5(_encode(password)).hexdigest().encode()
+    expected = text.lower().encode() if found == "md5" else b"-" * 32  # the same compare, never equal
+    return hmac.compare_digest(expected, actual) and found == "md5"
 
 
 def waste_time(password: str) -> None:
