@@ -80,3 +80,102 @@ def test_a_ledger_of_another_user_is_replaced_not_read(tree, start_server, conne
     st = os.stat(ledger)
     assert st.st_uid == os.geteuid() and not st.st_mode & 0o022
     assert ledger_used(alice) == 2000
+
+
+def listing_names(ftp: ftplib.FTP, path: str) -> list[str]:
+    return sorted(os.path.basename(name) for name in ftp.nlst(path))
+
+
+def test_a_mount_declared_by_a_shell_user_is_ignored(tree, start_server, connect, caplog):
+    tree.user("alice", password="pw")
+    tree.user("bob", password="bobsecret")
+    tree.file("bob/secret.txt", b"bob's")
+    x = tree.folder("alice/x")
+    virtual = tree.xxftp(x, "virtual", "bobhome $root/bob read,write,modify\netc /etc read\n")
+    server = start_server(tree.root)
+    ftp = connect(server.port, "alice", "pw")
+    assert listing_names(ftp, "/x") == ["bobhome", "etc"]  # the server's own user wrote it: honoured
+    os.chown(virtual, NOBODY, NOBODY)
+    assert listing_names(ftp, "/x") == []
+    for path in ("/x/bobhome/secret.txt", "/x/etc/passwd"):
+        with pytest.raises(ftplib.error_perm):
+            download(ftp, path)
+    with pytest.raises(ftplib.error_perm):
+        ftp.delete("/x/bobhome/secret.txt")
+    assert (tree.root / "bob" / "secret.txt").exists()
+    assert "not trusted (owned by uid 65534" in caplog.text
+
+
+def test_a_writable_xxftp_folder_is_not_trusted(tree, start_server, connect, caplog):
+    alice = tree.user("alice", password="pw", permission="read,write")
+    server = start_server(tree.root)
+    ftp = connect(server.port, "alice", "pw")
+    assert store(ftp, "/a.txt", b"a").startswith("226")
+    os.chmod(alice / ".xxftp", 0o775)  # a group could swap its files
+    assert store(ftp, "/b.txt", b"b").startswith("550")  # no rights at all, not full rights
+    assert "writable by group or others" in caplog.text
+
+
+def test_a_size_file_of_another_user_refuses_uploads(tree, start_server, connect):
+    alice = tree.user("alice", password="pw")
+    size = tree.xxftp(tree.folder("alice/sub"), "size", "1M\n")
+    os.chown(size, NOBODY, NOBODY)
+    server = start_server(tree.root)
+    ftp = connect(server.port, "alice", "pw")
+    assert store(ftp, "/a.txt", b"a").startswith("226")
+    assert store(ftp, "/sub/a.txt", b"a").startswith("552")
+    assert alice.exists()
+
+
+def login_reply(port: int, user: str, password: str) -> str:
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", port, timeout=10)
+    try:
+        reply = ftp.sendcmd(f"USER {user}")
+        if reply.startswith("331"):
+            try:
+                reply = ftp.sendcmd(f"PASS {password}")
+            except ftplib.error_perm as err:
+                reply = str(err)
+        return reply
+    finally:
+        ftp.close()
+
+
+def test_an_untrusted_password_file_refuses_the_login(tree, start_server, caplog):
+    alice = tree.user("alice", password="pw")
+    server = start_server(tree.root)
+    assert login_reply(server.port, "alice", "pw").startswith("230")
+    os.chown(alice / ".xxftp" / "password", NOBODY, NOBODY)
+    assert login_reply(server.port, "alice", "pw").startswith("530")
+    assert "not trusted" in caplog.text
+
+
+def test_an_untrusted_xxftp_folder_without_password_file_refuses_the_login(tree, start_server):
+    alice = tree.user("alice", permission="read")
+    server = start_server(tree.root)
+    assert login_reply(server.port, "alice", "").startswith("230")  # no password file: USER logs in
+    os.chown(alice / ".xxftp", NOBODY, NOBODY)  # a user who made their own .xxftp, without a password
+    assert login_reply(server.port, "alice", "").startswith("530")
+
+
+def test_an_untrusted_hosts_file_refuses_the_login(tree, start_server):
+    alice = tree.user("alice", password="pw")
+    hosts = tree.xxftp(alice, "hosts", "0.0.0.0/0\n")
+    server = start_server(tree.root)
+    assert login_reply(server.port, "alice", "pw").startswith("230")
+    os.chmod(hosts, 0o646)
+    assert login_reply(server.port, "alice", "pw").startswith("530")
+
+
+def test_check_reports_untrusted_configuration(tree):
+    import subprocess
+    import sys
+    alice = tree.user("alice", password="pw")
+    os.chmod(alice / ".xxftp" / "password", 0o600)
+    x = tree.folder("alice/x")
+    os.chown(tree.xxftp(x, "virtual", "etc /etc read\n"), NOBODY, NOBODY)
+    out = subprocess.run([sys.executable, "-m", "xxftp_pyftpdlib", "--root", str(tree.root), "check"],
+                         capture_output=True, text=True, timeout=60)
+    assert "alice/x/.xxftp/virtual:0: not trusted (owned by uid 65534" in out.stdout
+    assert out.returncode != 0
