@@ -179,3 +179,27 @@ def test_check_reports_untrusted_configuration(tree):
                          capture_output=True, text=True, timeout=60)
     assert "alice/x/.xxftp/virtual:0: not trusted (owned by uid 65534" in out.stdout
     assert out.returncode != 0
+
+
+def test_stou_meeting_a_busy_file_key_answers_450(tree, start_server, connect):
+    """An entry of another host (taken as alive) holding the new file's inode:
+    STOU answers 450 like STOR, and the session goes on."""
+    alice = tree.user("alice", password="pw", size="10M")
+    server = start_server(tree.root)
+    ftp = connect(server.port, "alice", "pw")
+    assert store(ftp, "/warm", b"x").startswith("226")
+    probe = alice / "probe"
+    probe.write_bytes(b"")
+    st = probe.stat()
+    probe.unlink()
+    keys = [f"file:{st.st_dev}:{i}" for i in range(max(1, st.st_ino - 2000), st.st_ino + 20000)]
+    ledger = alice / ".xxftp" / "ledger"
+    state = json.loads(ledger.read_text())
+    state["pending"]["held"] = {"host": "another-host", "pid": 1, "start": None, "crash": "delete",
+                                "target": str(alice / "zzz"), "temp": None, "old": 0, "ino": 1, "keys": keys,
+                                "bytes": 0, "written": 0, "since": 0.0, "touched": 0.0, "waiting": False}
+    ledger.write_text(json.dumps(state, sort_keys=True))
+    before = sorted(os.listdir(alice))
+    assert store(ftp, "", b"y", cmd="STOU").startswith("450")
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert sorted(os.listdir(alice)) == before  # the unique name made for it is gone again

@@ -245,6 +245,9 @@ class XxftpFS(AbstractedFS):
             except QuotaExceeded as err:
                 os.unlink(base, dir_fd=fd)
                 raise QuotaRefused(str(err.at(node.area.top))) from None
+            except Busy as err:  # a live upload holds the new file's inode (a forged or foreign entry)
+                os.unlink(base, dir_fd=fd)
+                raise FileBusy(f"{ftp}: {err}") from None
             except beneath.Swapped as err:
                 os.unlink(base, dir_fd=fd)
                 raise PathChanged(f"{folder.ftp}: {err.strerror}") from None
