@@ -203,3 +203,67 @@ def test_stou_meeting_a_busy_file_key_answers_450(tree, start_server, connect):
     assert store(ftp, "", b"y", cmd="STOU").startswith("450")
     assert ftp.sendcmd("NOOP").startswith("200")
     assert sorted(os.listdir(alice)) == before  # the unique name made for it is gone again
+
+
+def test_a_fifo_swapped_in_after_the_stat_never_blocks_a_download(tree, start_server, connect):
+    """A shell user swaps a FIFO with the file being downloaded, over and
+    over (RENAME_EXCHANGE): a RETR gets the file or 550, never a server
+    stuck in open()."""
+    import ctypes
+    import threading
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    alice = tree.user("alice", password="pw")
+    tree.file("alice/f", b"data")
+    fifo = alice / "pipe"
+    os.mkfifo(fifo)
+    server = start_server(tree.root)
+    ftp = connect(server.port, "alice", "pw", timeout=5)
+    stop = threading.Event()
+
+    def swap() -> None:
+        a, b = str(alice / "f").encode(), str(fifo).encode()
+        while not stop.is_set():
+            libc.renameat2(-100, a, -100, b, 2)  # AT_FDCWD, RENAME_EXCHANGE
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    replies = set()
+    try:
+        for _ in range(150):
+            try:
+                replies.add(download(ftp, "/f") == b"data")
+            except ftplib.error_perm as err:
+                assert str(err).startswith("550")
+                replies.add("550")
+    finally:
+        stop.set()
+        swapper.join(5)
+        for _ in range(3):  # unblock a server stuck in open()
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                os.close(os.open(alice / "f", os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass
+    assert "550" in replies
+    assert connect(server.port, "alice", "pw", timeout=5).sendcmd("NOOP").startswith("200")
+
+
+def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tree, start_server, connect):
+    """A FIFO (made by a shell user, or swapped in after the stat) is not
+    opened for reading in a blocking way: RETR answers 550 and the server
+    goes on serving others."""
+    alice = tree.user("alice", password="pw")
+    fifo = alice / "pipe"
+    os.mkfifo(fifo)
+    server = start_server(tree.root)
+    ftp = connect(server.port, "alice", "pw", timeout=5)
+    try:
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            download(ftp, "/pipe")
+        assert connect(server.port, "alice", "pw", timeout=5).sendcmd("NOOP").startswith("200")
+    finally:  # unblock a server stuck in open()
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
