@@ -267,3 +267,32 @@ def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(tree, start_serve
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         except OSError:
             pass
+
+
+def test_concurrent_hash_upgrades_write_through_nothing(tree, start_server):
+    """Logins upgrading one MD5 hash at once each replace the file whole; a
+    link at a guessable temporary name is never written through."""
+    import threading
+
+    from xxftp_pyftpdlib import passwords
+
+    alice = tree.user("alice", password="pw")
+    victim = tree.root.parent / "victim"
+    victim.write_text("untouched\n")
+    for pid in {os.getpid(), os.getppid()}:
+        os.symlink(victim, alice / ".xxftp" / f".password.tmp{pid}")
+    server = start_server(tree.root, concurrency="multi-thread")
+    server.server.handler.authorizer.accounts.upgrade_hashes = True
+    replies: list[str] = []
+    threads = [threading.Thread(target=lambda: replies.append(login_reply(server.port, "alice", "pw")))
+               for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(replies) == 6 and all(reply.startswith("230") for reply in replies), replies
+    assert victim.read_text() == "untouched\n"
+    path = alice / ".xxftp" / "password"
+    assert not path.is_symlink()
+    assert passwords.kind(path.read_text()) == "scrypt" and passwords.verify(path.read_text(), "pw")
+    assert sorted(n for n in os.listdir(alice / ".xxftp") if not n.startswith(".password.tmp")) == ["password"]
