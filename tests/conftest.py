@@ -50,8 +50,10 @@ class Tree:
 
     def xxftp(self, folder: Path, name: str, text: str) -> Path:
         (folder / ".xxftp").mkdir(parents=True, exist_ok=True)
+        (folder / ".xxftp").chmod(0o755)  # writable by the server's user only, or it is not trusted
         path = folder / ".xxftp" / name
         path.write_text(text)
+        path.chmod(0o644)
         return path
 
     def file(self, relpath: str, data: bytes | str = b"data") -> Path:

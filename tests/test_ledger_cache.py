@@ -28,7 +28,7 @@ def _ledger(tree) -> FileLedger:
 
 def _reserve(ledger: FileLedger, token: str, needed: int) -> int:
     """Register an upload of ``needed`` bytes and reserve exactly that."""
-    ledger.begin(token, Pending(this_owner(), "delete", f"/nowhere/{token}", 0, 0), ahead=0)
+    ledger.begin(token, Pending(this_owner(), "delete", f"{ledger.root}/{token}", 0, 0), ahead=0)
     return ledger.reserve(token, needed, 0, ahead=0)
 
 

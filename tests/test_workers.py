@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from conftest import HOST, free_port, run_xxftpd, temporaries, wait_until
+from conftest import HOST, free_port, run_xxftpd, start_logged, temporaries, wait_until
 from test_crash import _parallel_uploads, ledger_used
 from xxftp_pyftpdlib.config import ConfigStore
 from xxftp_pyftpdlib.ledger.scan import scan
@@ -56,3 +56,30 @@ def test_workers_need_async(tree):
                       "--concurrency", "multi-thread")
     _, err = proc.communicate(timeout=15)
     assert proc.returncode != 0 and "--workers" in err and "Traceback" not in err
+
+
+def test_a_signal_to_the_whole_group_stops_workers_without_a_traceback(tree):
+    """Ctrl-C (or systemd's control group) signals the parent and every
+    worker; the parent then signals the workers again. Each stops cleanly."""
+    tree.user("alice", password="pw")
+    for attempt in range(3):
+        proc, port = start_logged(tree.root, "--workers", "2", "--max-cons-per-ip", "0", start_new_session=True)
+        clients = []
+        try:
+            for _ in range(20):
+                ftp = ftplib.FTP()
+                ftp.connect("127.0.0.1", port, timeout=10)
+                ftp.login("alice", "pw")
+                clients.append(ftp)
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            for ftp in clients:
+                ftp.close()
+        with open(proc.log, errors="replace") as f:
+            log = f.read()
+        assert proc.returncode == 0, log[-3000:]
+        assert "Traceback" not in log and "failed" not in log, log[-3000:]

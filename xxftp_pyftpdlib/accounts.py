@@ -22,11 +22,16 @@ Rules that live here:
 - With ``upgrade_hashes``, a legacy MD5 file is rewritten in the modern
   format after a successful login.
 - A password file that can't be read refuses the login, and says why in
-  the log.
+  the log. So does one not trusted (``config.distrust``: owned by
+  someone other than root or the server's user, or writable by others,
+  or in such a ``.xxftp`` folder), and such a folder without a password
+  file: a user who could write it must not choose their own password or
+  none.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -35,7 +40,7 @@ import time
 from typing import NamedTuple
 
 from . import passwords
-from .config import CONFIG_DIR
+from .config import CONFIG_DIR, distrust, distrust_folder
 
 log = logging.getLogger("xxftpd.accounts")
 
@@ -55,6 +60,16 @@ class Login(NamedTuple):
     ok: bool
     home: str | None = None
     reason: str = ""  # for the log only, never for the client
+
+
+def _check_folder(path: str) -> None:
+    """PermissionError if the ``.xxftp`` folder of ``path`` exists and is not trusted."""
+    try:
+        why = distrust_folder(os.lstat(os.path.dirname(path)))
+    except OSError:
+        return
+    if why:
+        raise PermissionError(errno.EPERM, f"its folder is not trusted ({why})")
 
 
 class Accounts:
@@ -111,11 +126,16 @@ class Accounts:
         return f"{self._prefix}{canonical_name(name)}/{CONFIG_DIR}/password"
 
     def _stored(self, path: str) -> str | None:
-        """The stored hash at ``path``; None if there is no file; OSError if unreadable."""
+        """The stored hash at ``path``; None if there is no file; OSError if
+        unreadable or not trusted."""
+        _check_folder(path)
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None if not os.path.islink(path) else self._read(path)  # a dangling link is unreadable
+        why = distrust(st)
+        if why:
+            raise PermissionError(errno.EPERM, f"not trusted ({why})")
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         hit = self._hashes.get(path)
         if hit is not None and hit[0] == key:
@@ -140,9 +160,14 @@ class Accounts:
         """
         if not USER_NAME.fullmatch(name):
             return None
+        path = self.password_file(name)
         try:
-            os.lstat(self.password_file(name))
+            os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
+            try:
+                _check_folder(path)
+            except OSError:
+                return None  # an untrusted .xxftp folder: ``login`` refuses and says why
             return self.home_of(name)
         except OSError:
             return None

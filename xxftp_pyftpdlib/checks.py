@@ -13,6 +13,10 @@ Rules that live here (on top of the parsers' own problems):
   inside it (``settings -> .xxftp``) is reported: the server refuses it.
 - Every ``.xxftp/`` folder of a home or of a reachable mount target is
   checked, at any depth.
+- A ``.xxftp`` folder or file the server does not trust (``config.distrust``:
+  owned by another user than root or the server's, or writable by group or
+  others) is an error: the server ignores it (and refuses the logins of its
+  home, for a password file or a home's folder).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from dataclasses import dataclass
 
 from . import passwords
 from .accounts import USER_NAME
-from .config import CONFIG_DIR, ConfigStore, Problem, parse_permission, parse_size, parse_virtual
+from .config import (CONFIG_DIR, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
+                     parse_virtual)
 from .tree import hidden_below, hidden_target
 
 
@@ -121,9 +126,34 @@ def _check_password(path: str, error) -> None:
         error(path, 0, f"password file mode {stat.S_IMODE(st.st_mode):04o} lets others read it (use 0600)", False)
 
 
+def _trusted(config: str, error) -> bool:
+    """Report the .xxftp folder ``config`` or its files if the server does
+    not trust them; False if it ignores the folder as a whole."""
+    try:
+        why = distrust_folder(os.lstat(config))
+    except OSError:
+        return True
+    if why:
+        error(config, 0, f"not trusted ({why}): the server ignores its files; it must be owned by root or "
+                         "the server's user and not writable by group or others")
+        return False
+    for name in ("password", "permission", "size", "virtual", "hosts", "ledger"):
+        path = os.path.join(config, name)
+        try:
+            why = distrust(os.stat(path))
+        except OSError:
+            continue
+        if why:
+            error(path, 0, f"not trusted ({why}): ignored; it must be owned by root or the server's user "
+                           "and not writable by group or others")
+    return True
+
+
 def _check_folder(folder: str, root: str, store: ConfigStore, error) -> list[str]:
     """Check one folder's .xxftp files; returns the mount targets to visit."""
     config = os.path.join(folder, CONFIG_DIR)
+    if not _trusted(config, error):
+        return []
     for name, parse in (("permission", parse_permission), ("size", parse_size)):
         path = os.path.join(config, name)
         text = _read(path) if os.path.lexists(path) else None

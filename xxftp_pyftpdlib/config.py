@@ -23,6 +23,12 @@ Rules that live here:
   and the identity cached with what was read is that of the file read.
   ``hosts`` and banners are read by their path (checked at login, and the
   home named there may be a link).
+- Only the server's user or root may write the configuration (as
+  OpenSSH's StrictModes): a ``.xxftp`` folder or file owned by anyone
+  else, or writable by group or others, is not trusted. Its files are
+  read as unreadable ones (the safe side: no rights, no mount, no host,
+  uploads refused; ``accounts`` refuses the login), and the log says why
+  once per version.
 """
 
 from __future__ import annotations
@@ -143,6 +149,25 @@ def parse_size(text: str, path: str) -> Parsed[int | None]:
     return Parsed(int(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+# --- who may write the configuration
+
+
+def distrust(st: os.stat_result) -> str | None:
+    """Why a ``.xxftp`` folder or file of this ``lstat`` is not trusted
+    (None: it is). A user who could write it could give themselves any
+    rights, mounts or password."""
+    if st.st_uid not in (0, os.geteuid()):
+        return f"owned by uid {st.st_uid}, neither root nor the server's user"
+    if st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode):
+        return "writable by group or others"
+    return None
+
+
+def distrust_folder(st: os.stat_result) -> str | None:
+    """``distrust`` for the ``lstat`` of a ``.xxftp`` folder (a link is not trusted)."""
+    return "a symbolic link" if stat.S_ISLNK(st.st_mode) else distrust(st)
+
+
 # --- the cache
 
 
@@ -166,6 +191,16 @@ class ConfigStore:
 
     def _load(self, path: str, parse: Callable[[str], Parsed[T]], missing: T, unreadable: T,
               bound: bool = True) -> T:
+        folder = os.path.dirname(path)
+        try:
+            why = distrust_folder(os.lstat(folder))
+        except (FileNotFoundError, NotADirectoryError):
+            return missing
+        except OSError:
+            why = None  # reading the file says what is wrong
+        if why:
+            self.report_once(("distrust", folder, why), f"{folder}:0: not trusted ({why}): its files are ignored")
+            return unreadable
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -190,7 +225,11 @@ class ConfigStore:
                 parsed = Parsed(unreadable, (Problem(path, 0, f"cannot read: {err.strerror}"),))
             else:
                 key = _identity(read)
-                parsed = parse(text) if text is not None else not_regular
+                why = distrust(read)
+                if why:
+                    parsed = Parsed(unreadable, (Problem(path, 0, f"not trusted ({why}): ignored"),))
+                else:
+                    parsed = parse(text) if text is not None else not_regular
         for problem in parsed.problems:
             log.warning("%s", problem)
         with self._lock:

@@ -158,7 +158,7 @@ class XxftpFS(AbstractedFS):
         node = self.resolve(filename)
         if "r" in mode and "+" not in mode:
             self._require(node, Action.READ, "downloading")
-            return open(node.real, mode, opener=beneath.opener)  # a real file: sendfile takes it
+            return open(node.real, mode, opener=_download_opener)  # a real file: sendfile takes it
         self._changing()
         try:
             mode_bits = beneath.lstat(node.real).st_mode
@@ -245,6 +245,9 @@ class XxftpFS(AbstractedFS):
             except QuotaExceeded as err:
                 os.unlink(base, dir_fd=fd)
                 raise QuotaRefused(str(err.at(node.area.top))) from None
+            except Busy as err:  # a live upload holds the new file's inode (a forged or foreign entry)
+                os.unlink(base, dir_fd=fd)
+                raise FileBusy(f"{ftp}: {err}") from None
             except beneath.Swapped as err:
                 os.unlink(base, dir_fd=fd)
                 raise PathChanged(f"{folder.ftp}: {err.strerror}") from None
@@ -505,6 +508,21 @@ class XxftpFS(AbstractedFS):
         if key not in self._names:
             self._names[key] = str(self.get_group_by_gid(gid))
         return self._names[key]
+
+
+def _download_opener(path: str, flags: int) -> int:
+    """Open a file to download: never blocking (a FIFO or device put in the
+    file's place after its stat would stall the IO loop in ``open``), and
+    only a regular file, checked on what was opened."""
+    fd = beneath.opener(path, flags | os.O_NONBLOCK)
+    try:
+        if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+            raise FilesystemError("not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _unique_name(folder: int, prefix: str, suffix: str) -> str:

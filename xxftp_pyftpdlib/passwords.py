@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import os
 import re
+import tempfile
 
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
 _SCRYPT = re.compile(r"\$scrypt\$ln=(\d{1,2}),r=(\d{1,2}),p=(\d{1,2})\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)")
@@ -139,15 +140,27 @@ def md5_hex(password: str) -> str:
 
 
 def write(path: str, stored: str) -> None:
-    """Write a password file atomically, mode 0600."""
+    """Write a password file atomically, mode 0600.
+
+    The temporary is a new file of a unique name (``O_EXCL``, no link
+    followed): logins upgrading the same hash at once, in threads or
+    processes, each replace the file whole, and nothing already at a
+    guessed name is written through.
+    """
     folder = os.path.dirname(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    tmp = os.path.join(folder, f".password.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd, tmp = tempfile.mkstemp(prefix=".password.", suffix=".tmp", dir=folder)
     try:
-        os.write(fd, (stored + "\n").encode())
-        os.fchmod(fd, 0o600)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.write(fd, (stored + "\n").encode())
+            os.fchmod(fd, 0o600)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -41,7 +41,11 @@ Rules that live here:
 - A ledger's text is exactly what ``dump`` writes. Anything else (torn,
   hand-edited, missing fields, wrong types) is *unreadable*: the caller
   logs it once and rebuilds the usage by a scan; it is never trusted in
-  part.
+  part. So is a ledger naming an upload's file outside its own tree: a
+  target must be a normalised absolute path below the tree's root with no
+  dot-name component, a temporary the same but for its own name, which
+  must be named like a temporary (settling acts on these paths, so a
+  forged ledger must not point it anywhere else).
 - Every quota figure a person reads (SITE QUOTA, the 226, ``xxftpd quota``
   and ``users``, the 552) is formatted here; ``used`` counts committed
   bytes, ``reserved`` the room of running uploads, and ``free`` leaves
@@ -55,6 +59,7 @@ sockets. Time and liveness are passed in; the ledger backends
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -207,6 +212,19 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)
 
 
+def in_tree(path: str, tree: str, temp: bool = False) -> bool:
+    """True if ``path`` is a file an upload of the tree ``tree`` may write:
+    normalised, below ``tree``, no dot-name component (a temporary's own
+    name excepted, which must be named like one)."""
+    prefix = tree.rstrip("/") + "/"
+    if not path.startswith(prefix) or os.path.normpath(path) != path or "\0" in path:
+        return False
+    parts = path[len(prefix):].split("/")
+    if temp and not is_temp_name(parts.pop()):  # earlier versions put the target's name in it
+        return False
+    return (temp or bool(parts)) and all(part and not part.startswith(".") for part in parts)
+
+
 # --- the state
 
 
@@ -287,10 +305,12 @@ def _pending_dict(p: Pending) -> dict:
             "since": p.since, "touched": p.touched, "waiting": p.waiting}
 
 
-def load(text: str, this_host: str) -> State:
+def load(text: str, this_host: str, tree: str | None = None) -> State:
     """The state a ledger text holds; an empty text is a new ledger.
 
-    Raises Unreadable for anything ``dump`` would not have written.
+    Raises Unreadable for anything ``dump`` would not have written, and,
+    given the ``tree`` the ledger belongs to, for an upload whose target
+    or temporary is not ``in_tree``.
     Entries written before hosts were recorded belong to ``this_host``.
     """
     if not text:
@@ -307,7 +327,10 @@ def load(text: str, this_host: str) -> State:
     state = State(used)
     for token, entry in pending.items():
         _expect(isinstance(entry, dict), f"pending {token!r} is not an object")
-        state.pending[token] = _load_pending(entry, this_host, token)
+        state.pending[token] = p = _load_pending(entry, this_host, token)
+        if tree is not None:
+            _expect(in_tree(p.target, tree) and (p.temp is None or in_tree(p.temp, tree, temp=True)),
+                    f"pending {token!r}: a path outside the tree")
     for entry in intents:
         _expect(isinstance(entry, dict), "an intent is not an object")
         _expect(_is_int(entry.get("delta")) and isinstance(entry.get("gone"), str), "bad intent")
@@ -439,6 +462,6 @@ def busy(state: State, keys: Iterable[str], live: Callable[[Owner], bool], exclu
 __all__ = [
     "GRANT", "LEASE", "TEMP_PREFIX", "TEMP_SUFFIX", "QuotaExceeded", "QuotaWait", "QuotaInvalid", "Busy",
     "human", "exceeded_text", "Usage", "Figures", "figures", "usage_text", "free_text", "file_key", "name_key", "folder_key",
-    "temp_name", "is_temp_name", "Owner", "Pending", "Intent", "State", "Unreadable", "dump", "load",
+    "temp_name", "is_temp_name", "in_tree", "Owner", "Pending", "Intent", "State", "Unreadable", "dump", "load",
     "begin", "reserve", "report", "fits", "writer_keys", "busy",
 ]

@@ -9,6 +9,10 @@ Rules that live here:
   times in all); one that exits cleanly is not.
 - SIGTERM or SIGINT to the parent stops every worker (SIGTERM, then
   SIGKILL after ``STOP_TIMEOUT`` seconds) and exits 0: no orphans.
+- A signal to the whole process group (Ctrl-C, systemd's control group)
+  reaches every worker twice, from the terminal and from the parent: a
+  worker stops at the first and ignores the next, so its clean stop is
+  never cut short (the parent's SIGKILL still ends one that hangs).
 - Quotas stay exact across workers (the ledgers lock with ``flock``) and
   bans are shared (a manager process), as with ``multi-proc``.
 """
@@ -31,6 +35,19 @@ MAX_RESTARTS = 100
 STOP_TIMEOUT = 10.0
 
 
+def _stopping(signum, frame) -> None:
+    """SIGTERM and SIGINT once stopping: nothing more to do. (Not SIG_IGN:
+    a signal already caught by Python's C handler would then be reported
+    as "ignored due to race condition", with a traceback.)"""
+
+
+def _stop_once(signum, frame) -> None:
+    """A worker's SIGTERM and SIGINT: stop (KeyboardInterrupt), once."""
+    signal.signal(signal.SIGTERM, _stopping)
+    signal.signal(signal.SIGINT, _stopping)
+    raise KeyboardInterrupt
+
+
 def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
     """In a forked child: serve the shared socket until told to stop."""
     try:
@@ -39,6 +56,8 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
         pass
     parents.close()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, _stop_once)
+    signal.signal(signal.SIGINT, _stop_once)
     worker = type(server)(server.socket, server.handler, ioloop=type(server.ioloop)())
     worker.max_cons = server.max_cons
     worker.max_cons_per_ip = server.max_cons_per_ip
@@ -105,6 +124,8 @@ def serve_workers(server: FTPServer, count: int) -> None:
         log.info("stopping %d worker(s)", len(children))
     finally:
         signal.signal(signal.SIGCHLD, previous)
+        for signum in (signal.SIGTERM, signal.SIGINT):  # stopping already: the group's next signal
+            signal.signal(signum, _stopping)
         wake.close()
         _stop(children)
 

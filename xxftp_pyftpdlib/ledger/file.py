@@ -4,7 +4,11 @@ Rules that live here:
 
 - The state of a tree lives in ``<tree>/.xxftp/ledger``, opened through
   ``beneath`` (no symbolic link on its path, the ledger itself included),
-  as is every path the ledger looks at or changes when it settles. Every operation
+  as is every path the ledger looks at or changes when it settles. A
+  ledger file not owned by the server's own user, or writable by others,
+  is not trusted: it is never read, but removed and made anew (then
+  rebuilt by a scan). The paths of a ledger's uploads must lie in its
+  own tree (``quota.load``): settling acts on nothing else. Every operation
   reads, changes and writes it under an exclusive ``flock`` on that file,
   so threads and processes of one host see one order of events.
 - The file is written in place, in one ``pwrite``: a shorter text is
@@ -32,6 +36,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
@@ -71,14 +76,26 @@ class FileLedger:
     # --- the lock and the text
 
     def _open(self) -> int:
-        try:
-            return beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:  # no .xxftp folder yet (but never a tree's folder: it may have moved)
+        for _ in range(3):
             try:
-                beneath.mkdir(self.dir)
-            except FileExistsError:
+                fd = beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except FileNotFoundError:  # no .xxftp folder yet (but never a tree's folder: it may have moved)
+                try:
+                    beneath.mkdir(self.dir, 0o755)
+                except FileExistsError:
+                    pass
+                fd = beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            st = os.fstat(fd)
+            if st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022:
+                return fd
+            os.close(fd)  # another user wrote it: never read, replaced by our own
+            log.warning("%s: ledger owned by uid %d or writable by others; not trusted, replaced and rebuilt "
+                        "by a scan", self.path, st.st_uid)
+            try:
+                beneath.unlink(self.path)
+            except FileNotFoundError:
                 pass
-            return beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        raise PermissionError(errno.EPERM, "the ledger keeps being replaced by another user", self.path)
 
     @contextmanager
     def _locked(self, limit: int | None | object = _UNREAD,
@@ -128,7 +145,7 @@ class FileLedger:
             state = last[1]
         else:
             try:
-                state = core.load(text, HOST)
+                state = core.load(text, HOST, self.root)
             except core.Unreadable as err:
                 log.warning("%s: unreadable ledger (%s); rebuilding it by a scan", self.path, err)
                 state, text = State(), ""
