@@ -8,6 +8,7 @@ one reply per command line, and the TLS edge cases.
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import io
 import logging
@@ -450,49 +451,56 @@ def test_a_busy_passive_range_is_425_never_a_port_outside(homes, start_server, c
     assert pasv_port(second) == port  # free again
 
 
-def test_running_out_of_descriptors_at_pasv_is_425_and_the_session_goes_on(homes, tmp_path):
+@contextlib.contextmanager
+def no_descriptor_left(pid: int):
+    """While the block runs, the process ``pid`` can't open one more descriptor."""
+    in_use = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    lowest_free = min(set(range(len(in_use) + 1)) - in_use)  # the next descriptor's number
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={lowest_free}:4096"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["prlimit", f"--pid={pid}", "--nofile=4096:4096"], check=True)
+
+
+@contextlib.contextmanager
+def alice_on_the_command(homes, log):
+    """alice logged in (TYPE I) on the real ``xxftpd``, which logs to ``log``:
+    (process, session); on leaving, the session still downloads and quits."""
     port = free_port()
-    proc = run_xxftpd("--root", str(homes.root), "--host", HOST, "--port", str(port),
-                      "--log-file", str(tmp_path / "log"), wait_for_port=port)
+    proc = run_xxftpd("--root", str(homes.root), "--host", HOST, "--port", str(port), "--log-file", str(log),
+                      wait_for_port=port)
     try:
         ftp = ftplib.FTP()
         ftp.connect(HOST, port, timeout=10)
         ftp.login("alice", "pw")
         ftp.voidcmd("TYPE I")
-        in_use = {int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")}
-        lowest_free = min(set(range(len(in_use) + 1)) - in_use)  # the next descriptor's number
-        subprocess.run(["prlimit", f"--pid={proc.pid}", f"--nofile={lowest_free}:4096"], check=True)
-        try:
-            with pytest.raises(ftplib.error_temp, match="^425"):
-                ftp.sendcmd("EPSV")
-            assert ftp.sendcmd("NOOP").startswith("200")
-        finally:
-            subprocess.run(["prlimit", f"--pid={proc.pid}", "--nofile=4096:4096"], check=True)
+        yield proc, ftp
+        assert ftp.sendcmd("NOOP").startswith("200")
         out = io.BytesIO()
         ftp.retrbinary("RETR secret.txt", out.write)
         assert out.getvalue() == SECRET
         ftp.quit()
     finally:
         stop_process(proc)
-    text = (tmp_path / "log").read_text()
-    assert "no passive listener: Too many open files" in text and "Traceback" not in text
+    assert "Traceback" not in log.read_text()
+
+
+def test_running_out_of_descriptors_at_pasv_is_425_and_the_session_goes_on(homes, tmp_path):
+    log = tmp_path / "log"
+    with alice_on_the_command(homes, log) as (proc, ftp), no_descriptor_left(proc.pid):
+        with pytest.raises(ftplib.error_temp, match="^425"):
+            ftp.sendcmd("EPSV")
+        assert ftp.sendcmd("NOOP").startswith("200")
+    assert "no passive listener: Too many open files" in log.read_text()
 
 
 def test_running_out_of_descriptors_at_the_data_accept_is_425_and_the_session_goes_on(homes, tmp_path):
-    port = free_port()
-    proc = run_xxftpd("--root", str(homes.root), "--host", HOST, "--port", str(port),
-                      "--log-file", str(tmp_path / "log"), wait_for_port=port)
-    try:
-        ftp = ftplib.FTP()
-        ftp.connect(HOST, port, timeout=10)
-        ftp.login("alice", "pw")
-        ftp.voidcmd("TYPE I")
+    log = tmp_path / "log"
+    with alice_on_the_command(homes, log) as (proc, ftp):
         data_port = pasv_port(ftp)
         assert ftp.sendcmd("RETR secret.txt")[:3] in ("125", "150")  # waiting for its data connection
-        in_use = {int(fd) for fd in os.listdir(f"/proc/{proc.pid}/fd")}
-        lowest_free = min(set(range(len(in_use) + 1)) - in_use)
-        subprocess.run(["prlimit", f"--pid={proc.pid}", f"--nofile={lowest_free}:4096"], check=True)
-        try:
+        with no_descriptor_left(proc.pid):
             try:
                 data = socket.create_connection((HOST, data_port), timeout=10)
             except ConnectionError:  # the listener closed before connect() returned
@@ -502,17 +510,7 @@ def test_running_out_of_descriptors_at_the_data_accept_is_425_and_the_session_go
             if data is not None:
                 assert read_all(data, timeout=2) == b""
                 data.close()
-        finally:
-            subprocess.run(["prlimit", f"--pid={proc.pid}", "--nofile=4096:4096"], check=True)
-        assert ftp.sendcmd("NOOP").startswith("200")
-        out = io.BytesIO()
-        ftp.retrbinary("RETR secret.txt", out.write)
-        assert out.getvalue() == SECRET
-        ftp.quit()
-    finally:
-        stop_process(proc)
-    text = (tmp_path / "log").read_text()
-    assert "cannot accept a data connection: Too many open files" in text and "Traceback" not in text
+    assert "cannot accept a data connection: Too many open files" in log.read_text()
 
 
 # --- nothing smuggled past AUTH TLS
