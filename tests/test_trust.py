@@ -111,9 +111,15 @@ def test_a_writable_xxftp_folder_is_not_trusted(tree, start_server, connect, cap
     server = start_server(tree.root)
     ftp = connect(server.port, "alice", "pw")
     assert store(ftp, "/a.txt", b"a").startswith("226")
-    os.chmod(alice / ".xxftp", 0o775)  # a group could swap its files
-    assert store(ftp, "/b.txt", b"b").startswith("550")  # no rights at all, not full rights
-    assert "writable by group or others" in caplog.text
+    os.chmod(alice / ".xxftp", 0o775)  # the server's own group may write it (a umask of 002)
+    assert store(ftp, "/b.txt", b"b").startswith("226")
+    os.chown(alice / ".xxftp", -1, NOBODY)  # another group could swap its files
+    assert store(ftp, "/c.txt", b"c").startswith("550")  # no rights at all, not full rights
+    assert f"writable by group {NOBODY}" in caplog.text
+    os.chown(alice / ".xxftp", -1, os.getegid())
+    os.chmod(alice / ".xxftp", 0o757)  # anyone could
+    assert store(ftp, "/d.txt", b"d").startswith("550")
+    assert "writable by others" in caplog.text
 
 
 def test_a_size_file_of_another_user_refuses_uploads(tree, start_server, connect):

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from . import passwords
 from .accounts import USER_NAME
-from .config import (CONFIG_DIR, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
+from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
                      parse_virtual)
 from .tree import hidden_below, hidden_target
 
@@ -134,8 +134,7 @@ def _trusted(config: str, error) -> bool:
     except OSError:
         return True
     if why:
-        error(config, 0, f"not trusted ({why}): the server ignores its files; it must be owned by root or "
-                         "the server's user and not writable by group or others")
+        error(config, 0, f"not trusted ({why}): the server ignores its files; it must be {TRUSTED}")
         return False
     for name in ("password", "permission", "size", "virtual", "hosts", "ledger"):
         path = os.path.join(config, name)
@@ -144,8 +143,7 @@ def _trusted(config: str, error) -> bool:
         except OSError:
             continue
         if why:
-            error(path, 0, f"not trusted ({why}): ignored; it must be owned by root or the server's user "
-                           "and not writable by group or others")
+            error(path, 0, f"not trusted ({why}): ignored; it must be {TRUSTED}")
     return True
 
 

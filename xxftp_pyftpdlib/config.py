@@ -25,7 +25,8 @@ Rules that live here:
   home named there may be a link).
 - Only the server's user or root may write the configuration (as
   OpenSSH's StrictModes): a ``.xxftp`` folder or file owned by anyone
-  else, or writable by group or others, is not trusted. Its files are
+  else, or writable by others or by a group other than root's or the
+  server's, is not trusted. Its files are
   read as unreadable ones (the safe side: no rights, no mount, no host,
   uploads refused; ``accounts`` refuses the login), and the log says why
   once per version.
@@ -152,14 +153,24 @@ def parse_size(text: str, path: str) -> Parsed[int | None]:
 # --- who may write the configuration
 
 
+TRUSTED = ("owned by root or the server's user and writable by no one else "
+           "(by its group only if that is root's or the server's)")
+
+
 def distrust(st: os.stat_result) -> str | None:
     """Why a ``.xxftp`` folder or file of this ``lstat`` is not trusted
     (None: it is). A user who could write it could give themselves any
-    rights, mounts or password."""
+    rights, mounts or password. Writable by its group is fine when that
+    group is root's or the server's own (a umask of 002 with a group per
+    user makes every file so); by others, never."""
     if st.st_uid not in (0, os.geteuid()):
         return f"owned by uid {st.st_uid}, neither root nor the server's user"
-    if st.st_mode & 0o022 and not stat.S_ISLNK(st.st_mode):
-        return "writable by group or others"
+    if stat.S_ISLNK(st.st_mode):
+        return None
+    if st.st_mode & 0o002:
+        return "writable by others"
+    if st.st_mode & 0o020 and st.st_gid not in (0, os.getegid()):
+        return f"writable by group {st.st_gid}, neither root's nor the server's"
     return None
 
 
