@@ -116,9 +116,8 @@ def check(stored: str | None, password: str, modern: bool = True) -> bool:
         return False
     if modern:
         waste_time(password)
-    actual = hashlib.md5(_encode(password)).hexdigest().encode()
-    expected = text.lower().encode() if found == "md5" else b"-" * 32  # the same compare, never equal
-    return hmac.compare_digest(expected, actual) and found == "md5"
+    # the same MD5 and compare for every path; against a non-digest, never equal
+    return _verify_md5(text if found == "md5" else "-" * 32, password) and found == "md5"
 
 
 def waste_time(password: str) -> None:
