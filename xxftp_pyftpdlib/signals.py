@@ -5,6 +5,12 @@ Rules that live here:
 - SIGTERM and SIGINT raise ``KeyboardInterrupt`` in the main thread: a
   clean stop (every connection closed, partial uploads rolled back), even
   during start-up.
+- Once an IO loop watches a ``SignalWake``, the exception is raised there,
+  between two events, never in the middle of one: raised at any bytecode,
+  it could cut a connection's close in half (out of the loop's map but
+  still listed, or the reverse), and the loop's own close would then fail
+  with a traceback instead of closing the rest. A forked child that has no
+  loop of its own watching raises at once, as before.
 - A signal always wakes the main thread at once. Python runs signal
   handlers in the main thread between bytecodes, so a signal the kernel
   hands to another thread (a hash pool's) or one that lands just before
@@ -17,20 +23,40 @@ Rules that live here:
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 
 log = logging.getLogger("xxftpd")
 
 
-def _interrupt(signum, frame):
+_watched_in: int | None = None  # the pid whose IO loop watches a SignalWake
+_stop_asked = False
+
+
+def request_stop() -> None:
+    """Stop the server: at the IO loop's next safe point when one watches
+    a ``SignalWake`` in this process, else at once."""
+    global _stop_asked
+    if _watched_in == os.getpid():
+        _stop_asked = True  # the wakeup fd wakes the loop; SignalWake raises
+        return
     raise KeyboardInterrupt
+
+
+def _interrupt(signum, frame):
+    request_stop()
 
 
 def stop_on_signals() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt: a clean stop, even at start-up."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+
+
+def _watch(pid: int | None) -> None:
+    global _watched_in
+    _watched_in = pid
 
 
 class SignalWake:
@@ -50,6 +76,7 @@ class SignalWake:
         self.ioloop = ioloop
         if ioloop is not None:
             ioloop.register(self._fileno, self, ioloop.READ)
+            _watch(os.getpid())
 
     def fileno(self) -> int:
         return self._fileno
@@ -70,7 +97,11 @@ class SignalWake:
         return False
 
     def handle_read_event(self) -> None:
+        global _stop_asked
         self.drain()
+        if _stop_asked:
+            _stop_asked = False
+            raise KeyboardInterrupt  # a safe point: between two events
 
     def handle_close(self) -> None:
         self.close()
@@ -84,6 +115,7 @@ class SignalWake:
             return
         if self.ioloop is not None:
             self.ioloop.unregister(self._fileno)
+            _watch(None)
         try:
             old = signal.set_wakeup_fd(-1)
             if old not in (-1, self._writer.fileno()):

@@ -27,7 +27,7 @@ import time
 
 from pyftpdlib.servers import FTPServer
 
-from .signals import SignalWake
+from .signals import SignalWake, request_stop
 
 log = logging.getLogger("xxftpd")
 
@@ -42,10 +42,10 @@ def _stopping(signum, frame) -> None:
 
 
 def _stop_once(signum, frame) -> None:
-    """A worker's SIGTERM and SIGINT: stop (KeyboardInterrupt), once."""
+    """A worker's SIGTERM and SIGINT: stop, once."""
     signal.signal(signal.SIGTERM, _stopping)
     signal.signal(signal.SIGINT, _stopping)
-    raise KeyboardInterrupt
+    request_stop()
 
 
 def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
