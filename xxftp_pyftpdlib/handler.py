@@ -32,7 +32,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashpool, lines, replies, xferlog
+from . import access, banners, hashes, hashpool, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -58,6 +58,12 @@ def _commands(cmds: dict) -> dict:
     cmds["USER"] = dict(cmds["USER"], arg=None)
     cmds["SITE QUOTA"] = dict(perm=None, auth=True, arg=None,
                               help="Syntax: SITE QUOTA [<SP> path] (show the quota of a tree).")
+    cmds["HASH"] = dict(perm="r", auth=True, arg=True,
+                        help="Syntax: HASH <SP> file-name (hash of a file; OPTS HASH chooses the algorithm).")
+    for cmd, name in hashes.LEGACY.items():
+        cmds[cmd] = dict(perm="r", auth=True, arg=True, help=f"Syntax: {cmd} <SP> file-name ({name} of a file).")
+    cmds["RANG"] = dict(perm=None, auth=True, arg=True,
+                        help="Syntax: RANG <SP> start <SP> end (bytes the next HASH covers; RANG 1 0: all).")
     return cmds
 
 
@@ -361,6 +367,10 @@ class XxftpSession:
         MLSD of a missing folder, which rclone does not read as "not
         found"); one table keeps every command's answer the same.
         """
+        if self._hash_range is not None and cmd in ("RETR", "STOR", "APPE", "STOU"):
+            self._hash_range = None  # RANG is for HASH: never a silently whole transfer
+            self.respond("504 RANG is supported for HASH only; the range is reset.")
+            return
         reply = self._path_reply(cmd, args[0] if args else "")
         if reply is None:
             super().process_command(cmd, *args, **kwargs)
@@ -652,6 +662,122 @@ class XxftpSession:
             self.respond(f"200 No quota on {top}.")
         else:
             self.respond(f"200 Quota of {top}: {usage_text(usage)}.")
+
+    # --- hashes of files (rules in ``hashes``; the replies in ``replies``)
+
+    hash_algorithm = hashes.DEFAULT  # this session's choice (OPTS HASH)
+    _hash_range: hashes.Span | None = None  # set by RANG for the next HASH
+
+    def ftp_HASH(self, path: str):
+        span, self._hash_range = self._hash_range, None
+        return self._hash("HASH", path, self.hash_algorithm, span)
+
+    def ftp_XSHA256(self, path: str):
+        return self._hash("XSHA256", path, "SHA-256")
+
+    def ftp_XSHA512(self, path: str):
+        return self._hash("XSHA512", path, "SHA-512")
+
+    def ftp_XSHA1(self, path: str):
+        return self._hash("XSHA1", path, "SHA-1")
+
+    def ftp_XMD5(self, path: str):
+        return self._hash("XMD5", path, "MD5")
+
+    def ftp_XCRC(self, path: str):
+        return self._hash("XCRC", path, "CRC32")
+
+    def _hash(self, cmd: str, path: str, name: str, span: hashes.Span | None = None):
+        """Answer the hash of a file: from the cache at once, else once a
+        worker thread has read it. Meanwhile the session reads no command
+        (as while a password is checked) and the loop serves the others;
+        the finished hash hands its reply to the loop (``LoopWake``)."""
+        try:  # opened as RETR opens it: resolution, 'read' permission, no link followed
+            file = self.run_as_current_user(self.fs.open, path, "rb")
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        ftp_path = self.fs.fs2ftp(path)
+        try:
+            outcome = hashes.hasher().begin(file, name, span)
+        except hashes.Busy as err:
+            self.respond(f"450 {err}.")
+            return None
+        except hashes.BadRange as err:
+            self.respond(f"501 {err}.")
+            return None
+        except OSError as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        if isinstance(outcome, hashes.Digest):
+            self.respond(replies.digest(cmd, outcome.algorithm, outcome.start, outcome.end, outcome.hex, ftp_path))
+            return path
+        self.del_channel()
+        self._hold_commands()
+        wake = LoopWake.expect(self.ioloop)
+        outcome.add_done_callback(lambda done: wake.call(self._hash_done, done, cmd, ftp_path))
+        return path
+
+    def _hash_done(self, done: Future, cmd: str, ftp_path: str) -> None:
+        """On the loop's thread, once the hash is done: answer, read on."""
+        if self._closed:
+            return  # the client left meanwhile; the hash is cached all the same
+        try:
+            self.add_channel()
+            if self.place is not None and self.place.leaving:
+                self.close()  # displaced meanwhile (close says why)
+                return
+            if self._closing:
+                return
+            error = done.exception()
+            if error is None:
+                digest = done.result()
+                reply = replies.digest(cmd, digest.algorithm, digest.start, digest.end, digest.hex, ftp_path)
+            elif isinstance(error, hashes.Changed):
+                reply = f"450 {ftp_path}: {error}."
+            elif isinstance(error, OSError):
+                reply = f"550 {ftp_path}: {strerror(error)}."
+            else:
+                raise error
+            self.respond(reply)
+            self.log_cmd(cmd, ftp_path, int(reply[:3]), reply[4:])  # pyftpdlib logs only replies sent at once
+            self._run_held_commands()
+        except Exception:
+            self.handle_error()
+
+    def ftp_RANG(self, line: str) -> None:
+        try:
+            self._hash_range = span = hashes.parse_range(line)
+        except ValueError as err:
+            self._hash_range = None
+            self.respond(f"501 {err}; the range is reset.")
+            return
+        if span is None:
+            self.respond("350 Range reset: HASH covers whole files.")
+        else:
+            self.respond(f"350 Restarting at {span.start}. End byte range at {span.end}, for the next HASH.")
+
+    def ftp_OPTS(self, line: str):
+        words = line.split()
+        if not words or words[0].upper() != "HASH":
+            return super().ftp_OPTS(line)
+        name = hashes.algorithm(words[1]) if len(words) == 2 else None
+        if len(words) == 1:
+            self.respond(f"200 {self.hash_algorithm}")
+        elif name is None:
+            self.respond("501 Unknown algorithm, current selection not changed.")
+        else:
+            self.hash_algorithm = name
+            self.respond(f"200 {name}")
+        return None
+
+    def ftp_FEAT(self, line: str):
+        extra = self._extra_feats  # pyftpdlib's list of lines to add
+        self._extra_feats = [*extra, *hashes.feat_lines(self.hash_algorithm)]
+        try:
+            return super().ftp_FEAT(line)
+        finally:
+            self._extra_feats = extra
 
     def _usage(self, path: str) -> Usage | None:
         try:
