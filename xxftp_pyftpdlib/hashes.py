@@ -126,10 +126,14 @@ def parse_range(text: str) -> Span | None:
 
 
 class Busy(Exception):
-    """``MAX_JOBS`` hashes are in progress in this process."""
+    """As many hashes as allowed are in progress in this process."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
 
     def __str__(self) -> str:
-        return f"{MAX_JOBS} hashes are in progress; try again later"
+        return f"{self.limit} hashes are in progress; try again later"
 
 
 class BadRange(Exception):
@@ -277,7 +281,7 @@ class Hasher:
             with self._lock:
                 running = self._jobs.get(key)
                 if running is None and len(self._jobs) >= self.max_jobs:
-                    raise Busy()
+                    raise Busy(self.max_jobs)
                 if running is None:
                     running = self._jobs[key] = Future()
                     owner = True
