@@ -73,6 +73,16 @@ def test_every_algorithm_of_every_size_matches_hashlib_and_zlib(served):
             assert ftp.sendcmd(f"{LEGACY[algorithm]} /{name}.bin") == f"213 {expected}"
 
 
+def test_a_quoted_name_is_taken_without_its_quotes(served, tree):
+    ftp, home, _ = served
+    tree.file("alice/with space.bin", b"spaced")
+    expected = hashlib.sha256(b"spaced").hexdigest()
+    assert ftp.sendcmd('HASH "with space.bin"') == f"213 SHA-256 0-5 {expected} /with space.bin"  # as WinSCP sends it
+    assert ftp.sendcmd("HASH with space.bin") == f"213 SHA-256 0-5 {expected} /with space.bin"
+    assert ftp.sendcmd('XSHA256 "/with space.bin"') == f"213 {expected}"
+    assert _reply(ftp, 'XSHA256 "with space.bin').startswith("550 ")
+
+
 def test_feat_and_opts_hash_follow_the_session(served, connect):
     ftp, _, server = served
     features = ftp.sendcmd("FEAT").splitlines()

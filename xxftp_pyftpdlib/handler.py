@@ -357,6 +357,8 @@ class XxftpSession:
         forget = getattr(self.fs, "forget", None)
         if forget is not None:  # resolutions are shared within one command only
             forget()
+        if cmd == "HASH" or cmd in hashes.LEGACY:
+            arg = hashes.unquote(arg)
         super().pre_process_command(line, cmd, arg)
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:

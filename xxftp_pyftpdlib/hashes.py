@@ -18,6 +18,8 @@ Rules that live here:
   ``MAX_JOBS`` hashes are queued or running in a process; one more is
   refused at once (``Busy``, FTP 450). Two requests for the same hash of
   the same file version share one job.
+- A path in double quotes is taken without them (``unquote``): WinSCP
+  quotes names with spaces, as FileZilla Server expects.
 - The results are cached per file version: (device, inode, size, mtime,
   ctime) and the algorithm and span, in a least-recently-used table of
   ``CACHE_ENTRIES`` entries (a few MB at most). The real path is not part
@@ -56,7 +58,7 @@ from .hashpool import cpus
 log = logging.getLogger("xxftpd")
 
 __all__ = ["ALGORITHMS", "DEFAULT", "LEGACY", "Busy", "BadRange", "Changed", "Digest", "Span", "algorithm",
-           "feat_lines", "parse_range", "hasher", "cached", "remember", "stats"]
+           "feat_lines", "parse_range", "unquote", "hasher", "cached", "remember", "stats"]
 
 
 class _Crc32:
@@ -123,6 +125,16 @@ def parse_range(text: str) -> Span | None:
     if start > end:
         raise ValueError("RANG's start is past its end")
     return Span(start, end)
+
+
+def unquote(path: str) -> str:
+    """The path argument of HASH or an X-command: WinSCP puts a name with
+    spaces in double quotes (some servers take more arguments after it),
+    and FileZilla Server takes a path that starts and ends with one
+    without them; so do we."""
+    if len(path) >= 2 and path[0] == path[-1] == '"':
+        return path[1:-1]
+    return path
 
 
 class Busy(Exception):
