@@ -326,3 +326,16 @@ def test_remember_fills_the_cache_for_cached(tmp_path):
     assert hashes.cached(str(path)) == hashlib.sha256(b"uploaded").hexdigest()
     path.write_bytes(b"uploaded again")
     assert hashes.cached(str(path)) is None
+
+
+@pytest.mark.parametrize("concurrency", ["multi-thread", "multi-proc"])
+def test_hash_in_the_other_serving_models(tree, start_server, connect, concurrency):
+    tree.user("alice")
+    data = _content(SIZES["mib"])
+    tree.file("alice/mib.bin", data)
+    ftp = connect(start_server(tree.root, concurrency=concurrency).port, "alice")
+    ftp.putcmd("HASH mib.bin")
+    ftp.putcmd("XMD5 mib.bin")  # held behind the first, answered in order
+    assert ftp.getresp() == f"213 SHA-256 0-{len(data) - 1} {hashlib.sha256(data).hexdigest()} /mib.bin"
+    assert ftp.getresp() == f"213 {hashlib.md5(data).hexdigest()}"
+    assert ftp.sendcmd("NOOP").startswith("200")
