@@ -121,6 +121,9 @@ def test_rang_covers_the_next_hash_only(served):
     assert _reply(ftp, "RANG x 2").startswith("501 ")
     assert _reply(ftp, "RANG 1").startswith("501 ")
     assert ftp.sendcmd("HASH mib.bin") == whole
+    ftp.sendcmd("RANG 0 9")
+    assert _reply(ftp, "HASH missing.bin").startswith("550 ")
+    assert ftp.sendcmd("HASH mib.bin") == whole  # a refused HASH used up its RANG
     ftp.sendcmd("RANG 0 1")  # a transfer is never silently whole after RANG
     assert _reply(ftp, "RETR mib.bin").startswith("504 ")
     assert ftp.sendcmd("HASH mib.bin") == whole

@@ -379,6 +379,8 @@ class XxftpSession:
             return
         if cmd == "RETR":
             self._restart_position = 0  # a refused RETR uses up its REST, as pyftpdlib's own refusal does
+        if cmd == "HASH":
+            self._hash_range = None  # and a refused HASH its RANG
         code, text = reply
         self.respond(f"{code} {text}")
         self.log_cmd(cmd, args[0], code, text)

@@ -382,7 +382,7 @@ def hasher() -> Hasher:
         return _hasher
 
 
-def cached(real_path: str, algorithm: str = "sha256") -> str | None:  # noqa: F811 (the parameter's name is the API's)
+def cached(real_path: str, algorithm: str = "sha256") -> str | None:
     """The hash of the whole file at ``real_path`` if this process has it
     at hand (asked by HASH or an X-command, or filled by an upload), else
     None; never reads the file. ``algorithm``: ``sha256``, ``SHA-1``, ...;
@@ -390,7 +390,7 @@ def cached(real_path: str, algorithm: str = "sha256") -> str | None:  # noqa: F8
     return hasher().cached(real_path, algorithm)
 
 
-def remember(st: os.stat_result, algorithm: str, value: str) -> None:  # noqa: F811
+def remember(st: os.stat_result, algorithm: str, value: str) -> None:
     """Cache ``value``, the hash ``algorithm`` of the whole file version ``st``."""
     hasher().remember(st, algorithm, value)
 
