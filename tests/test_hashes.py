@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from conftest import upload, wait_until
+from conftest import start_logged, stop_logged, upload, wait_until
 from xxftp_pyftpdlib import hashes
 
 SIZES = {"empty": 0, "one": 1, "mib": 1 << 20, "big": 50 << 20}
@@ -281,6 +281,23 @@ def test_a_file_that_changes_while_hashed_is_not_answered(served, connect):
     with pytest.raises(ftplib.error_temp, match="450 /huge.bin: the file changed while it was being hashed"):
         hasher.getresp()
     assert hasher.sendcmd("NOOP").startswith("200")
+
+
+def test_the_server_stops_at_once_in_the_middle_of_a_long_hash(tree):
+    home = tree.user("alice")
+    with open(home / "endless.bin", "wb") as f:
+        f.truncate(64 << 30)  # sparse: its MD5 would take a minute or more
+    proc, port = start_logged(tree.root)
+    ftp = ftplib.FTP()
+    ftp.connect("127.0.0.1", port, timeout=10)
+    ftp.login("alice", "")
+    ftp.sendcmd("OPTS HASH MD5")
+    ftp.putcmd("HASH endless.bin")
+    time.sleep(0.5)
+    started = time.monotonic()
+    stop_logged(proc)  # exits 0, no traceback
+    assert time.monotonic() - started < 10
+    ftp.close()
 
 
 # --- the rules, without a server

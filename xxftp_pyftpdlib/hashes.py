@@ -14,7 +14,8 @@ Rules that live here:
 - A file is hashed from a descriptor the caller opened (the server opens
   it as a download is opened: resolution, permission, no link followed),
   never by its path again, in a pool of ``WORKERS`` threads run at a
-  lower priority (nice ``NICENESS``) than the IO loop. At most
+  lower priority (nice ``NICENESS``) than the IO loop; daemon threads,
+  so that a server told to stop does not wait for a hash. At most
   ``MAX_JOBS`` hashes are queued or running in a process; one more is
   refused at once (``Busy``, FTP 450). Two requests for the same hash of
   the same file version share one job.
@@ -44,11 +45,12 @@ import collections
 import hashlib
 import logging
 import os
+import queue
 import stat as stat_mod
 import threading
 import time
 import zlib
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
@@ -263,13 +265,44 @@ def _nice() -> None:
         log.debug("cannot lower the priority of the hashing threads: %s", err)
 
 
+class _Threads:
+    """Up to ``size`` daemon threads running calls from a queue.
+
+    Not a ThreadPoolExecutor: Python waits for an executor's threads to
+    finish their work before the process may exit, and a server told to
+    stop must not wait for the hash of a file of many GiB.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._started = 0
+        self._lock = threading.Lock()
+
+    def submit(self, function: Callable, *args) -> None:
+        with self._lock:
+            if self._started < self.size:
+                self._started += 1
+                threading.Thread(target=self._work, name=f"xxftpd-hash-{self._started}", daemon=True).start()
+        self._queue.put((function, args))
+
+    def _work(self) -> None:
+        _nice()
+        while True:
+            function, args = self._queue.get()
+            try:
+                function(*args)
+            except BaseException:  # the call's own failure is its Future's; this is a bug
+                log.exception("a hashing job failed")
+
+
 class Hasher:
     """The hashing pool and cache of one process (made anew after a fork)."""
 
     def __init__(self, workers: int = WORKERS, max_jobs: int = MAX_JOBS, cache_entries: int = CACHE_ENTRIES) -> None:
         self.max_jobs = max_jobs
         self.cache = _Cache(cache_entries)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="xxftpd-hash", initializer=_nice)
+        self._threads = _Threads(workers)
         self._jobs: dict[_Key, Future] = {}
         self._lock = threading.Lock()
         self.hashed_bytes = 0  # read by finished jobs
@@ -305,7 +338,7 @@ class Hasher:
         if not owner:  # the same bytes are being hashed for another request
             file.close()
             return _chain(running, lambda hex_: Digest(name, start, end, hex_))
-        self._pool.submit(self._run, file, st, key, running)
+        self._threads.submit(self._run, file, st, key, running)
         return _chain(running, lambda hex_: Digest(name, start, end, hex_))
 
     def _run(self, file, st: os.stat_result, key: _Key, future: Future) -> None:
