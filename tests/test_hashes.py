@@ -8,13 +8,14 @@ import hashlib
 import os
 import select
 import socket
+import ssl
 import time
 import zlib
 
 import pytest
 
-from conftest import start_logged, stop_logged, upload, wait_until
-from xxftp_pyftpdlib import hashes
+from conftest import ResumingFTP_TLS, start_logged, stop_logged, upload, wait_until
+from xxftp_pyftpdlib import XxftpTLSHandler, certs, hashes
 
 SIZES = {"empty": 0, "one": 1, "mib": 1 << 20, "big": 50 << 20}
 REFERENCE = {
@@ -360,3 +361,19 @@ def test_hash_in_the_other_serving_models(tree, start_server, connect, concurren
     assert ftp.getresp() == f"213 SHA-256 0-{len(data) - 1} {hashlib.sha256(data).hexdigest()} /mib.bin"
     assert ftp.getresp() == f"213 {hashlib.md5(data).hexdigest()}"
     assert ftp.sendcmd("NOOP").startswith("200")
+
+
+def test_hash_over_ftps(tree, start_server, tmp_path):
+    tree.user("alice")
+    tree.file("alice/a.bin", b"secret bytes")
+    cert, key = certs.self_signed(str(tmp_path / "tls"))
+    server = start_server(tree.root, handler_base=XxftpTLSHandler, certfile=cert, keyfile=key, ssl_context=None)
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    ftp = ResumingFTP_TLS(context=context)
+    ftp.connect("127.0.0.1", server.port, timeout=10)
+    features = ftp.sendcmd("FEAT").splitlines()
+    assert " AUTH TLS" in features and " HASH SHA-256*;SHA-512;SHA-1;MD5;CRC32" in features
+    ftp.login("alice", "")
+    assert ftp.sendcmd("XCRC a.bin") == f"213 {zlib.crc32(b'secret bytes'):08x}"
+    ftp.quit()
