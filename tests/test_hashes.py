@@ -377,3 +377,17 @@ def test_hash_over_ftps(tree, start_server, tmp_path):
     ftp.login("alice", "")
     assert ftp.sendcmd("XCRC a.bin") == f"213 {zlib.crc32(b'secret bytes'):08x}"
     ftp.quit()
+
+
+def test_two_requests_for_the_same_hash_share_one_job(tmp_path):
+    hasher = hashes.Hasher(workers=2, max_jobs=1)
+    path = tmp_path / "shared.bin"
+    with open(path, "wb") as f:
+        f.truncate(256 << 20)
+    time.sleep(hashes.SETTLED + 0.05)
+    first = hasher.begin(open(path, "rb"), "SHA-512")
+    second = hasher.begin(open(path, "rb"), "SHA-512")  # not refused: the bound counts jobs, not requests
+    results = [outcome if isinstance(outcome, hashes.Digest) else outcome.result(60) for outcome in (first, second)]
+    assert results[0] == results[1]
+    assert results[0].hex == hashlib.sha512(bytes(256 << 20)).hexdigest()
+    assert hasher.hashed_bytes == 256 << 20
