@@ -329,7 +329,9 @@ def test_the_cache_is_bounded_and_shares_running_jobs(tmp_path):
         result = hasher.begin(open(path, "rb"), "MD5")
         assert result.result(10).hex == hashlib.md5(path.read_bytes()).hexdigest()
     assert len(hasher.cache) == 2  # the first one went
-    assert isinstance(hasher.begin(open(files[2], "rb"), "MD5"), hashes.Digest)
+    hit = open(files[2], "rb")
+    assert isinstance(hasher.begin(hit, "MD5"), hashes.Digest)
+    assert hit.closed  # taken over, as when it is hashed
     again = hasher.begin(open(files[0], "rb"), "MD5")
     assert not isinstance(again, hashes.Digest)
     again.result(10)

@@ -322,6 +322,7 @@ class Hasher:
             end = max(start, stop - 1)
             value = self.cache.get(key)
             if value is not None:
+                file.close()
                 return Digest(name, start, end, value)
             with self._lock:
                 running = self._jobs.get(key)
