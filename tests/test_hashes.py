@@ -393,3 +393,19 @@ def test_two_requests_for_the_same_hash_share_one_job(tmp_path):
     assert results[0] == results[1]
     assert results[0].hex == hashlib.sha512(bytes(256 << 20)).hexdigest()
     assert hasher.hashed_bytes == 256 << 20
+
+
+def test_no_descriptor_is_left_open(served):
+    ftp, home, _ = served
+    _settle()
+    ftp.sendcmd("HASH mib.bin")
+    ftp.sendcmd("NOOP")
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):  # from the cache, hashed, refused
+        ftp.sendcmd("HASH mib.bin")
+        ftp.sendcmd("XCRC one.bin")
+        _reply(ftp, "XMD5 nothing.bin")
+        ftp.sendcmd("RANG 5000000 5000001")
+        _reply(ftp, "HASH mib.bin")
+    assert wait_until(lambda: _stat("in_progress") == 0, 10)
+    assert len(os.listdir("/proc/self/fd")) <= before
