@@ -154,7 +154,8 @@ def test_refusals_are_the_usual_ones(tree, start_server, connect, tmp_path):
         assert _reply(ftp, f"{cmd} a.bin/x").startswith("550 ")
     assert _reply(ftp, "HASH folder") == "553 Is a directory: /folder."  # the draft's code for a folder
     assert _reply(ftp, "XMD5 folder") == "550 Is a directory: /folder."
-    assert _reply(ftp, "HASH").startswith("501 ")
+    for line in ("HASH", "HASH  ", 'HASH ""', "XSHA1", "RANG"):
+        assert _reply(ftp, line) == "501 Syntax error: command needs an argument."
     assert _reply(connect(server.port), "HASH a.bin").startswith("530 ")  # not logged in
     assert ftp.sendcmd("NOOP").startswith("200")
 

@@ -44,6 +44,7 @@ from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .uploads import BROKEN, Upload
 
 
+_HASH_COMMANDS = ("HASH", "RANG", *hashes.LEGACY)
 NOT_RUN_AFTER_FAILED_LOGIN = "530 Not run: the login sent before this command failed."
 _BARE_CONTROLS = re.compile(r"\r(?!\n)|(?<!\r)\n|\x00")
 
@@ -58,11 +59,11 @@ def _commands(cmds: dict) -> dict:
     cmds["USER"] = dict(cmds["USER"], arg=None)
     cmds["SITE QUOTA"] = dict(perm=None, auth=True, arg=None,
                               help="Syntax: SITE QUOTA [<SP> path] (show the quota of a tree).")
-    cmds["HASH"] = dict(perm="r", auth=True, arg=True,
+    cmds["HASH"] = dict(perm="r", auth=True, arg=None,
                         help="Syntax: HASH <SP> file-name (hash of a file; OPTS HASH chooses the algorithm).")
     for cmd, name in hashes.LEGACY.items():
-        cmds[cmd] = dict(perm="r", auth=True, arg=True, help=f"Syntax: {cmd} <SP> file-name ({name} of a file).")
-    cmds["RANG"] = dict(perm=None, auth=True, arg=True,
+        cmds[cmd] = dict(perm="r", auth=True, arg=None, help=f"Syntax: {cmd} <SP> file-name ({name} of a file).")
+    cmds["RANG"] = dict(perm=None, auth=True, arg=None,
                         help="Syntax: RANG <SP> start <SP> end (bytes the next HASH covers; RANG 1 0: all).")
     return cmds
 
@@ -357,8 +358,11 @@ class XxftpSession:
         forget = getattr(self.fs, "forget", None)
         if forget is not None:  # resolutions are shared within one command only
             forget()
-        if cmd == "HASH" or cmd in hashes.LEGACY:
-            arg = hashes.unquote(arg)
+        if cmd in _HASH_COMMANDS:  # their argument is optional to pyftpdlib, which then answers 530 before 501
+            arg = hashes.unquote(arg) if cmd != "RANG" else arg
+            if not arg.strip() and self.authenticated:
+                self.respond("501 Syntax error: command needs an argument.")
+                return
         super().pre_process_command(line, cmd, arg)
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
