@@ -9,9 +9,10 @@ before the handshake and data connections bound to the control
 connection's TLS session (``tlschannel``). On our servers each session
 holds a place in the admission table (``admission``): it says when it
 logs in or out, and leaves with a 421 when told to (displaced, or out of
-time to log in). Paths, mounts and permissions are the filesystem's
-business (XxftpFS), which is why these handlers also work with
-pyftpdlib's DummyAuthorizer.
+time to log in). HASH, RANG and the X-commands hash files in worker
+threads, the session waiting for its reply (rules in ``hashes``).
+Paths, mounts and permissions are the filesystem's business (XxftpFS),
+which is why these handlers also work with pyftpdlib's DummyAuthorizer.
 """
 
 from __future__ import annotations
