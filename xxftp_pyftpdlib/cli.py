@@ -18,6 +18,7 @@ except ImportError:  # Python 3.10
     import tomli as tomllib
 
 from . import __version__, admin, certs
+from .jsonlog import FORMATS as LOG_FORMATS, JsonFormatter
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
 from .signals import stop_on_signals
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pre-forked async processes sharing the port (default 1); use the cores")
     p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info", help="log verbosity (default info)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (default) or json: one JSON object per line, for log shippers")
     p.add_argument("--xferlog", metavar="PATH", help="also write transfers in the classic xferlog format")
     p.add_argument("--upload-mode", choices=MODES, default="atomic",
                    help="atomic (default): an upload replaces a file only when complete; "
@@ -155,10 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
 LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 
 
-def _setup_logging(level: str, path: str | None) -> None:
+def _setup_logging(level: str, path: str | None, form: str = "text") -> None:
     handler: logging.Handler
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(LOG_FORMAT))
+    if form == "json":  # a Python warning is a log line too, not a stray text on stderr
+        logging.captureWarnings(True)
     # The format shows no caller, thread or process: don't gather them for
     # every record (the logging HOWTO's "Optimization"; a few lines a login).
     logging._srcfile = None
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         try:
-            _setup_logging(args.log_level, args.log_file)
+            _setup_logging(args.log_level, args.log_file, args.log_format)
         except OSError as err:
             print(f"xxftpd: error: cannot open log file {args.log_file!r}: {err.strerror}", file=sys.stderr)
             return 1

@@ -41,6 +41,7 @@ from .listing import SORTED_UP_TO
 from .loopwake import LoopWake
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
+from .sessionlog import SessionLog
 from .uploads import BROKEN, Upload
 
 
@@ -106,7 +107,7 @@ class SlicedProducer:
         return data
 
 
-class XxftpSession:
+class XxftpSession(SessionLog):
     """The behaviour shared by the plain and the TLS handler."""
 
     abstracted_fs = XxftpFS
@@ -179,7 +180,9 @@ class XxftpSession:
         fs = self.fs
         path = (fs.fs2ftp(filename) if fs is not None else filename) if receive else self._retr_ftp_path
         result = "ok" if completed else "incomplete"
-        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
+        code = self.last_reply_code if (self.last_reply_code or 0) >= 200 else None  # not the 150
+        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}", event="transfer", command=cmd,
+                 path=path, bytes=bytes, seconds=elapsed, completed=bool(completed), code=code)
         if self.xferlog_path:
             try:
                 xferlog.append(self.xferlog_path, xferlog.line(
