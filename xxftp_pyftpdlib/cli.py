@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-login-checks", type=_positive, default=Options.max_login_checks, metavar="N",
                    help="password checks in progress at once, per process; beyond, a login is answered "
                         f"421 (default {Options.max_login_checks}: 16 per CPU; 0: no limit)")
+    hk = p.add_argument_group("event hooks (a command run without a shell; see the README)")
+    hk.add_argument("--on-upload", metavar="CMD", help="run CMD PATH after each committed upload")
+    hk.add_argument("--on-login", metavar="CMD", help="run CMD USER after each login")
+    hk.add_argument("--on-delete", metavar="CMD", help="run CMD PATH after each deleted file")
+    hk.add_argument("--hook-concurrency", type=_positive, default=Options.hook_concurrency, metavar="N",
+                    help=f"hooks running at once, per process (default {Options.hook_concurrency})")
+    hk.add_argument("--hook-timeout", type=_positive, default=Options.hook_timeout, metavar="SECONDS",
+                    help=f"kill a hook's process group after this long (default {Options.hook_timeout})")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
@@ -245,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
         max_login_checks=args.max_login_checks,
+        on_upload=args.on_upload, on_login=args.on_login, on_delete=args.on_delete,
+        hook_concurrency=args.hook_concurrency, hook_timeout=args.hook_timeout,
     )
     stop_on_signals()
     server = None

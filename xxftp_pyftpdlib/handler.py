@@ -32,7 +32,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashpool, lines, replies, xferlog
+from . import access, banners, hashpool, hooks, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -118,6 +118,7 @@ class XxftpSession(SessionLog):
     allow_from: list = []
     deny_from: list = []
     bans: access.BanList | None = None
+    hooks: hooks.HookRunner | None = None
     _retr_ftp_path = ""
 
     def _refusal(self) -> str | None:
@@ -168,7 +169,39 @@ class XxftpSession(SessionLog):
     def on_login(self, username: str) -> None:
         if self.bans is not None:
             self.bans.succeeded(self.remote_ip)
+        if self.hooks is not None:
+            self.hooks.submit("login", username, USER=username, CLIENT=self.remote_ip)
         super().on_login(username)
+
+    # --- hooks (rules in ``hooks``): queued, never waited for
+
+    def on_upload_committed(self, upload: Upload) -> None:
+        """The data channel committed ``upload`` (a whole transfer)."""
+        if self.hooks is None or not self.hooks.wants("upload") or upload.committed is None:
+            return
+        real, size = upload.committed
+        fs = self.fs
+        self.hooks.submit("upload", real, USER=self.username, CLIENT=self.remote_ip, SIZE=size,
+                          FTP_PATH=fs.fs2ftp(upload.name) if fs is not None else None,
+                          SHA256=self.upload_sha256(upload))
+
+    def upload_sha256(self, upload: Upload) -> str | None:
+        """The SHA-256 (hex) of a committed upload, when one is at hand
+        without reading the file again (XXFTPD_SHA256); None otherwise."""
+        return getattr(upload, "sha256", None)
+
+    def ftp_DELE(self, path: str):
+        real = None
+        if self.hooks is not None and self.hooks.wants("delete"):
+            try:
+                real = self.fs.resolve(path).real
+            except Exception:  # DELE meets the same refusal and answers it
+                real = None
+        result = super().ftp_DELE(path)
+        if result is not None and real is not None:
+            self.hooks.submit("delete", real, USER=self.username, CLIENT=self.remote_ip,
+                              FTP_PATH=self.fs.fs2ftp(path))
+        return result
 
     def ftp_RETR(self, file: str):
         self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, hashpool, xferlog
+from . import access, hashpool, hooks, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -205,6 +205,11 @@ class Options:
     ban_time: int = 600
     workers: int = 1
     max_login_checks: int = hashpool.MAX_CHECKS  # password checks in progress at once, per process (0: no limit)
+    on_upload: str | None = None  # hook commands (see hooks.py)
+    on_login: str | None = None
+    on_delete: str | None = None
+    hook_concurrency: int = 4  # hooks running at once, per process
+    hook_timeout: int = 60  # seconds before a hook's process group is killed
 
 
 def check_root(root: str) -> str:
@@ -238,6 +243,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
     if options.ban_after:
         shared = options.concurrency == "multi-proc" or options.workers > 1
         attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
+    attrs["hooks"] = _hooks(options)
     if options.xferlog:
         try:
             xferlog.append(options.xferlog, "")
@@ -264,6 +270,22 @@ def make_handler(options: Options, base: type | None = None) -> type:
           or options.tls_session_reuse != DEFAULT_SESSION_REUSE):
         raise ConfigError("TLS options need --tls")
     return type("Configured" + base.__name__, (base,), attrs)
+
+
+def _hooks(options: Options) -> hooks.HookRunner | None:
+    """The server's hook runner, None without hooks; ConfigError for a bad command."""
+    commands = {}
+    for event, text in (("upload", options.on_upload), ("login", options.on_login), ("delete", options.on_delete)):
+        if text:
+            try:
+                commands[event] = hooks.parse_command(text)
+            except ValueError as err:
+                raise ConfigError(f"--on-{event}: {err}") from None
+    if not commands:
+        return None
+    if options.hook_concurrency < 1 or options.hook_timeout < 1:
+        raise ConfigError("--hook-concurrency and --hook-timeout must be at least 1")
+    return hooks.HookRunner(commands, options.hook_concurrency, options.hook_timeout)
 
 
 def make_server(options: Options, handler: type | None = None):

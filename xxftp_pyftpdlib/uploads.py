@@ -122,6 +122,7 @@ class Upload:
         self._created = False  # this upload made the file it writes in place
         self._temp_name: str | None = None  # a named temporary (no O_TMPFILE here)
         self._file: io.FileIO | None = None
+        self.committed: tuple[str, int] | None = None  # (real path, size) once a whole transfer is in place
         folder, self._base = os.path.split(target)
         self._dir = beneath.open_folder(folder)
         try:
@@ -379,6 +380,9 @@ class Upload:
             elif ok:  # a temporary: only a whole transfer replaces anything
                 self._usage = self.ledger.commit(self.token, self._link)
                 committed = True
+            if committed and ok:
+                here = _path_of(self._dir) or os.path.dirname(self.target)  # its folder may have moved
+                self.committed = (f"{here}/{self._base}", os.fstat(self._file.fileno()).st_size)
         finally:
             if not committed:
                 self._roll_back()
