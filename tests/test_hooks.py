@@ -63,7 +63,8 @@ def served(tree):
     return tree
 
 
-MODES = {"async": (), "multi-thread": ("--concurrency", "multi-thread"), "workers": ("--workers", "2")}
+MODES = {"async": (), "multi-thread": ("--concurrency", "multi-thread"), "multi-proc": ("--concurrency", "multi-proc"),
+         "workers": ("--workers", "2")}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -74,7 +75,7 @@ def test_hooks_get_their_argument_and_environment(served, tmp_path, mode):
     env = dict(os.environ, XXFTPD_TEST_SECRET="s3cret", DATABASE_PASSWORD="hunter2")
     proc, port = start_logged(served.root, "--on-upload", f"{hook} {out} upload",
                               "--on-login", f"{hook} {out} login", "--on-delete", f"'{hook}' {out} delete",
-                              env=env)
+                              *MODES[mode], env=env)
     try:
         ftp = ftplib.FTP()
         ftp.connect(HOST, port, timeout=10)

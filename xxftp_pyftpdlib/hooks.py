@@ -22,6 +22,8 @@ Rules that live here:
   stderr, the first ``OUTPUT_LIMIT`` bytes kept) is logged at debug.
 - A hook still running when the server stops is left to end on its own
   (under systemd, stopping the unit ends its control group, hooks too).
+  A connection's own process (``multi-proc``) waits for its runs
+  (``drain``) before it ends.
 
 What this module must not know: FTP, sessions, pyftpdlib, uploads.
 """
@@ -148,6 +150,15 @@ class HookRunner:
                 self.run(run)
             except Exception:  # never lose a thread of the bound
                 log.exception("hook %s failed", run.event)
+            finally:
+                runs.task_done()
+
+    def drain(self) -> None:
+        """Wait until every run this process queued has ended (each is
+        bounded by the timeout)."""
+        runs = self._queue
+        if runs is not None and self._pid == os.getpid():
+            runs.join()
 
     # --- one run
 

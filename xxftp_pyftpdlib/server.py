@@ -158,7 +158,11 @@ else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
-            return super()._loop(handler)
+            try:
+                return super()._loop(handler)
+            finally:
+                if handler.hooks is not None:  # its hooks end with it, not cut off
+                    handler.hooks.drain()
 
     MultiprocessFTPServer = MultiprocessServer
 
