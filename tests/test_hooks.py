@@ -5,6 +5,7 @@ never holding up a reply."""
 from __future__ import annotations
 
 import ftplib
+import logging
 import os
 import threading
 import time
@@ -228,3 +229,26 @@ def test_hook_from_the_config_file(tree, tmp_path):
     finally:
         text = stop_logged(proc)
     assert text.startswith("{")  # log_format from the file too
+
+
+def test_a_full_queue_drops_runs_with_a_warning(tmp_path, caplog):
+    from xxftp_pyftpdlib.hooks import HookRunner, parse_command
+    done = tmp_path / "done"
+    script = _script(tmp_path, "slow.sh", f"#!/bin/sh\nsleep 0.3\necho \"$1\" >> {done}\n")
+    runner = HookRunner({"upload": parse_command(str(script))}, concurrency=1, timeout=5, queue_size=2)
+    caplog.set_level(logging.WARNING, logger="xxftpd.hooks")
+    accepted = [runner.submit("upload", f"/f{i}", SIZE=1) for i in range(10)]  # never blocks
+    assert 2 <= sum(accepted) <= 3  # one running (maybe not started yet) and two waiting
+    drops = [r for r in caplog.records if "dropped: 2 runs already waiting" in r.getMessage()]
+    assert len(drops) == 10 - sum(accepted)
+    runner.drain()
+    assert len(done.read_text().split()) == sum(accepted)
+    assert runner.submit("login", "alice") is False  # no such hook
+
+
+def test_parse_command():
+    from xxftp_pyftpdlib.hooks import parse_command
+    assert parse_command("sh -c 'echo a b'") == ["sh", "-c", "echo a b"]
+    for bad in ("", "   ", "'open", "/no/such/thing arg"):
+        with pytest.raises(ValueError):
+            parse_command(bad)

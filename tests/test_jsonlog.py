@@ -102,3 +102,20 @@ def test_a_traceback_is_a_field():
     # a non-UTF-8 name (surrogate-escaped) and a bad %-format still make one line
     odd = logging.LogRecord("x", logging.INFO, __file__, 1, "name %s %d", ("\udcff", "notanumber"), None)
     assert json.loads(JsonFormatter().format(odd))["event"] == "log"
+
+
+@pytest.mark.parametrize("model", [("--workers", "2"), ("--concurrency", "multi-thread")])
+def test_json_in_other_serving_models(tree, model):
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root, "--log-format", "json", *model)
+    try:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", port, timeout=10)
+        ftp.login("alice", "pw")
+        upload(ftp, "/a.bin", b"abc")
+        ftp.quit()
+    finally:
+        text = stop_logged(proc)
+    records = _records(text)
+    (transfer,) = [r for r in records if r["event"] == "transfer"]
+    assert (transfer["path"], transfer["bytes"], transfer["code"], transfer["user"]) == ("/a.bin", 3, 226, "alice")

@@ -17,7 +17,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from . import __version__, admin, certs
+from . import __version__, admin, certs, hooks
 from .jsonlog import FORMATS as LOG_FORMATS, JsonFormatter
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
@@ -125,9 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="password checks in progress at once, per process; beyond, a login is answered "
                         f"421 (default {Options.max_login_checks}: 16 per CPU; 0: no limit)")
     hk = p.add_argument_group("event hooks (a command run without a shell; see the README)")
-    hk.add_argument("--on-upload", metavar="CMD", help="run CMD PATH after each committed upload")
-    hk.add_argument("--on-login", metavar="CMD", help="run CMD USER after each login")
-    hk.add_argument("--on-delete", metavar="CMD", help="run CMD PATH after each deleted file")
+    for event, (argument, _) in hooks.EVENTS.items():
+        hk.add_argument(f"--on-{event}", metavar="CMD", help=f"run CMD {argument}")
     hk.add_argument("--hook-concurrency", type=_positive, default=Options.hook_concurrency, metavar="N",
                     help=f"hooks running at once, per process (default {Options.hook_concurrency})")
     hk.add_argument("--hook-timeout", type=_positive, default=Options.hook_timeout, metavar="SECONDS",

@@ -53,12 +53,12 @@ QUEUE_SIZE = 1000  # runs waiting in a process; more are dropped (and logged)
 OUTPUT_LIMIT = 4096  # bytes of a run's output kept for the debug log
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
-# event -> (its flag, what its argument is, its XXFTPD_ variables)
-EVENTS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "upload": ("--on-upload", "the real path of the committed file",
-               ("USER", "CLIENT", "FTP_PATH", "SIZE", "SHA256")),
-    "login": ("--on-login", "the user name", ("USER", "CLIENT")),
-    "delete": ("--on-delete", "the real path of the deleted file", ("USER", "CLIENT", "FTP_PATH")),
+# event -> (what its argument is, its XXFTPD_ variables besides XXFTPD_EVENT);
+# its flag is --on-EVENT (option on_EVENT)
+EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "upload": ("PATH: the real path of each committed upload", ("USER", "CLIENT", "FTP_PATH", "SIZE", "SHA256")),
+    "login": ("USER: the user name, after each login", ("USER", "CLIENT")),
+    "delete": ("PATH: the real path of each deleted file", ("USER", "CLIENT", "FTP_PATH")),
 }
 
 
@@ -166,7 +166,7 @@ class HookRunner:
         """Run one hook to its end or timeout; its exit status (None: it did
         not start or was killed at its timeout)."""
         argument = run.argv[-1]
-        info = dict(event="hook", hook=run.event, argument=argument, command=run.argv[0])
+        info = dict(event="hook", hook=run.event, argument=argument, program=run.argv[0])
         started = time.monotonic()
         try:
             proc = subprocess.Popen(run.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

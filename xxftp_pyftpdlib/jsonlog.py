@@ -12,7 +12,7 @@ Rules that live here:
   ``user`` (once given). A command adds ``command``, ``path`` and
   ``code`` (the reply code); a transfer adds ``command``, ``path``,
   ``bytes``, ``seconds``, ``code`` and ``completed``; a hook adds
-  ``hook`` and what became of it. A traceback is the ``traceback`` field.
+  ``hook``, ``program``, ``argument`` and its ``status``. A traceback is the ``traceback`` field.
 - ``event`` names the kind of record: ``connect``, ``disconnect``,
   ``login``, ``login_failed``, ``command``, ``reply``, ``transfer``,
   ``hook``; ``log`` for any other line (pyftpdlib's, the server's).

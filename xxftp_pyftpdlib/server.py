@@ -279,7 +279,8 @@ def make_handler(options: Options, base: type | None = None) -> type:
 def _hooks(options: Options) -> hooks.HookRunner | None:
     """The server's hook runner, None without hooks; ConfigError for a bad command."""
     commands = {}
-    for event, text in (("upload", options.on_upload), ("login", options.on_login), ("delete", options.on_delete)):
+    for event in hooks.EVENTS:
+        text = getattr(options, f"on_{event}")
         if text:
             try:
                 commands[event] = hooks.parse_command(text)
