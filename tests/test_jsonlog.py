@@ -13,12 +13,30 @@ import pytest
 from conftest import download, listing, start_logged, stop_logged, upload
 from xxftp_pyftpdlib.jsonlog import FIELDS, JsonFormatter, fields
 
+
 def _records(text: str) -> list[dict]:
     lines = text.splitlines()
     assert lines
     return [json.loads(line) for line in lines]  # each line alone is valid JSON
 
+
+def _upload_once(root, *flags: str) -> str:
+    """A real server logs alice's login and upload of /a.bin (3 bytes): its log."""
+    proc, port = start_logged(root, *flags)
+    try:
+        ftp = ftplib.FTP()
+        ftp.connect("127.0.0.1", port, timeout=10)
+        ftp.login("alice", "pw")
+        upload(ftp, "/a.bin", b"abc")
+        ftp.quit()
+    finally:
+        text = stop_logged(proc)
+    return text
+
+
 @pytest.mark.parametrize("level", ["info", "debug"])
+
+
 def test_every_line_is_json_with_fields(tree, level):
     tree.user("alice", password="pw")
     tree.file("alice/hello.txt", b"hello")
@@ -72,19 +90,13 @@ def test_every_line_is_json_with_fields(tree, level):
         assert "<- LIST" in received and "<- PASS ******" in received
         assert any(r["event"] == "reply" and r["code"] == 500 for r in records)
 
+
 def test_text_stays_the_default(tree):
     tree.user("alice", password="pw")
-    proc, port = start_logged(tree.root)
-    try:
-        ftp = ftplib.FTP()
-        ftp.connect("127.0.0.1", port, timeout=10)
-        ftp.login("alice", "pw")
-        upload(ftp, "/a.bin", b"abc")
-        ftp.quit()
-    finally:
-        text = stop_logged(proc)
+    text = _upload_once(tree.root)
     assert "-[alice] STOR /a.bin ok bytes=3 seconds=" in text
     assert not any(line.startswith("{") for line in text.splitlines())
+
 
 def test_a_traceback_is_a_field():
     formatter = JsonFormatter()
@@ -107,15 +119,6 @@ def test_a_traceback_is_a_field():
 @pytest.mark.parametrize("model", [("--workers", "2"), ("--concurrency", "multi-thread")])
 def test_json_in_other_serving_models(tree, model):
     tree.user("alice", password="pw")
-    proc, port = start_logged(tree.root, "--log-format", "json", *model)
-    try:
-        ftp = ftplib.FTP()
-        ftp.connect("127.0.0.1", port, timeout=10)
-        ftp.login("alice", "pw")
-        upload(ftp, "/a.bin", b"abc")
-        ftp.quit()
-    finally:
-        text = stop_logged(proc)
-    records = _records(text)
+    records = _records(_upload_once(tree.root, "--log-format", "json", *model))
     (transfer,) = [r for r in records if r["event"] == "transfer"]
     assert (transfer["path"], transfer["bytes"], transfer["code"], transfer["user"]) == ("/a.bin", 3, 226, "alice")
