@@ -82,6 +82,7 @@ def test_every_line_is_json_with_fields(tree, level):
     assert len(failed) == 1 and failed[0]["session"] not in sessions
     assert any(r["event"] == "connect" for r in records) and any(r["event"] == "disconnect" for r in records)
     assert any(r["logger"] == "xxftpd" and "listening" in r["message"] for r in records)
+    assert any(r["logger"] == "pyftpdlib" and "starting FTP server" in r["message"] for r in records)
     if level == "info":
         refused = [r for r in records if r["event"] == "command"]
         assert [(r["command"], r["path"], r["code"]) for r in refused] == [("DELE", "/missing.txt", 550)]
