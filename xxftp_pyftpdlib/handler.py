@@ -9,7 +9,9 @@ before the handshake and data connections bound to the control
 connection's TLS session (``tlschannel``). On our servers each session
 holds a place in the admission table (``admission``): it says when it
 logs in or out, and leaves with a 421 when told to (displaced, or out of
-time to log in). Paths, mounts and permissions are the filesystem's
+time to log in). Its log lines carry their fields (``sessionlog``), and
+each login, committed upload and deletion is handed to the hooks
+(``hooks``). Paths, mounts and permissions are the filesystem's
 business (XxftpFS), which is why these handlers also work with
 pyftpdlib's DummyAuthorizer.
 """
