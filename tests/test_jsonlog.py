@@ -80,6 +80,7 @@ def test_every_line_is_json_with_fields(tree, level):
     failed = [r for r in records if r["event"] == "login_failed"]
     assert len(logins) == 1 and logins[0]["session"] in sessions and logins[0]["user"] == "alice"
     assert len(failed) == 1 and failed[0]["session"] not in sessions
+    assert (failed[0]["user"], failed[0]["code"], logins[0]["code"]) == ("alice", 530, 230)
     assert any(r["event"] == "connect" for r in records) and any(r["event"] == "disconnect" for r in records)
     assert any(r["logger"] == "xxftpd" and "listening" in r["message"] for r in records)
     assert any(r["logger"] == "pyftpdlib" and "starting FTP server" in r["message"] for r in records)

@@ -244,7 +244,7 @@ class XxftpSession(SessionLog):
                 conn.send(f"421 {refusal}\r\n".encode())
             except OSError:
                 pass
-            self.log(f"connection refused: {refusal}")
+            self.log(f"connection refused: {refusal}", event="refused", code=421)
             self.close()
 
     # --- the admission table's place (see admission.py): who may stay

@@ -13,8 +13,9 @@ Rules that live here:
   ``code`` (the reply code); a transfer adds ``command``, ``path``,
   ``bytes``, ``seconds``, ``code`` and ``completed``; a hook adds
   ``hook``, ``program``, ``argument`` and its ``status``. A traceback is the ``traceback`` field.
-- ``event`` names the kind of record: ``connect``, ``disconnect``,
-  ``login``, ``login_failed``, ``command``, ``reply``, ``transfer``,
+- ``event`` names the kind of record: ``connect``, ``refused`` (a
+  connection answered 421 at once), ``disconnect``, ``login``,
+  ``login_failed``, ``command``, ``received``, ``reply``, ``transfer``,
   ``hook``; ``log`` for any other line (pyftpdlib's, the server's).
 - The text format is unchanged: the fields travel with each record
   (``FIELDS``) and only this formatter reads them.

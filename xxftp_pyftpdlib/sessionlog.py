@@ -26,6 +26,7 @@ class SessionLog:
     """Mixed in before pyftpdlib's FTPHandler (see the module's opening)."""
 
     _replying: int | None = None  # the code of the reply being sent, while it is logged
+    _login_tried: str | None = None  # the user name of the last failed login (pyftpdlib forgets it)
     last_reply_code: int | None = None  # the code of the last reply sent
 
     @property
@@ -43,9 +44,18 @@ class SessionLog:
             values["event"] = "reply" if self._replying is not None else event_of(msg)
         if self._replying is not None:
             values.setdefault("code", self._replying)
-        logfun(f"{prefix} {msg}", extra=fields(
-            message=msg, session=self.session_id, client=getattr(self, "remote_ip", None),
-            client_port=getattr(self, "remote_port", None), user=getattr(self, "username", None), **values))
+        elif values["event"] in ("login", "login_failed"):  # logged right after its 230 or 530
+            values.setdefault("code", self.last_reply_code)
+        line = dict(message=msg, session=self.session_id, client=getattr(self, "remote_ip", None),
+                    client_port=getattr(self, "remote_port", None),
+                    user=getattr(self, "username", None) or
+                    (self._login_tried if values["event"] == "login_failed" else None))
+        line.update(values)
+        logfun(f"{prefix} {msg}", extra=fields(**line))
+
+    def handle_auth_failed(self, msg: str, password: str) -> None:
+        self._login_tried = self.username
+        super().handle_auth_failed(msg, password)
 
     def logline(self, msg: str, logfun=logger.debug) -> None:
         if logger.isEnabledFor(logging.DEBUG):
