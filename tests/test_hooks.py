@@ -113,7 +113,7 @@ def test_hooks_get_their_argument_and_environment(served, tmp_path, mode):
 def test_hanging_hook_is_killed_and_reply_does_not_wait(served, tmp_path):
     marker = f"{os.getpid()}{time.monotonic_ns() % 100000}"
     hang = _script(tmp_path, "hang.sh", f"#!/bin/sh\nsleep 3{marker} &\nsleep 3{marker}\n")
-    proc, port = start_logged(served.root, "--on-upload", str(hang), "--hook-timeout", "1")
+    proc, port = start_logged(served.root, "--on-upload", str(hang), "--hook-timeout", "3")
     try:
         ftp = ftplib.FTP()
         ftp.connect(HOST, port, timeout=10)
@@ -121,19 +121,17 @@ def test_hanging_hook_is_killed_and_reply_does_not_wait(served, tmp_path):
         started = time.monotonic()
         assert store(ftp, "/a.bin", b"a").startswith("226")
         assert store(ftp, "/b.bin", b"b").startswith("226")
-        assert time.monotonic() - started < 0.9  # the replies never waited for the hooks
+        assert time.monotonic() - started < 2.5  # the replies never waited for the hooks (3 s each)
 
         def sleepers() -> int:
             return sum(1 for pid in os.listdir("/proc") if pid.isdigit() and _cmdline(pid).endswith(marker))
 
-        assert wait_until(lambda: sleepers() == 4, 2)  # both hooks run (concurrency 4), each with its child
-        with open(proc.log) as f:
-            assert "timed out" not in f.read()
-        assert wait_until(lambda: sleepers() == 0, 5)  # killed at the timeout, the child too
+        assert wait_until(lambda: sleepers() == 4, 2.5)  # both hooks run (concurrency 4), each with its child
+        assert wait_until(lambda: sleepers() == 0, 8)  # killed at the timeout, the child too
         ftp.quit()
     finally:
         text = stop_logged(proc)
-    lines = [line for line in text.splitlines() if "timed out after 1 s: process group killed" in line]
+    lines = [line for line in text.splitlines() if "timed out after 3 s: process group killed" in line]
     assert len(lines) == 2 and "a.bin" in lines[0] + lines[1], text
 
 
