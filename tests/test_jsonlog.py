@@ -56,11 +56,12 @@ def test_every_line_is_json_with_fields(tree, level):
         bad = ftplib.FTP()
         bad.connect("127.0.0.1", port, timeout=10)
         with pytest.raises(ftplib.error_perm, match="^530"):
-            bad.login("alice", "wrong")
+            bad.login("alice", "Wr0ngS3cret")
         bad.close()
     finally:
         text = stop_logged(proc)
     records = _records(text)
+    assert "Wr0ngS3cret" not in text  # a password is never logged, in any field
     for record in records:
         assert {"time", "level", "logger", "event", "message"} <= record.keys(), record
         assert record["time"].endswith("Z") and record["level"] in ("debug", "info", "warning", "error")
