@@ -7,6 +7,7 @@ from __future__ import annotations
 import ftplib
 import logging
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -250,3 +251,23 @@ def test_parse_command():
     for bad in ("", "   ", "'open", "/no/such/thing arg"):
         with pytest.raises(ValueError):
             parse_command(bad)
+
+
+def test_output_is_bounded_and_a_lingering_child_does_not_hold_the_run(tmp_path, caplog):
+    from xxftp_pyftpdlib.hooks import OUTPUT_LIMIT, HookRunner, Run
+    runner = HookRunner({"upload": ["sh"]}, concurrency=1, timeout=5)
+    caplog.set_level(logging.DEBUG, logger="xxftpd.hooks")
+    env = {"PATH": os.environ["PATH"]}
+    started = time.monotonic()
+    assert runner.run(Run("upload", ["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x", "/a"], env)) == 0
+    (output,) = [r.getMessage() for r in caplog.records if "output for /a" in r.getMessage()]
+    assert output.count("x") == OUTPUT_LIMIT
+    # a hook that leaves a child holding its output open is done when it exits
+    marker = f"7{os.getpid()}"
+    script = f"sleep {marker} & echo started"
+    assert runner.run(Run("upload", ["sh", "-c", script, "/b"], env)) == 0
+    assert time.monotonic() - started < 4
+    assert not [r for r in caplog.records if "timed out" in r.getMessage()]
+    for pid in os.listdir("/proc"):  # (the child is left alone: end it here)
+        if pid.isdigit() and _cmdline(pid) == f"sleep {marker}":
+            os.kill(int(pid), signal.SIGKILL)
