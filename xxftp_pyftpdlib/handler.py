@@ -10,9 +10,11 @@ connection's TLS session (``tlschannel``). On our servers each session
 holds a place in the admission table (``admission``): it says when it
 logs in or out, and leaves with a 421 when told to (displaced, or out of
 time to log in). HASH, RANG and the X-commands hash files in worker
-threads, the session waiting for its reply (rules in ``hashes``).
-Paths, mounts and permissions are the filesystem's business (XxftpFS),
-which is why these handlers also work with pyftpdlib's DummyAuthorizer.
+threads, the session waiting for its reply (rules in ``hashes``). Its
+log lines carry their fields (``sessionlog``), and each login, committed
+upload and deletion is handed to the hooks (``hooks``). Paths, mounts
+and permissions are the filesystem's business (XxftpFS), which is why
+these handlers also work with pyftpdlib's DummyAuthorizer.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashes, hashpool, lines, replies, xferlog
+from . import access, banners, hashes, hashpool, hooks, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -42,6 +44,7 @@ from .listing import SORTED_UP_TO
 from .loopwake import LoopWake
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
+from .sessionlog import SessionLog
 from .uploads import BROKEN, Upload
 
 
@@ -114,7 +117,7 @@ class SlicedProducer:
         return data
 
 
-class XxftpSession:
+class XxftpSession(SessionLog):
     """The behaviour shared by the plain and the TLS handler."""
 
     abstracted_fs = XxftpFS
@@ -125,6 +128,7 @@ class XxftpSession:
     allow_from: list = []
     deny_from: list = []
     bans: access.BanList | None = None
+    hooks: hooks.HookRunner | None = None
     _retr_ftp_path = ""
 
     def _refusal(self) -> str | None:
@@ -175,7 +179,34 @@ class XxftpSession:
     def on_login(self, username: str) -> None:
         if self.bans is not None:
             self.bans.succeeded(self.remote_ip)
+        if self.hooks is not None:
+            self.hooks.submit("login", username, USER=username, CLIENT=self.remote_ip)
         super().on_login(username)
+
+    # --- hooks (rules in ``hooks``): queued, never waited for
+
+    def on_upload_committed(self, upload: Upload) -> None:
+        """The data channel committed ``upload`` (a whole transfer)."""
+        if self.hooks is None or not self.hooks.wants("upload") or upload.committed is None:
+            return
+        real, size = upload.committed
+        fs = self.fs
+        self.hooks.submit("upload", real, USER=self.username, CLIENT=self.remote_ip, SIZE=size,
+                          FTP_PATH=fs.fs2ftp(upload.name) if fs is not None else None,
+                          SHA256=hashes.cached(real))
+
+    def ftp_DELE(self, path: str):
+        real = None
+        if self.hooks is not None and self.hooks.wants("delete"):
+            try:
+                real = self.fs.resolve(path).real
+            except Exception:  # DELE meets the same refusal and answers it
+                real = None
+        result = super().ftp_DELE(path)
+        if result is not None and real is not None:
+            self.hooks.submit("delete", real, USER=self.username, CLIENT=self.remote_ip,
+                              FTP_PATH=self.fs.fs2ftp(path))
+        return result
 
     def ftp_RETR(self, file: str):
         self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path
@@ -187,7 +218,9 @@ class XxftpSession:
         fs = self.fs
         path = (fs.fs2ftp(filename) if fs is not None else filename) if receive else self._retr_ftp_path
         result = "ok" if completed else "incomplete"
-        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
+        code = self.last_reply_code if (self.last_reply_code or 0) >= 200 else None  # not the 150
+        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}", event="transfer", command=cmd,
+                 path=path, bytes=bytes, seconds=elapsed, completed=bool(completed), code=code)
         if self.xferlog_path:
             try:
                 xferlog.append(self.xferlog_path, xferlog.line(
@@ -214,7 +247,7 @@ class XxftpSession:
                 conn.send(f"421 {refusal}\r\n".encode())
             except OSError:
                 pass
-            self.log(f"connection refused: {refusal}")
+            self.log(f"connection refused: {refusal}", event="refused", code=421)
             self.close()
 
     # --- the admission table's place (see admission.py): who may stay

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, hashpool, xferlog
+from . import access, hashpool, hooks, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -158,7 +158,11 @@ else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
-            return super()._loop(handler)
+            try:
+                return super()._loop(handler)
+            finally:
+                if handler.hooks is not None:  # its hooks end with it, not cut off
+                    handler.hooks.drain()
 
     MultiprocessFTPServer = MultiprocessServer
 
@@ -205,6 +209,11 @@ class Options:
     ban_time: int = 600
     workers: int = 1
     max_login_checks: int = hashpool.MAX_CHECKS  # password checks in progress at once, per process (0: no limit)
+    on_upload: str | None = None  # hook commands (see hooks.py)
+    on_login: str | None = None
+    on_delete: str | None = None
+    hook_concurrency: int = 4  # hooks running at once, per process
+    hook_timeout: int = 60  # seconds before a hook's process group is killed
 
 
 def check_root(root: str) -> str:
@@ -238,6 +247,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
     if options.ban_after:
         shared = options.concurrency == "multi-proc" or options.workers > 1
         attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
+    attrs["hooks"] = _hooks(options)
     if options.xferlog:
         try:
             xferlog.append(options.xferlog, "")
@@ -264,6 +274,23 @@ def make_handler(options: Options, base: type | None = None) -> type:
           or options.tls_session_reuse != DEFAULT_SESSION_REUSE):
         raise ConfigError("TLS options need --tls")
     return type("Configured" + base.__name__, (base,), attrs)
+
+
+def _hooks(options: Options) -> hooks.HookRunner | None:
+    """The server's hook runner, None without hooks; ConfigError for a bad command."""
+    commands = {}
+    for event in hooks.EVENTS:
+        text = getattr(options, f"on_{event}")
+        if text:
+            try:
+                commands[event] = hooks.parse_command(text)
+            except ValueError as err:
+                raise ConfigError(f"--on-{event}: {err}") from None
+    if not commands:
+        return None
+    if options.hook_concurrency < 1 or options.hook_timeout < 1:
+        raise ConfigError("--hook-concurrency and --hook-timeout must be at least 1")
+    return hooks.HookRunner(commands, options.hook_concurrency, options.hook_timeout)
 
 
 def make_server(options: Options, handler: type | None = None):
