@@ -309,8 +309,8 @@ def test_implicit_tls_with_a_client_certificate(serve, material):
     sock.close()
 
 
-def test_curl_with_a_client_certificate(homes, material, tmp_path):
-    require_programs("curl")
+def test_curl_and_lftp_with_a_client_certificate(homes, material, tmp_path):
+    require_programs("curl", "lftp")
     implicit = free_port()
     proc, port = start_logged(homes.root, "--tls", "--certfile", material.server[0], "--keyfile",
                               material.server[1], "--tls-client-ca", material.ca, "--implicit-port", str(implicit))
@@ -330,9 +330,14 @@ def test_curl_with_a_client_certificate(homes, material, tmp_path):
         no_cert = subprocess.run(["curl", "-sS", "-k", "-u", "alice:", f"ftps://{HOST}:{implicit}/"],
                                  timeout=30, capture_output=True, text=True)
         assert no_cert.returncode != 0 and "530" in no_cert.stderr  # an empty password is no login
+        for url in (f"ftp://{HOST}:{port}", f"ftps://{HOST}:{implicit}"):
+            script = (f"set ssl:verify-certificate no; set ftp:ssl-force yes; set ssl:cert-file {material.alice[0]}; "
+                      f"set ssl:key-file {material.alice[1]}; open -u alice, {url}; cls -1")
+            done = subprocess.run(["lftp", "-c", script], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0 and "secret.txt" in done.stdout, done.stderr
     finally:
         log = stop_logged(proc)
-    assert log.count("logged in by a client certificate") == 3 and "did not resume" not in log
+    assert log.count("logged in by a client certificate") == 5 and "did not resume" not in log
 
 
 def test_the_ca_flag_is_checked_at_start(homes, material, tmp_path):
