@@ -16,32 +16,12 @@ import time
 
 import pytest
 
-from conftest import (HOST, ResumingFTP_TLS, ServerThread, free_port, require_programs, start_logged, stop_logged,
-                      wait_until)
+from conftest import (HOST, ImplicitFTP_TLS, ResumingFTP_TLS, ServerThread, free_port, require_programs,
+                      start_logged, stop_logged, wait_until)
 from xxftp_pyftpdlib import certs
-from xxftp_pyftpdlib.server import ConfigError, Options, make_handler, make_server
+from xxftp_pyftpdlib.server import ConfigError, Options, make_server
 
 SECRET = b"IMPLICIT-SECRET " * 4096
-
-
-class ImplicitFTP_TLS(ResumingFTP_TLS):
-    """ftplib speaking implicit FTPS: the control socket is wrapped before
-    the greeting is read; data connections resume its TLS session."""
-
-    def connect(self, host="", port=0, timeout=-999, source_address=None):
-        if host:
-            self.host = host
-        if port:
-            self.port = port
-        if timeout != -999:
-            self.timeout = timeout
-        self.sock = socket.create_connection((self.host, self.port), self.timeout)
-        self.af = self.sock.family
-        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
-        self.file = self.sock.makefile("r", encoding=self.encoding)
-        self.welcome = self.getresp()
-        self._prot_p = True  # implied on an implicit port
-        return self.welcome
 
 
 def client_context() -> ssl.SSLContext:
@@ -72,27 +52,19 @@ def homes(tree):
 
 
 @pytest.fixture
-def serve(homes, pair):
+def serve(homes, pair, start_options):
     """serve(**options) -> the running server (``.port``; ``.implicit_port``)."""
-    started: list[ServerThread] = []
 
     def start(**fields) -> ServerThread:
         fields.setdefault("tls_implicit", not fields.get("tls"))
-        options = Options(root=str(homes.root), host=HOST, port=0, certfile=pair[0], keyfile=pair[1],
-                          max_cons_per_ip=0, max_unauthenticated=0, max_unauthenticated_per_ip=0,
-                          login_timeout=0, **fields)
-        handler = make_handler(options)
-        handler.auth_failed_timeout = 0.01
-        thread = ServerThread(make_server(options, handler))
+        thread = start_options(Options(root=str(homes.root), host=HOST, port=0, certfile=pair[0], keyfile=pair[1],
+                                       max_cons_per_ip=0, max_unauthenticated=0, max_unauthenticated_per_ip=0,
+                                       login_timeout=0, **fields))
         extra = getattr(thread.server, "extra_listeners", [])
         thread.implicit_port = extra[0].address[1] if extra else thread.server.address[1]
-        thread.start()
-        started.append(thread)
         return thread
 
-    yield start
-    for thread in started:
-        thread.stop()
+    return start
 
 
 def test_ftplib_implicit_lists_uploads_and_downloads_with_prot_p_implied(serve, homes, caplog):

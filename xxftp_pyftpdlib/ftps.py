@@ -39,6 +39,7 @@ import logging
 import sys
 
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from pyftpdlib.authorizers import AuthenticationFailed
 from pyftpdlib.ioloop import Acceptor
@@ -102,7 +103,7 @@ class ImplicitTLS:
     def handle_failed_ssl_handshake(self) -> None:
         err = sys.exc_info()[1]
         why = tlschannel.error_text(err) if isinstance(err, SSL.Error) else "failed"
-        self.log(f"closing: TLS handshake failed: {why}", logfun=logger.info)
+        self.log(f"closing: TLS handshake failed: {why}{_verify_failure(self.socket)}", logfun=logger.info)
         self.close()
 
     def handle_max_cons(self) -> None:
@@ -162,12 +163,42 @@ class ImplicitListener(Listener, Acceptor):
 # --- client certificates
 
 
+# OpenSSL's X509_V_ERR_* codes a client certificate most often fails with
+_VERIFY_ERRORS = {
+    2: "unable to get issuer certificate", 9: "certificate is not yet valid", 10: "certificate has expired",
+    18: "self-signed certificate", 19: "self-signed certificate in chain",
+    20: "not signed by the client CA (unable to get local issuer certificate)",
+    21: "unable to verify the first certificate", 24: "invalid CA certificate",
+    26: "unsupported certificate purpose",
+}
+
+
+def _note_verify_failure(conn: SSL.Connection, cert, errnum: int, depth: int, ok: int) -> bool:
+    """OpenSSL's verdict, kept as it is; a failure is noted on the connection
+    for the log line of the failed handshake (OpenSSL's own says only
+    "certificate verify failed")."""
+    if not ok and conn.get_app_data() is None:
+        names = cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME) if cert else []
+        subject = names[0].value if names else None
+        conn.set_app_data(f"{_VERIFY_ERRORS.get(errnum, f'X509 error {errnum}')} "
+                          f"(depth {depth}{f', CN={subject!r}' if subject else ''})")
+    return bool(ok)
+
+
+def _verify_failure(conn) -> str:
+    try:
+        noted = conn.get_app_data()
+    except Exception:
+        return ""
+    return f": {noted}" if isinstance(noted, str) else ""
+
+
 def ask_for_certificates(context: SSL.Context, cafile: str) -> None:
     """Ask clients for a certificate signed by ``cafile``'s CA (optional,
     but one presented must verify)."""
     context.load_verify_locations(cafile)
     context.load_client_ca(cafile.encode())
-    context.set_verify(SSL.VERIFY_PEER)
+    context.set_verify(SSL.VERIFY_PEER, _note_verify_failure)
     context.set_session_id(b"xxftpd")  # OpenSSL refuses to resume a verified session without one
 
 
@@ -236,7 +267,8 @@ class ClientCertificates:
         if not isinstance(err, SSL.Error):
             super().handle_failed_ssl_handshake()
             return
-        self.log(f"closing: TLS handshake failed: {tlschannel.error_text(err)}", logfun=logger.info)
+        self.log(f"closing: TLS handshake failed: {tlschannel.error_text(err)}{_verify_failure(self.socket)}",
+                 logfun=logger.info)
         self.close()
 
 
