@@ -1,6 +1,7 @@
-"""TLS client certificates: the ``.xxftp/certs`` rules on their own, then
-over real sockets with ftplib and curl (certificates made here: a CA, client
-certificates it signed, one self-signed, one expired)."""
+"""TLS client certificates over real sockets, with ftplib, curl and lftp
+(certificates made here: a CA, client certificates it signed, one
+self-signed, one expired); the ``.xxftp/certs`` rules alone are in
+test_clientcerts.py."""
 
 from __future__ import annotations
 
@@ -21,58 +22,11 @@ from cryptography.x509.oid import NameOID
 
 from conftest import (HOST, ImplicitFTP_TLS, ResumingFTP_TLS, ServerThread, free_port, require_programs,
                       start_logged, stop_logged, wait_until)
-from xxftp_pyftpdlib import certs, clientcerts
+from xxftp_pyftpdlib import certs
 from xxftp_pyftpdlib.checks import check_tree
-from xxftp_pyftpdlib.clientcerts import CertRule, Way, parse_certs, parse_fingerprint, way
 from xxftp_pyftpdlib.server import ConfigError, Options, make_handler
 
 SECRET = b"CERT-SECRET " * 1000
-
-
-# --- the rules
-
-
-FP = bytes(range(32))
-
-
-def test_fingerprints_with_or_without_colons_in_any_case():
-    plain = FP.hex()
-    assert parse_fingerprint(plain) == FP
-    assert parse_fingerprint(plain.upper()) == FP
-    assert parse_fingerprint(":".join(plain[i:i + 2] for i in range(0, 64, 2)).upper()) == FP
-    for bad in (plain[:-2], plain + "00", "zz" * 32, plain[:2] + ":" + plain[2:], "sha256:" + plain, ""):
-        assert parse_fingerprint(bad) is None, bad
-
-
-def test_parse_certs_lines_comments_and_and_password():
-    text = f"# alice's laptop\n{FP.hex()}  # trailing comment\n\n{FP.hex().upper()}\nAND-PASSWORD\n"
-    parsed = parse_certs(text, "/h/.xxftp/certs")
-    assert parsed.value == CertRule((FP,), and_password=True) and not parsed.problems
-    assert parse_certs(FP.hex() + "\n", "p").value == CertRule((FP,), and_password=False)
-
-
-def test_a_bad_line_is_reported_and_makes_the_password_needed_too():
-    parsed = parse_certs(f"{FP.hex()}\nand_password\n", "/h/.xxftp/certs")
-    assert [str(p) for p in parsed.problems] == [
-        "/h/.xxftp/certs:2: not a SHA-256 fingerprint nor 'and-password': 'and_password' "
-        "(skipped; the password is needed as well)"]
-    assert parsed.value == CertRule((FP,), and_password=True)  # a mistyped and-password still counts
-
-
-def test_the_ways_to_log_in():
-    other = bytes(32)
-    listed = CertRule((other, FP))
-    assert way(None, FP) is Way.PASSWORD  # no certs file
-    assert way(listed, FP) is Way.CERTIFICATE
-    assert way(listed, bytes([1]) * 32) is Way.PASSWORD  # not listed: nothing extra
-    assert way(listed, None) is Way.PASSWORD
-    both = CertRule((FP,), and_password=True)
-    assert way(both, FP) is Way.PASSWORD  # the password is still needed
-    assert way(both, None) is Way.REFUSED and way(both, other) is Way.REFUSED
-    assert way(clientcerts.UNREADABLE, FP) is Way.REFUSED
-
-
-# --- certificates for the sockets
 
 
 class Material:
