@@ -307,3 +307,15 @@ def test_xxftpd_check_reports_bad_lines_with_file_and_line(homes, material):
     proc = subprocess.run([sys.executable, "-m", "xxftp_pyftpdlib", "--root", str(homes.root), "check"],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "dave/.xxftp/certs:3: not a SHA-256" in proc.stdout
+
+
+def test_hosts_still_apply_to_a_certificate_login(serve, homes, material):
+    homes.xxftp(homes.root / "alice", "hosts", "10.0.0.0/8\n")
+    srv = serve()
+    ftp = tls_client(srv.port, material.alice)
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("USER alice")
+    assert ftp.sendcmd("NOOP").startswith("200")  # the session goes on, not logged in
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.nlst()
+    ftp.close()
