@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from xxftp_pyftpdlib import clientcerts
 from xxftp_pyftpdlib.clientcerts import CertRule, Way, parse_certs, parse_fingerprint, way
 
@@ -43,3 +46,31 @@ def test_the_ways_to_log_in():
     assert way(both, FP) is Way.PASSWORD  # the password is still needed
     assert way(both, None) is Way.REFUSED and way(both, other) is Way.REFUSED
     assert way(clientcerts.UNREADABLE, FP) is Way.REFUSED
+
+
+_HEXES = st.binary(min_size=32, max_size=32).map(bytes.hex)
+CERT_LINE = st.one_of(
+    _HEXES, _HEXES.map(str.upper), _HEXES.map(lambda h: ":".join(h[i:i + 2] for i in range(0, 64, 2))),
+    st.sampled_from(["and-password", "AND-PASSWORD", "and_password", "# comment", "", "  ", "sha256:ab",
+                     "ab" * 31, "ab" * 33]),
+    st.text(max_size=80))
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(CERT_LINE, max_size=12))
+def test_parse_certs_never_raises_and_keeps_to_the_safe_side(lines):
+    text = "\n".join(lines)
+    parsed = parse_certs(text, "c")
+    rule = parsed.value
+    meaningful = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    for problem in parsed.problems:
+        assert problem.path == "c" and meaningful[problem.line - 1]
+    assert all(len(f) == 32 for f in rule.fingerprints)
+    assert len(set(rule.fingerprints)) == len(rule.fingerprints)
+    if parsed.problems:  # a bad line: never the certificate alone
+        assert rule.and_password
+        assert all(way(rule, f) is not Way.CERTIFICATE for f in rule.fingerprints)
+    for line in meaningful:
+        value = parse_fingerprint(line)
+        if value is not None:
+            assert value in rule.fingerprints and way(rule, value) is not Way.REFUSED
