@@ -319,3 +319,17 @@ def test_hosts_still_apply_to_a_certificate_login(serve, homes, material):
     with pytest.raises(ftplib.error_perm, match="^530"):
         ftp.nlst()
     ftp.close()
+
+
+def test_and_password_on_a_home_without_password_needs_the_certificate(serve, homes, material):
+    homes.user("erin")  # USER alone logs erin in ...
+    homes.xxftp(homes.root / "erin", "certs", f"{material.carol[2]}\nand-password\n")  # ... with her certificate
+    srv = serve()
+    ftp = tls_client(srv.port, material.carol)
+    assert ftp.sendcmd("USER erin").startswith("230")
+    ftp.quit()
+    for cert in (None, material.alice):
+        ftp = tls_client(srv.port, cert)
+        with pytest.raises(ftplib.error_perm, match="^530"):
+            ftp.sendcmd("USER erin")
+        ftp.close()
