@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="atomic (default): an upload replaces a file only when complete; "
                         "atomic-resume: also keep broken new uploads for resuming; "
                         "standard: write in place like plain pyftpdlib")
-    tls = p.add_argument_group("FTPS (explicit AUTH TLS)")
+    tls = p.add_argument_group("FTPS (explicit AUTH TLS, implicit TLS)")
     tls.add_argument("--tls", action="store_true", help="offer AUTH TLS (needs --certfile)")
     tls.add_argument("--certfile", metavar="PATH", help="PEM certificate (chain); may also hold the key")
     tls.add_argument("--keyfile", metavar="PATH", help="PEM private key, if not in --certfile")
@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-session-reuse", choices=SESSION_REUSE, default=DEFAULT_SESSION_REUSE,
                      help="required (default): a PROT P data connection must resume the control "
                           "connection's TLS session (TLS 1.2); off: any TLS session")
+    tls.add_argument("--tls-implicit", action="store_true",
+                     help="implicit FTPS on --port instead: TLS from the first byte (needs --certfile)")
+    tls.add_argument("--implicit-port", type=_port, metavar="PORT",
+                     help="with --tls: also serve implicit FTPS on PORT (usually 990)")
+    tls.add_argument("--tls-client-ca", metavar="PATH",
+                     help="ask clients for a certificate signed by this CA (PEM); one listed in a "
+                          "user's .xxftp/certs logs that user in")
     acl = p.add_argument_group("access control")
     acl.add_argument("--allow-from", action="append", metavar="CIDR[,CIDR]",
                      help="accept connections only from these networks (repeatable)")
@@ -249,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
-        tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
+        tls_session_reuse=args.tls_session_reuse, tls_implicit=args.tls_implicit,
+        implicit_port=args.implicit_port, tls_client_ca=args.tls_client_ca, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
         max_login_checks=args.max_login_checks,
         on_upload=args.on_upload, on_login=args.on_login, on_delete=args.on_delete,

@@ -244,11 +244,17 @@ class XxftpSession(SessionLog):
             # Refused before the server counts or hands the connection on
             # (to a thread or a process): it sees an unconnected handler.
             try:
-                conn.send(f"421 {refusal}\r\n".encode())
+                if self._may_reply():
+                    conn.send(f"421 {refusal}\r\n".encode())
             except OSError:
                 pass
             self.log(f"connection refused: {refusal}", event="refused", code=421)
             self.close()
+
+    def _may_reply(self) -> bool:
+        """Whether a reply can reach the client now (implicit TLS: not
+        before its handshake, where clear text would be a broken record)."""
+        return True
 
     # --- the admission table's place (see admission.py): who may stay
 
@@ -282,7 +288,8 @@ class XxftpSession(SessionLog):
         if reason is not None:
             self.log(f"closing: {reason}")
             try:
-                self.socket.send(f"421 {reason}\r\n".encode())
+                if self._may_reply():
+                    self.socket.send(f"421 {reason}\r\n".encode())
             except Exception:  # best effort: the socket may be half shut or mid-handshake
                 pass
         if place.alive is None:  # else the process that accepted it forgets it when this one ends
