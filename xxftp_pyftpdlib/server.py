@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, hashpool, xferlog
+from . import access, hashpool, status, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -158,7 +158,12 @@ else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
-            return super()._loop(handler)
+            root = status.adopt(handler)  # this process answers `xxftpd who` for its session
+            try:
+                return super()._loop(handler)
+            finally:
+                if root is not None:
+                    status.withdraw(root)
 
     MultiprocessFTPServer = MultiprocessServer
 
@@ -309,6 +314,7 @@ def serve(server, workers: int = 1) -> None:
     host, port = server.address[:2]
     extra = f" with {workers} worker processes" if workers > 1 else ""
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
+    status.publish(server.handler.authorizer.root)  # what `xxftpd who` asks
     try:
         if workers > 1:
             serve_workers(server, workers)
@@ -320,4 +326,5 @@ def serve(server, workers: int = 1) -> None:
             server.handler.bans.close()
         if workers > 1:
             server.close()
+        status.withdraw(server.handler.authorizer.root, sweep=True)
     log.info("xxftpd stopped")
