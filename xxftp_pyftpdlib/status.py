@@ -129,19 +129,20 @@ class _Listener:
                 except Exception:
                     log.exception("status answer failed")
 
-    def close(self, remove: bool) -> None:
-        """Stop answering; ``remove`` the socket's name too (not in a
-        forked child: the name is its parent's)."""
-        if remove and os.getpid() == self.pid:
+    def close(self) -> None:
+        """Stop answering and remove the socket's name; in a forked child
+        only close the inherited descriptors (the socket is the parent's)."""
+        if os.getpid() == self.pid:
             try:
                 if os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False).st_ino == self.ino:
                     os.unlink(self.name, dir_fd=self.dir_fd)
             except OSError:
                 pass
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept
-        except OSError:
-            pass
+        if os.getpid() == self.pid:  # a shutdown reaches every copy: never in a forked child
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's accept
+            except OSError:
+                pass
         self.sock.close()
         os.close(self.dir_fd)
 
@@ -170,7 +171,7 @@ def withdraw(root: str, sweep: bool = False) -> None:
     listener = board.listener if board is not None else None
     if listener is not None and listener.pid == os.getpid():
         board.listener = None
-        listener.close(remove=True)
+        listener.close()
     if sweep and listener is not None:
         who.sweep(root)
 
@@ -192,7 +193,7 @@ def _after_fork_in_child() -> None:
         board.sessions = {}
         if listener is not None:
             try:
-                listener.close(remove=False)
+                listener.close()
             except OSError:
                 pass
 
