@@ -4,10 +4,10 @@ sockets; real servers (the ``xxftpd`` command), real clients."""
 from __future__ import annotations
 
 import ftplib
+import io
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -356,3 +356,29 @@ def test_unsafe_reasons():
     assert "owned by uid 5" in who.unsafe_reason(st(stat.S_IFDIR | 0o700, 5), 0)
     assert who.unsafe_reason(st(stat.S_IFLNK | 0o777), 0) == "is a symbolic link"
     assert who.unsafe_reason(st(stat.S_IFREG | 0o600), 0) == "is not a folder"
+
+
+def test_the_state_folder_is_out_of_ftp_reach(tree):
+    """Not by a path out of the home, nor by a mount naming it as its
+    target: no one can see, enter, read or remove it or its sockets."""
+    tree.user("alice", password="pw", virtual="st $root/.xxftpd read,write,modify\n")
+    proc, port = start_logged(tree.root)
+    try:
+        ftp = login(port, "alice", "pw")
+        sock_name = f"{proc.pid}.sock"
+        assert "st" not in ftp.nlst("/")
+        for folder in ("/st", "/../.xxftpd", "/../../.xxftpd"):
+            for cmd in (f"CWD {folder}", f"DELE {folder}/{sock_name}", f"RMD {folder}", f"MKD {folder}/x",
+                        f"RNFR {folder}", f"SIZE {folder}/{sock_name}", f"MLST {folder}"):
+                with pytest.raises(ftplib.error_perm):
+                    ftp.sendcmd(cmd)
+            for cmd in (f"RETR {folder}/{sock_name}", f"LIST {folder}"):
+                with pytest.raises(ftplib.error_perm):
+                    ftp.retrbinary(cmd, lambda data: None)
+            with pytest.raises(ftplib.error_perm):
+                ftp.storbinary(f"STOR {folder}/9.sock", io.BytesIO(b"x"))
+        assert state_entries(tree.root) == [sock_name]
+        assert [s["user"] for s in who.sessions(str(tree.root))] == ["alice"]
+        ftp.close()
+    finally:
+        stop_logged(proc)

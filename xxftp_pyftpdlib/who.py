@@ -46,6 +46,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 from typing import Any
 
@@ -370,7 +371,6 @@ def main(root: str, as_json: bool = False, out=None, err=None) -> int:
     """``xxftpd who``: 0 with the list (maybe empty), ``EXIT_NO_SERVER``
     when no server runs on ``root``, ``EXIT_REFUSED`` when the state
     folder is refused or unreadable; a message on ``err`` then."""
-    import sys
     out = out or sys.stdout
     err = err or sys.stderr
     try:
