@@ -165,6 +165,21 @@ def test_thread_and_process_servers(tree, concurrency):
     assert state_entries(tree.root) == []  # the session processes' sockets too
 
 
+def test_a_clean_stop_removes_the_sockets_of_session_processes(tree):
+    """multi-proc: the server ends each session's process as it stops (no
+    clean-up of their own): it removes their sockets too."""
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root, "--concurrency", "multi-proc")
+    clients = [login(port, "alice", "pw") for _ in range(3)]
+    try:
+        assert len(who.sessions(str(tree.root))) == 3 and len(state_entries(tree.root)) == 4
+    finally:
+        stop_logged(proc)
+        for ftp in clients:
+            ftp.close()
+    assert state_entries(tree.root) == []
+
+
 def test_workers_sessions_of_every_worker_are_listed(tree):
     tree.user("alice", password="pw")
     proc, port = start_logged(tree.root, "--workers", "2")
@@ -181,6 +196,12 @@ def test_workers_sessions_of_every_worker_are_listed(tree):
         assert sorted(s["client"] for s in found) == sorted(f"127.0.0.1:{f.sock.getsockname()[1]}"
                                                           for f in clients)
         assert len(state_entries(tree.root)) == 3  # the parent and each worker
+        # a worker killed: its sessions and its socket go, the other's stay, its successor answers
+        victim = found[0]["pid"]
+        mine = [s["client"] for s in found if s["pid"] != victim]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: [s["client"] for s in who.sessions(str(tree.root))] == mine
+                          and len(state_entries(tree.root)) == 3 and f"{victim}.sock" not in state_entries(tree.root))
     finally:
         for ftp in clients:
             ftp.close()
@@ -193,7 +214,8 @@ def test_after_sigkill_who_says_no_server_and_cleans_up(tree):
     proc, port = start_logged(tree.root)
     ftp = login(port, "alice", "pw")
     try:
-        assert [s["user"] for s in who.sessions(str(tree.root))] == ["alice"]
+        found = who.sessions(str(tree.root))
+        assert [s["user"] for s in found] == ["alice"], found
         assert state_entries(tree.root) == [f"{proc.pid}.sock"]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)

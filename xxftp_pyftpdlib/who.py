@@ -175,6 +175,8 @@ def _ask(fd: int, name: str) -> dict | None:
             if size > MAX_ANSWER:
                 raise ValueError("answer too long")
             parts.append(data)
+    if not parts:
+        raise ValueError("it closed without an answer (a process ending, or one that does not answer this user)")
     answer = json.loads(b"".join(parts))
     if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
         raise ValueError("not a session list")
