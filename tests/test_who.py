@@ -404,3 +404,27 @@ def test_the_state_folder_is_out_of_ftp_reach(tree):
         ftp.close()
     finally:
         stop_logged(proc)
+
+
+def test_ftps_sessions(tree, tmp_path):
+    from conftest import ResumingFTP_TLS
+    from xxftp_pyftpdlib import certs
+    cert, key = certs.self_signed(str(tmp_path / "tls"))
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root, "--tls", "--certfile", cert, "--keyfile", key)
+    try:
+        import ssl
+        context = ssl.create_default_context(cafile=cert)
+        context.check_hostname = False
+        ftp = ResumingFTP_TLS(context=context)
+        ftp.connect(HOST, port, timeout=10)
+        ftp.login("alice", "pw")
+        ftp.prot_p()
+        upload = UploadInProgress(ftp, "STOR secret.bin")
+        assert upload.send(b"s" * (48 * KiB))
+        assert wait_until(lambda: upload_bytes(tree.root, "alice") == 48 * KiB)
+        assert by_user(who.sessions(str(tree.root)))["alice"]["command"] == "STOR secret.bin"
+        assert upload.finish().startswith("226")
+        ftp.close()
+    finally:
+        stop_logged(proc)

@@ -16,8 +16,8 @@ Rules that live here (where the state lives and what it looks like are
   no cost while nobody asks, and an answer never waits for the IO loop,
   nor does the loop wait for it (the thread reads the sessions' fields as
   they are; a field read mid-change is off by one command, no more). It
-  answers only its own user and root (``SO_PEERCRED``), reads nothing,
-  sends one answer and closes.
+  answers only a reader running as its own user or as root
+  (``SO_PEERCRED``), reads nothing, sends one answer and closes.
 - A forked child closes the socket it inherited (without removing it):
   the parent's socket must refuse connections once the parent is gone,
   whatever children live on. The child forgets the parent's sessions.

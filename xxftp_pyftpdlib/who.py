@@ -61,6 +61,7 @@ QUERY_TIMEOUT = 3.0  # seconds a process has to answer (its answer is built by a
 MAX_ANSWER = 64 * 1024 * 1024
 COMMAND_SHOWN = 200  # characters of a command line kept
 MASKED = {"PASS", "ACCT"}  # commands whose argument is a secret
+RECORD_KEYS = frozenset({"pid", "id", "user", "client", "since", "idle", "command", "transfer"})
 
 SOCKET_NAME = re.compile(r"([0-9]+)\.sock")
 BINDING_NAME = re.compile(r"\.([0-9]+)-[0-9a-f]+\.bind")  # a socket not listening yet
@@ -237,7 +238,7 @@ def _collect(fd: int, root: str) -> tuple[list[dict], int]:
             log.warning("%s/%s answers for another root (%s): ignored", STATE_DIR, name, answer.get("root"))
             continue
         live += 1
-        found.extend(s for s in answer["sessions"] if isinstance(s, dict))
+        found.extend(s for s in answer["sessions"] if isinstance(s, dict) and RECORD_KEYS <= s.keys())
     found.sort(key=lambda s: (s.get("since") or 0, s.get("pid") or 0, s.get("id") or 0))
     return found, live
 
