@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -428,3 +429,58 @@ def test_ftps_sessions(tree, tmp_path):
         ftp.close()
     finally:
         stop_logged(proc)
+
+
+def test_two_servers_on_one_root_are_both_listed(tree):
+    tree.user("alice", password="pw")
+    p1, port1 = start_logged(tree.root)
+    p2, port2 = start_logged(tree.root)
+    try:
+        a, b = login(port1, "alice", "pw"), login(port2, "alice", "pw")
+        assert sorted(s["pid"] for s in who.sessions(str(tree.root))) == sorted([p1.pid, p2.pid])
+        a.close()
+        b.close()
+    finally:
+        stop_logged(p1)
+    assert [s["pid"] for s in who.sessions(str(tree.root))] in ([], [p2.pid])  # the other one still runs
+    stop_logged(p2)
+    assert state_entries(tree.root) == []
+
+
+def test_an_answer_for_another_root_or_garbage_is_ignored(tree, caplog):
+    """A socket under our name that answers for another root, or answers
+    garbage, adds no sessions (and is not removed: it is alive)."""
+    import threading
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root)
+    fakes = []
+    try:
+        ftp = login(port, "alice", "pw")
+        for pid, reply in ((999999, who.answer(1, "/elsewhere", [who.record(1, 1, "mallory", "1.2.3.4", 1, 0.0,
+                                                                                 0.0, "NOOP", None)])),
+                           (999998, b"not json"), (999997, b'{"sessions": [{"user": "eve"}], "root": "%s"}'
+                                                   % str(tree.root).encode())):
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(str(tree.root / ".xxftpd" / f"{pid}.sock"))
+            server.listen()
+            fakes.append(server)
+
+            def answer(server=server, reply=reply):
+                while True:
+                    try:
+                        conn, _ = server.accept()
+                    except OSError:
+                        return
+                    with conn:
+                        conn.sendall(reply)
+            threading.Thread(target=answer, daemon=True).start()
+        assert [s["user"] for s in who.sessions(str(tree.root))] == ["alice"]
+        assert "answers for another root (/elsewhere)" in caplog.text and "gave no valid answer" in caplog.text
+        assert len(state_entries(tree.root)) == 4
+        ftp.close()
+    finally:
+        for server in fakes:
+            server.shutdown(socket.SHUT_RDWR)  # wakes its accept (close alone would not)
+            server.close()
+        stop_logged(proc)
+    assert state_entries(tree.root) == []  # the fakes refuse now: the server's sweep removed them

@@ -177,7 +177,7 @@ def _ask(fd: int, name: str) -> dict | None:
                 raise ValueError("answer too long")
             parts.append(data)
     if not parts:
-        raise ValueError("it closed without an answer (a process ending, or one that does not answer this user)")
+        raise ValueError("closed without one (a process ending, or one that does not answer this user)")
     answer = json.loads(b"".join(parts))
     if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
         raise ValueError("not a session list")
@@ -223,9 +223,13 @@ def _collect(fd: int, root: str) -> tuple[list[dict], int]:
             continue
         try:
             answer = _ask(fd, name)
-        except (OSError, ValueError) as err:
-            log.warning("%s/%s did not answer: %s", STATE_DIR, name, getattr(err, "strerror", None) or err)
-            live += 1  # a live process (it accepted), too busy or broken to answer
+        except OSError as err:
+            log.warning("%s/%s did not answer: %s", STATE_DIR, name, err.strerror or err)
+            live += 1  # a live process (it accepted), too busy to answer
+            continue
+        except ValueError as err:
+            log.warning("%s/%s gave no valid answer: %s", STATE_DIR, name, err)
+            live += 1
             continue
         if answer is None:
             try:
