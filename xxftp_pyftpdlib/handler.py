@@ -45,6 +45,7 @@ from .loopwake import LoopWake
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
 from .sessionlog import SessionLog
+from .status import Watched
 from .uploads import BROKEN, Upload
 
 
@@ -117,8 +118,9 @@ class SlicedProducer:
         return data
 
 
-class XxftpSession(SessionLog):
-    """The behaviour shared by the plain and the TLS handler."""
+class XxftpSession(SessionLog, Watched):
+    """The behaviour shared by the plain and the TLS handler (and what
+    ``xxftpd who`` shows of it: ``status.Watched``)."""
 
     abstracted_fs = XxftpFS
     active_dtp = XxftpActiveDTP

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, ftps, hashpool, hooks, xferlog
+from . import access, ftps, hashpool, hooks, status, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_ca, check_pair
@@ -158,11 +158,14 @@ else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
+            root = status.adopt(handler)  # this process answers `xxftpd who` for its session
             try:
                 return super()._loop(handler)
             finally:
                 if handler.hooks is not None:  # its hooks end with it, not cut off
                     handler.hooks.drain()
+                if root is not None:
+                    status.withdraw(root)
 
     MultiprocessFTPServer = MultiprocessServer
 
@@ -369,6 +372,7 @@ def serve(server, workers: int = 1) -> None:
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
     for listener in getattr(server, "extra_listeners", ()):
         log.info("xxftpd listening on %s:%s (implicit TLS)", *listener.address)
+    status.publish(server.handler.authorizer.root)  # what `xxftpd who` asks
     try:
         if workers > 1:
             serve_workers(server, workers)
@@ -380,4 +384,5 @@ def serve(server, workers: int = 1) -> None:
             server.handler.bans.close()
         if workers > 1:
             server.close()
+        status.withdraw(server.handler.authorizer.root, sweep=True)
     log.info("xxftpd stopped")

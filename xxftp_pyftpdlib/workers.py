@@ -29,6 +29,7 @@ import time
 from pyftpdlib.servers import FTPServer
 
 from .signals import SignalWake, request_stop
+from .status import publish, withdraw
 
 log = logging.getLogger("xxftpd")
 
@@ -65,6 +66,7 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
     worker.limits = server.limits  # each worker keeps its own admission table
     worker.extra_listeners = [extra.serving(worker) for extra in getattr(server, "extra_listeners", ())]
     SignalWake(worker.ioloop)
+    publish(server.handler.authorizer.root)  # this worker's sessions, for `xxftpd who`
     log.info("worker %d (pid %d) serving", number, os.getpid())
     status = 0
     try:
@@ -73,6 +75,7 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
         log.exception("worker %d failed", number)
         status = 1
     finally:
+        withdraw(server.handler.authorizer.root)
         os._exit(status)
 
 
