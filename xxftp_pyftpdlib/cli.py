@@ -20,7 +20,7 @@ except ImportError:  # Python 3.10
 from . import __version__, admin, certs
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
-from .signals import stop_on_signals
+from .signals import release_stop_signals, stop_on_signals
 from .uploads import MODES
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args = parser.parse_args(argv)  # flags given on the command line win
     if args.command is not None:
+        release_stop_signals()  # not a server: Python's own handling
         return _admin(args)
     options = Options(
         root=args.root, host=args.host, port=args.port, passive_ports=args.passive_ports,
@@ -241,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
         max_login_checks=args.max_login_checks,
     )
-    stop_on_signals()
     server = None
     try:
+        stop_on_signals()  # raises at once for a stop that came during the imports
         try:
             _setup_logging(args.log_level, args.log_file)
         except OSError as err:
