@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="DIR", help="folder for cert.pem and key.pem")
     c.add_argument("--name", default="localhost", help="host name in the certificate (default localhost)")
     c.add_argument("--days", type=_positive, default=365, help="validity in days (default 365)")
+    c.add_argument("--force", action="store_true", help="replace cert.pem and key.pem if they exist")
     return p
 
 
@@ -266,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
 def _admin(args) -> int:
     if args.command == "cert":
         try:
-            cert, key = certs.self_signed(args.out, args.name, args.days)
+            cert, key = certs.self_signed(args.out, args.name, args.days, force=args.force)
+        except certs.AlreadyThere as err:
+            print(f"xxftpd: error: {err}; nothing written (--force replaces them)", file=sys.stderr)
+            return 1
         except OSError as err:
             print(f"xxftpd: error: cannot write to {args.out!r}: {err.strerror}", file=sys.stderr)
             return 1
