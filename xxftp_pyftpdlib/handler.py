@@ -134,7 +134,7 @@ class XxftpSession:
     def handle_auth_failed(self, msg: str, password: str) -> None:
         # Count the failure now, before the delayed 530 lets the client try
         # again (in another thread or process the count must be there first).
-        if self.bans is not None and self.bans.failed(self.remote_ip):
+        if self.bans is not None and self.bans.failed(self.remote_ip, refused_in=self.auth_failed_timeout):
             self._banned = True
         self._hold_commands()  # until the delayed 530 is out
         super().handle_auth_failed(msg, password)
