@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-timeout", type=_positive, default=Options.login_timeout, metavar="SECONDS",
                    help=f"time to log in, whatever is sent meanwhile (default {Options.login_timeout}; 0: none)")
     p.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS", help="idle control connection timeout (default 120)")
+    p.add_argument("--data-timeout", type=_positive, default=Options.data_timeout, metavar="SECONDS",
+                   help=f"abort a transfer that moves no data this long, with 426 (default {Options.data_timeout}; 0: never)")
+    p.add_argument("--passive-timeout", type=_positive, default=Options.passive_timeout, metavar="SECONDS",
+                   help=f"close a passive port no connection came to (default {Options.passive_timeout}; 0: never)")
     p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="pre-forked async processes sharing the port (default 1); use the cores")
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         masquerade_address=args.masquerade_address, max_cons=args.max_cons,
         max_cons_per_ip=args.max_cons_per_ip, max_unauthenticated=args.max_unauthenticated,
         max_unauthenticated_per_ip=args.max_unauthenticated_per_ip, login_timeout=args.login_timeout,
-        timeout=args.timeout, concurrency=args.concurrency,
+        timeout=args.timeout, data_timeout=args.data_timeout, passive_timeout=args.passive_timeout,
+        concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
         tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,

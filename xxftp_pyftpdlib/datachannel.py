@@ -6,6 +6,12 @@ channel tells the ``Upload`` how the transfer ended (so it commits or
 rolls back), answers 552 when a write would pass the quota, 452 when the
 disk is full and 451 for other local errors, and adds the space left to
 the 226 of an upload into a limited tree.
+
+A transfer that moves no byte for ``timeout`` seconds (``--data-timeout``;
+pyftpdlib checks once a period, so it ends between one and two periods
+after its last byte) is aborted with ``426`` and the session goes on: the
+client may try again at once. A data connection with no transfer on it is
+closed as pyftpdlib does (``421``, the session ends).
 """
 
 from __future__ import annotations
@@ -26,6 +32,13 @@ from .quota import LEASE, Busy, QuotaExceeded, QuotaWait
 from .uploads import BROKEN, ERROR, QUOTA, Refused, Upload
 
 logger = logging.getLogger("pyftpdlib")
+
+
+DATA_TIMEOUT = 300  # seconds a transfer may move no byte (pyftpdlib's DTPHandler.timeout)
+
+
+def stalled_reply(seconds: float) -> str:
+    return f"426 Data connection timed out: no data for {seconds:g} s; transfer aborted."
 
 
 def error_reply(err: BaseException) -> str:
@@ -67,6 +80,16 @@ class XxftpDTPMixin:
         # and the partial upload kept. A failed TLS session is not shut down.
         self._error = True
         DTPHandler.handle_error(self)
+
+    def handle_timeout(self) -> None:
+        if self.file_obj is None or self.get_transmitted_bytes() > self._lastdata:
+            return super().handle_timeout()  # no transfer yet: pyftpdlib's 421; or progress: checked again
+        self._why = BROKEN  # a stalled upload is rolled back like a broken one
+        self._resp = (stalled_reply(self.timeout), logger.info)
+        # closed just after this round of timers (the control connection stays): closing
+        # now would cancel a timer of this channel already taken for the same round
+        self.ioloop.call_later(0, self._close_safely, _errback=self.handle_error)
+        return None
 
     def _close_safely(self) -> None:
         """Close, never letting an error escape into the IO loop (it would stop the server)."""
