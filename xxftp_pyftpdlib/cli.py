@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="atomic (default): an upload replaces a file only when complete; "
                         "atomic-resume: also keep broken new uploads for resuming; "
                         "standard: write in place like plain pyftpdlib")
+    p.add_argument("--ascii-mangling", choices=["off", "on"], default=Options.ascii_mangling,
+                   help="on: TYPE A converts line ends (CRLF <-> LF) as RFC 959 says; "
+                        "off (default): files move byte for byte whatever the TYPE")
     tls = p.add_argument_group("FTPS (explicit AUTH TLS)")
     tls.add_argument("--tls", action="store_true", help="offer AUTH TLS (needs --certfile)")
     tls.add_argument("--certfile", metavar="PATH", help="PEM certificate (chain); may also hold the key")
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         max_unauthenticated_per_ip=args.max_unauthenticated_per_ip, login_timeout=args.login_timeout,
         timeout=args.timeout, data_timeout=args.data_timeout, passive_timeout=args.passive_timeout,
         concurrency=args.concurrency,
-        upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
+        upload_mode=args.upload_mode, ascii_mangling=args.ascii_mangling, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
         tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,

@@ -12,6 +12,12 @@ pyftpdlib checks once a period, so it ends between one and two periods
 after its last byte) is aborted with ``426`` and the session goes on: the
 client may try again at once. A data connection with no transfer on it is
 closed as pyftpdlib does (``421``, the session ends).
+
+``TYPE A`` converts line ends (CRLF on the wire, LF on the disk) only when
+the session's ``ascii_mangling`` is on. Off (the default, like vsftpd and
+Pure-FTPd), a file moves byte for byte whatever the TYPE: a client that
+never sends ``TYPE I`` can't corrupt a binary upload, and a download in
+TYPE A still uses ``sendfile``. Listings are always CRLF lines.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler
+from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 
 from .quota import LEASE, Busy, QuotaExceeded, QuotaWait
@@ -91,6 +98,26 @@ class XxftpDTPMixin:
         self.ioloop.call_later(0, self._close_safely, _errback=self.handle_error)
         return None
 
+    # --- TYPE A: line ends converted only with ascii_mangling on
+
+    def _converts(self) -> bool:
+        return bool(getattr(self.cmd_channel, "ascii_mangling", True))
+
+    def push_with_producer(self, producer) -> None:
+        if type(producer) is FileProducer and not self._converts():
+            producer._data_wrapper = None  # the file as it is, in any TYPE
+        super().push_with_producer(producer)
+
+    def use_sendfile(self) -> bool:
+        channel = self.cmd_channel
+        if self._converts() or channel._current_type == "i":
+            return super().use_sendfile()
+        channel._current_type = "i"  # pyftpdlib's own checks, for a file sent as it is
+        try:
+            return super().use_sendfile()
+        finally:
+            channel._current_type = "a"
+
     def _close_safely(self) -> None:
         """Close, never letting an error escape into the IO loop (it would stop the server)."""
         try:
@@ -132,7 +159,7 @@ class XxftpDTPMixin:
     _lease_seen = -1
 
     def enable_receiving(self, type: str, cmd: str) -> None:
-        super().enable_receiving(type, cmd)
+        super().enable_receiving(type if self._converts() else "i", cmd)  # "i": stored as received
         if isinstance(self.file_obj, Upload):
             self._lease_seen = self.tot_bytes_received
             self._lease_timer = self.ioloop.call_later(LEASE, self._check_lease, _errback=self.handle_error)

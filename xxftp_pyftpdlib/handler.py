@@ -118,6 +118,7 @@ class XxftpSession:
     deny_from: list = []
     bans: access.BanList | None = None
     _retr_ftp_path = ""
+    ascii_mangling = False  # TYPE A converts line ends only when on (see datachannel)
 
     def _refusal(self) -> str | None:
         """Why this client may not even be greeted, if it may not."""

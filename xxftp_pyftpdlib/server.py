@@ -194,6 +194,7 @@ class Options:
     passive_timeout: int = WINDOW  # seconds a passive listener waits for its connection (0: no limit)
     concurrency: str = "async"
     upload_mode: str = "atomic"
+    ascii_mangling: str = "off"  # "on": TYPE A converts line ends (RFC 959); "off": byte for byte
     tls: bool = False
     certfile: str | None = None
     keyfile: str | None = None
@@ -227,6 +228,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "authorizer": XxftpAuthorizer(check_root(options.root), upgrade_hashes=options.upgrade_hashes),
         "timeout": options.timeout,
         "upload_mode": options.upload_mode,
+        "ascii_mangling": options.ascii_mangling == "on",
         "xferlog_path": options.xferlog,
         "login_checks": hashpool.LoginChecks(options.max_login_checks),
         "masquerade_address": options.masquerade_address,
