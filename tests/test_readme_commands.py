@@ -62,3 +62,13 @@ def test_second_command_is_the_ci_one():
     second = sh_blocks()[1].strip()
     assert second == ("sh tests/debian-packages.sh && python3 -m pip install -e '.[test]' "
                       "&& python3 -m pytest -q")
+
+
+def test_the_example_config_is_valid_and_keeps_the_sample_on_loopback():
+    from xxftp_pyftpdlib.cli import build_parser, load_config
+
+    parser = build_parser()
+    values = load_config(parser, str(README.parent / "xxftpd.example.toml"))
+    assert values["root"] == "sample_root" and values["host"] == "127.0.0.1"
+    for key in ("data_timeout", "passive_timeout", "ascii_mangling"):  # every default written as it is
+        assert values[key] == parser.get_default(key), key
