@@ -5,9 +5,9 @@ port closes; both are TOML keys."""
 from __future__ import annotations
 
 import ftplib
+import socket
 import subprocess
 import sys
-import socket
 import time
 
 import pytest
@@ -34,7 +34,7 @@ def test_a_stalled_upload_is_aborted_and_the_session_goes_on(tree):
         reply = _reply(ftp)
         waited = time.monotonic() - started
         assert reply.startswith("426 Data connection timed out: no data for 1 s"), reply
-        assert 0.9 < waited < 3.5, waited  # between one and two check periods after the last byte
+        assert 0.9 < waited < 6, waited  # one to two check periods after the last byte (load aside)
         upload.conn.close()
         assert not (tree.root / "alice/stalled.bin").exists() and not temporaries(tree.root)
         assert ftp.voidcmd("NOOP").startswith("200")  # the session goes on
