@@ -108,6 +108,8 @@ def test_quota_table_and_rescan(tree):
     done = xxftpd(tree.root, "quota")
     assert done.returncode == 0
     assert [line.split() for line in done.stdout.splitlines()][1] == ["alice", str(home), "10.0", "KiB", "2.0", "KiB", "0", "bytes", "8.0", "KiB", "20%"]
+    assert not (home / ".xxftp/ledger").exists()  # a report writes no ledger: --rescan does
+    assert "rescanned alice: 2.0 KiB" in xxftpd(tree.root, "quota", "--rescan", "alice").stdout
     tree.file("alice/outside-ftp.bin", b"b" * 4096)  # a change the ledger can't see
     assert "2.0 KiB" in xxftpd(tree.root, "quota").stdout
     done = xxftpd(tree.root, "quota", "--rescan", "alice")

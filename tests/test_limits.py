@@ -207,7 +207,7 @@ class QuickDTP(XxftpDTPHandler):
 @pytest.fixture
 def quick(tree, users, start_server):
     """An in-process server whose data connections time out after 1 s of no progress
-    (xxftpd has no flag for this: pyftpdlib's defaults are 300 s and 30 s)."""
+    (--data-timeout 1 --passive-timeout 1 on the command; the defaults are 300 s and 30 s)."""
     quick_passive = type("QuickPassive", (XxftpHandler.passive_dtp,), {"timeout": 1})
     return start_server(tree.root, dtp_handler=QuickDTP, passive_dtp=quick_passive)
 
@@ -232,12 +232,12 @@ def test_stalled_download_is_closed(tree, users, quick):
     started = time.monotonic()
     assert raw.ok("RETR huge.bin", 125, 150)
     reply = raw.reply()  # the client never reads the data
-    assert reply is not None and reply.code == 421 and b"timed out" in reply.text, reply
+    assert reply is not None and reply.code == 426 and b"timed out" in reply.text, reply
     assert time.monotonic() - started < 6
     data.settimeout(5)
     received = read_all(data)
     assert len(received) < 64 * MiB
-    assert raw.at_eof()
+    assert raw.ok("NOOP", 200)  # the transfer ended, not the session
 
 
 def test_stalled_upload_is_closed_and_rolled_back(tree, users, quick):
@@ -255,10 +255,11 @@ def test_stalled_upload_is_closed_and_rolled_back(tree, users, quick):
         assert raw.ok(f"STOR {target}", 125, 150)
         data.sendall(os.urandom(300 * KiB))  # then nothing, and no close
         reply = raw.reply()
-        assert reply is not None and reply.code == 421, reply
+        assert reply is not None and reply.code == 426, reply
         assert time.monotonic() - started < 6
         data.close()
-        assert raw.at_eof()
+        assert raw.ok("NOOP", 200)  # the transfer ended, not the session
+        raw.ok("QUIT", 221)
     assert not (home / "new.bin").exists()
     assert (home / "keep.bin").read_bytes() == b"old content"
     assert wait_until(lambda: not temporaries(tree.root)), temporaries(tree.root)

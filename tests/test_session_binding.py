@@ -403,9 +403,8 @@ def test_a_foreign_address_is_refused_without_a_reply_nobody_asked_for(homes, st
     raw.close()
 
 
-def test_a_passive_listener_that_expires_answers_only_a_waiting_command(homes, start_server, monkeypatch):
-    monkeypatch.setattr(passive.XxftpPassiveDTP, "timeout", 0.5)
-    srv = start_server(homes.root)
+def test_a_passive_listener_that_expires_answers_only_a_waiting_command(homes, start_server):
+    srv = start_server(homes.root, passive_dtp=type("Quick", (passive.XxftpPassiveDTP,), {"timeout": 0.5}))
     raw = Raw(srv.port)
     raw.send(b"USER alice\r\nPASS pw\r\n")
     raw.reply()

@@ -222,14 +222,32 @@ def test_tls_download_to_a_slow_reader_and_from_an_offset(tree, roomy):
     ftp.quit()
 
 
-def test_tls_ascii_mode_converts_line_ends(tree, roomy):
+def test_tls_ascii_mode_converts_line_ends(tree, tls_server):
+    tree.user("alice", password="pw", size="100M")
     (tree.root / "alice/unix.txt").write_bytes(b"one\ntwo\n" * 1000)
-    ftp = tls_client(roomy.port)
+    ftp = tls_client(tls_server(ascii_mangling=True).port)
     lines = []
     ftp.retrlines("RETR unix.txt", lines.append)
     assert lines == ["one", "two"] * 1000
     ftp.storlines("STOR dos.txt", io.BytesIO(b"a\r\nb\r\n" * 1000))
     assert (tree.root / "alice/dos.txt").read_bytes() == b"a\nb\n" * 1000
+    ftp.quit()
+
+
+def test_tls_ascii_mode_moves_bytes_as_they_are_by_default(tree, roomy):
+    data = b"one\r\ntwo\n\r\x00" * 1000
+    (tree.root / "alice/mixed.bin").write_bytes(data)
+    ftp = tls_client(roomy.port)
+    ftp.voidcmd("TYPE A")
+    out = io.BytesIO()
+    with ftp.transfercmd("RETR mixed.bin") as conn:
+        while chunk := conn.recv(65536):
+            out.write(chunk)
+        conn.unwrap()
+    ftp.voidresp()
+    assert out.getvalue() == data
+    ftp.storlines("STOR dos.txt", io.BytesIO(b"a\r\nb\r\n" * 1000))  # ftplib sends TYPE A, CRLF lines
+    assert (tree.root / "alice/dos.txt").read_bytes() == b"a\r\nb\r\n" * 1000
     ftp.quit()
 
 

@@ -9,7 +9,9 @@ Rules that live here:
   reported and skipped; a file with no valid line lets nobody in (fail
   closed). An IPv4 address seen as ``::ffff:a.b.c.d`` is matched as IPv4.
 - After ``ban_after`` failed logins an address is banned for ``ban_time``
-  seconds: new connections get ``421`` until then. A successful login
+  seconds from the moment its last refusal is sent (the failed-login delay
+  after the count, which is taken at once): new connections get ``421``
+  until then, and the log line and the ``421`` agree on the time. A successful login
   clears its count. The table lives in memory; with worker processes it
   lives in one shared manager process, so every worker sees every failure.
 """
@@ -110,15 +112,17 @@ class BanList:
         left = entry[1] - time.time()
         return left if left > 0 else 0.0
 
-    def failed(self, ip: str) -> bool:
-        """Count a failed login; True if the address is now banned."""
+    def failed(self, ip: str, refused_in: float = 0.0) -> bool:
+        """Count a failed login whose refusal goes out in ``refused_in``
+        seconds; True if the address is now banned (from now on, for
+        ``ban_time`` seconds after that refusal)."""
         with self._lock:
             count, until = self._table.get(ip, (0, 0.0))
             if until and until <= time.time():
                 count, until = 0, 0.0
             count += 1
             if count >= self.ban_after:
-                until = time.time() + self.ban_time
+                until = time.time() + refused_in + self.ban_time
             self._table[ip] = (count, until)
             return count >= self.ban_after
 

@@ -217,7 +217,7 @@ class Accounts:
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
             passwords.check(None, password, modern)
-            return Login(False, reason=f"unreadable password file {path}")
+            return Login(False, reason=f"password file {path} unreadable: {err.strerror}")
         if home is None:
             passwords.check(None, password, modern)
             return Login(False, reason="no such user")
@@ -232,6 +232,8 @@ class Accounts:
             if self.upgrade_hashes and found == "md5":
                 self._upgrade(path, password)
             return Login(True, home)
+        if found == "unknown":  # the log says why; the client is answered as for any wrong password
+            return Login(False, reason=f"password file {path} in no known format")
         return Login(False, reason="wrong password")
 
     def _upgrade(self, path: str, password: str) -> None:

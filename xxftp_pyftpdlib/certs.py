@@ -1,5 +1,15 @@
 """TLS material: checking a certificate/key pair and a client CA file at
-start, and making a self-signed certificate for testing (with ``cryptography``, pyOpenSSL's own base)."""
+start, and making a self-signed certificate for testing (with
+``cryptography``, pyOpenSSL's own base).
+
+Rules that live here:
+
+- A self-signed pair never replaces existing files unless asked
+  (``force``): a key in use is not lost to a second run of the command.
+- Its subject alternative names are the given name, ``localhost``,
+  ``127.0.0.1`` and ``::1``, each once; a name that is an IP address is
+  an IP entry, not a DNS one.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +26,14 @@ from OpenSSL import SSL
 
 class CertificateError(Exception):
     """The certificate or key can't be used; one line for the user."""
+
+
+class AlreadyThere(FileExistsError):
+    """``self_signed`` without ``force`` found these files in place."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__(f"{' and '.join(paths)} already exist")
+        self.paths = paths
 
 
 def check_pair(certfile: str, keyfile: str | None) -> None:
@@ -69,16 +87,35 @@ def _reason(err: SSL.Error) -> str:
         return str(err) or "unknown error"
 
 
-def self_signed(out_dir: str, common_name: str = "localhost", days: int = 365) -> tuple[str, str]:
-    """Write ``cert.pem`` and ``key.pem`` (mode 0600) into ``out_dir``."""
+def _alt_names(common_name: str) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for name in (common_name, "localhost", "127.0.0.1", "::1"):
+        try:
+            ip = ipaddress.ip_address(name)
+        except ValueError:
+            key, entry = name.lower(), x509.DNSName(name)
+        else:
+            key, entry = str(ip), x509.IPAddress(ip)
+        if key not in seen:
+            seen.add(key)
+            entries.append(entry)
+    return x509.SubjectAlternativeName(entries)
+
+
+def self_signed(out_dir: str, common_name: str = "localhost", days: int = 365,
+                force: bool = False) -> tuple[str, str]:
+    """Write ``cert.pem`` and ``key.pem`` (mode 0600) into ``out_dir``;
+    AlreadyThere, writing nothing, if either exists and not ``force``."""
+    cert_path, key_path = os.path.join(out_dir, "cert.pem"), os.path.join(out_dir, "key.pem")
+    there = [p for p in (cert_path, key_path) if os.path.lexists(p)]
+    if there and not force:
+        raise AlreadyThere(there)
     os.makedirs(out_dir, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
-    alt = x509.SubjectAlternativeName([
-        x509.DNSName(common_name), x509.DNSName("localhost"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1")),
-    ])
+    alt = _alt_names(common_name)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -89,7 +126,6 @@ def self_signed(out_dir: str, common_name: str = "localhost", days: int = 365) -
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
-    cert_path, key_path = os.path.join(out_dir, "cert.pem"), os.path.join(out_dir, "key.pem")
     _write(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()), 0o600)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)

@@ -8,7 +8,14 @@ Rules that live here (on top of the parsers' own problems):
 - A home's ``certs`` file (client certificates, ``clientcerts``) must
   hold only fingerprints, comments and ``and-password``.
 - A password file must be in a known format and not readable by group or
-  others; a password file that is not a regular file is an error.
+  others; a password file that is not a regular file is an error. A root
+  holding ``xxftp.sample`` is a demonstration whose passwords are
+  published (git keeps no mode but 644 and 755): its password files are
+  not reported for their mode.
+- A home's ``hosts`` file: each malformed line is an error, and a file
+  with no valid line is one too (it locks the user out).
+- A ``.xxftp`` that is not a folder is an error: the server finds none of
+  its files (no password: USER alone logs in; every right).
 - Mount targets must exist and be folders, must not contain the folder
   that declares them (a loop), and must not lie in a hidden folder.
 - A symbolic link in a home or a mount target that leads to a hidden name
@@ -29,10 +36,12 @@ from dataclasses import dataclass
 
 from . import passwords
 from .accounts import USER_NAME
+from .access import parse_hosts
 from .clientcerts import parse_certs
 from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
-                     parse_virtual)
-from .tree import hidden_below, hidden_target
+                     parse_virtual)from .tree import hidden_below, hidden_target
+
+SAMPLE_MARK = "xxftp.sample"  # in a root: a demonstration tree, its passwords published
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,7 @@ def check_tree(root: str) -> list[Finding]:
         return findings
     pending: list[str] = []
     configured_non_users: list[str] = []
+    sample = SAMPLE_MARK in names
     for name in names:
         home = os.path.join(root, name)
         if not os.path.isdir(home) or name.startswith("."):
@@ -75,8 +85,9 @@ def check_tree(root: str) -> list[Finding]:
             if os.path.isdir(os.path.join(home, CONFIG_DIR)):
                 configured_non_users.append(home)
             continue
-        _check_password(os.path.join(home, CONFIG_DIR, "password"), error)
+        _check_password(os.path.join(home, CONFIG_DIR, "password"), error, modes=not sample)
         _check_certs(os.path.join(home, CONFIG_DIR, "certs"), error)
+        _check_hosts(os.path.join(home, CONFIG_DIR, "hosts"), name, error)
         pending.append(home)
     seen: set[str] = set()
     while pending:
@@ -86,6 +97,10 @@ def check_tree(root: str) -> list[Finding]:
         seen.add(tree)
         for folder, dirs, files in os.walk(tree):
             _check_links(folder, dirs + files, tree, error)
+            if CONFIG_DIR in files:
+                home = os.path.dirname(folder) == root and USER_NAME.fullmatch(os.path.basename(folder))
+                error(os.path.join(folder, CONFIG_DIR), 0, "a file, not a folder: the server reads no settings "
+                      "from it" + (" (no password: USER alone logs in; every right)" if home else ""))
             if CONFIG_DIR in dirs:
                 pending.extend(_check_folder(folder, root, store, error))
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -110,7 +125,21 @@ def _check_links(folder: str, names: list[str], tree: str, error) -> None:
                            "refused", False)
 
 
-def _check_password(path: str, error) -> None:
+def _check_hosts(path: str, user: str, error) -> None:
+    if not os.path.lexists(path):
+        return
+    text = _read(path)
+    if text is None:
+        error(path, 0, f"unreadable hosts file: {user!r} may log in from nowhere")
+        return
+    parsed = parse_hosts(text, path)
+    for problem in parsed.problems:
+        error(problem.path, problem.line, f"{problem.message}: line ignored")
+    if not parsed.value:
+        error(path, 0, f"no valid network: {user!r} may log in from nowhere")
+
+
+def _check_password(path: str, error, modes: bool = True) -> None:
     if not os.path.lexists(path):
         return
     try:
@@ -126,7 +155,7 @@ def _check_password(path: str, error) -> None:
         error(path, 0, "password file is unreadable: every login is refused")
     elif passwords.kind(text) == "unknown":
         error(path, 1, "password file is in no known format (MD5 hex or $scrypt$): every login is refused")
-    if st.st_mode & 0o077:
+    if modes and st.st_mode & 0o077:
         error(path, 0, f"password file mode {stat.S_IMODE(st.st_mode):04o} lets others read it (use 0600)", False)
 
 

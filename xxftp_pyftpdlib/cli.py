@@ -21,7 +21,7 @@ from . import __version__, admin, certs, hooks, who
 from .jsonlog import FORMATS as LOG_FORMATS, JsonFormatter
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
-from .signals import stop_on_signals
+from .signals import release_stop_signals, stop_on_signals
 from .uploads import MODES
 
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--login-timeout", type=_positive, default=Options.login_timeout, metavar="SECONDS",
                    help=f"time to log in, whatever is sent meanwhile (default {Options.login_timeout}; 0: none)")
     p.add_argument("--timeout", type=_positive, default=120, metavar="SECONDS", help="idle control connection timeout (default 120)")
+    p.add_argument("--data-timeout", type=_positive, default=Options.data_timeout, metavar="SECONDS",
+                   help=f"abort a transfer that moves no data this long, with 426 (default {Options.data_timeout}; 0: never)")
+    p.add_argument("--passive-timeout", type=_positive, default=Options.passive_timeout, metavar="SECONDS",
+                   help=f"close a passive port no connection came to (default {Options.passive_timeout}; 0: never)")
     p.add_argument("--concurrency", choices=["async", "multi-thread", "multi-proc"], default="async", help="serving model (default async)")
     p.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="pre-forked async processes sharing the port (default 1); use the cores")
@@ -101,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="atomic (default): an upload replaces a file only when complete; "
                         "atomic-resume: also keep broken new uploads for resuming; "
                         "standard: write in place like plain pyftpdlib")
+    p.add_argument("--ascii-mangling", choices=["off", "on"], default=Options.ascii_mangling,
+                   help="on: TYPE A converts line ends (CRLF <-> LF) as RFC 959 says; "
+                        "off (default): files move byte for byte whatever the TYPE")
     tls = p.add_argument_group("FTPS (explicit AUTH TLS, implicit TLS)")
     tls.add_argument("--tls", action="store_true", help="offer AUTH TLS (needs --certfile)")
     tls.add_argument("--certfile", metavar="PATH", help="PEM certificate (chain); may also hold the key")
@@ -168,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, metavar="DIR", help="folder for cert.pem and key.pem")
     c.add_argument("--name", default="localhost", help="host name in the certificate (default localhost)")
     c.add_argument("--days", type=_positive, default=365, help="validity in days (default 365)")
+    c.add_argument("--force", action="store_true", help="replace cert.pem and key.pem if they exist")
     return p
 
 
@@ -249,14 +257,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args = parser.parse_args(argv)  # flags given on the command line win
     if args.command is not None:
+        release_stop_signals()  # not a server: Python's own handling
         return _admin(args)
     options = Options(
         root=args.root, host=args.host, port=args.port, passive_ports=args.passive_ports,
         masquerade_address=args.masquerade_address, max_cons=args.max_cons,
         max_cons_per_ip=args.max_cons_per_ip, max_unauthenticated=args.max_unauthenticated,
         max_unauthenticated_per_ip=args.max_unauthenticated_per_ip, login_timeout=args.login_timeout,
-        timeout=args.timeout, concurrency=args.concurrency,
-        upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
+        timeout=args.timeout, data_timeout=args.data_timeout, passive_timeout=args.passive_timeout,
+        concurrency=args.concurrency,
+        upload_mode=args.upload_mode, ascii_mangling=args.ascii_mangling, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
         tls_session_reuse=args.tls_session_reuse, tls_implicit=args.tls_implicit,
         implicit_port=args.implicit_port, tls_client_ca=args.tls_client_ca, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
@@ -265,9 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         on_upload=args.on_upload, on_login=args.on_login, on_delete=args.on_delete,
         hook_concurrency=args.hook_concurrency, hook_timeout=args.hook_timeout,
     )
-    stop_on_signals()
     server = None
     try:
+        stop_on_signals()  # raises at once for a stop that came during the imports
         try:
             _setup_logging(args.log_level, args.log_file, args.log_format)
         except OSError as err:
@@ -289,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
 def _admin(args) -> int:
     if args.command == "cert":
         try:
-            cert, key = certs.self_signed(args.out, args.name, args.days)
+            cert, key = certs.self_signed(args.out, args.name, args.days, force=args.force)
+        except certs.AlreadyThere as err:
+            print(f"xxftpd: error: {err}; nothing written (--force replaces them)", file=sys.stderr)
+            return 1
         except OSError as err:
             print(f"xxftpd: error: cannot write to {args.out!r}: {err.strerror}", file=sys.stderr)
             return 1

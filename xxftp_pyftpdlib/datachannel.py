@@ -6,6 +6,18 @@ channel tells the ``Upload`` how the transfer ended (so it commits or
 rolls back), answers 552 when a write would pass the quota, 452 when the
 disk is full and 451 for other local errors, and adds the space left to
 the 226 of an upload into a limited tree.
+
+A transfer that moves no byte for ``timeout`` seconds (``--data-timeout``;
+pyftpdlib checks once a period, so it ends between one and two periods
+after its last byte) is aborted with ``426`` and the session goes on: the
+client may try again at once. A data connection with no transfer on it is
+closed as pyftpdlib does (``421``, the session ends).
+
+``TYPE A`` converts line ends (CRLF on the wire, LF on the disk) only when
+the session's ``ascii_mangling`` is on. Off (the default, like vsftpd and
+Pure-FTPd), a file moves byte for byte whatever the TYPE: a client that
+never sends ``TYPE I`` can't corrupt a binary upload, and a download in
+TYPE A still uses ``sendfile``. Listings are always CRLF lines.
 """
 
 from __future__ import annotations
@@ -20,12 +32,20 @@ import time
 
 from pyftpdlib.exceptions import _FileReadWriteError
 from pyftpdlib.handlers import DTPHandler
+from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 
 from .quota import LEASE, Busy, QuotaExceeded, QuotaWait
 from .uploads import BROKEN, ERROR, QUOTA, Refused, Upload
 
 logger = logging.getLogger("pyftpdlib")
+
+
+DATA_TIMEOUT = 300  # seconds a transfer may move no byte (pyftpdlib's DTPHandler.timeout)
+
+
+def stalled_reply(seconds: float) -> str:
+    return f"426 Data connection timed out: no data for {seconds:g} s; transfer aborted."
 
 
 def error_reply(err: BaseException) -> str:
@@ -68,6 +88,36 @@ class XxftpDTPMixin:
         self._error = True
         DTPHandler.handle_error(self)
 
+    def handle_timeout(self) -> None:
+        if self.file_obj is None or self.get_transmitted_bytes() > self._lastdata:
+            return super().handle_timeout()  # no transfer yet: pyftpdlib's 421; or progress: checked again
+        self._why = BROKEN  # a stalled upload is rolled back like a broken one
+        self._resp = (stalled_reply(self.timeout), logger.info)
+        # closed just after this round of timers (the control connection stays): closing
+        # now would cancel a timer of this channel already taken for the same round
+        self.ioloop.call_later(0, self._close_safely, _errback=self.handle_error)
+        return None
+
+    # --- TYPE A: line ends converted only with ascii_mangling on
+
+    def _converts(self) -> bool:
+        return bool(getattr(self.cmd_channel, "ascii_mangling", True))
+
+    def push_with_producer(self, producer) -> None:
+        if type(producer) is FileProducer and not self._converts():
+            producer._data_wrapper = None  # the file as it is, in any TYPE
+        super().push_with_producer(producer)
+
+    def use_sendfile(self) -> bool:
+        channel = self.cmd_channel
+        if self._converts() or channel._current_type == "i":
+            return super().use_sendfile()
+        channel._current_type = "i"  # pyftpdlib's own checks, for a file sent as it is
+        try:
+            return super().use_sendfile()
+        finally:
+            channel._current_type = "a"
+
     def _close_safely(self) -> None:
         """Close, never letting an error escape into the IO loop (it would stop the server)."""
         try:
@@ -109,7 +159,7 @@ class XxftpDTPMixin:
     _lease_seen = -1
 
     def enable_receiving(self, type: str, cmd: str) -> None:
-        super().enable_receiving(type, cmd)
+        super().enable_receiving(type if self._converts() else "i", cmd)  # "i": stored as received
         if isinstance(self.file_obj, Upload):
             self._lease_seen = self.tot_bytes_received
             self._lease_timer = self.ioloop.call_later(LEASE, self._check_lease, _errback=self.handle_error)

@@ -132,6 +132,7 @@ class XxftpSession(SessionLog, Watched):
     bans: access.BanList | None = None
     hooks: hooks.HookRunner | None = None
     _retr_ftp_path = ""
+    ascii_mangling = False  # TYPE A converts line ends only when on (see datachannel)
 
     def _refusal(self) -> str | None:
         """Why this client may not even be greeted, if it may not."""
@@ -148,7 +149,7 @@ class XxftpSession(SessionLog, Watched):
     def handle_auth_failed(self, msg: str, password: str) -> None:
         # Count the failure now, before the delayed 530 lets the client try
         # again (in another thread or process the count must be there first).
-        if self.bans is not None and self.bans.failed(self.remote_ip):
+        if self.bans is not None and self.bans.failed(self.remote_ip, refused_in=self.auth_failed_timeout):
             self._banned = True
         self._hold_commands()  # until the delayed 530 is out
         super().handle_auth_failed(msg, password)

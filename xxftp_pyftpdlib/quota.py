@@ -172,6 +172,16 @@ def figures(usage: Usage | None) -> Figures:
     return Figures(human(usage.limit), human(usage.used), human(usage.reserved), human(usage.free), percent)
 
 
+def _free(usage: Usage) -> str:
+    """The room left, in exact bytes when rounding would show it equal to
+    the limit (100 bytes taken of 10 MiB is not '10.0 MiB free of 10.0 MiB')."""
+    limit = usage.limit or 0
+    text = human(usage.free)
+    if usage.free != limit and text == human(limit):
+        return f"{usage.free} bytes"
+    return text
+
+
 def usage_text(usage: Usage) -> str:
     """'4.0 KiB used of 10.0 KiB (40%), 6.0 KiB free' (and the room held, if any)."""
     if usage.limit is None:
@@ -180,12 +190,12 @@ def usage_text(usage: Usage) -> str:
         return "no quota"
     f = figures(usage)
     held = f", {f.held} held by running uploads" if usage.reserved else ""
-    return f"{f.used} used of {f.limit} ({f.percent}){held}, {f.free} free"
+    return f"{f.used} used of {f.limit} ({f.percent}){held}, {_free(usage)} free"
 
 
 def free_text(usage: Usage) -> str:
     """The note of a 226: '6.0 KiB free of 10.0 KiB quota'."""
-    return f"{human(usage.free)} free of {human(usage.limit or 0)} quota"
+    return f"{_free(usage)} free of {human(usage.limit or 0)} quota"
 
 
 # --- identity of what a pending upload writes

@@ -24,7 +24,8 @@ from .admission import Limits
 from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
-from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
+from .datachannel import DATA_TIMEOUT
+from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE, WINDOW
 from .signals import SignalWake, stop_on_signals
 
 log = logging.getLogger("xxftpd")
@@ -196,8 +197,11 @@ class Options:
     max_unauthenticated_per_ip: int = 16
     login_timeout: int = 30
     timeout: int = 120
+    data_timeout: int = DATA_TIMEOUT  # seconds a transfer may move no byte (0: no limit)
+    passive_timeout: int = WINDOW  # seconds a passive listener waits for its connection (0: no limit)
     concurrency: str = "async"
     upload_mode: str = "atomic"
+    ascii_mangling: str = "off"  # "on": TYPE A converts line ends (RFC 959); "off": byte for byte
     tls: bool = False
     certfile: str | None = None
     keyfile: str | None = None
@@ -239,11 +243,17 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "authorizer": XxftpAuthorizer(check_root(options.root), upgrade_hashes=options.upgrade_hashes),
         "timeout": options.timeout,
         "upload_mode": options.upload_mode,
+        "ascii_mangling": options.ascii_mangling == "on",
         "xferlog_path": options.xferlog,
         "login_checks": hashpool.LoginChecks(options.max_login_checks),
         "masquerade_address": options.masquerade_address,
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,
+        # this server's own data channel classes: two servers in a process never share timeouts
+        "dtp_handler": type("Configured" + base.dtp_handler.__name__, (base.dtp_handler,),
+                            {"timeout": options.data_timeout}),
+        "passive_dtp": type("Configured" + base.passive_dtp.__name__, (base.passive_dtp,),
+                            {"timeout": options.passive_timeout}),
     }
     try:
         attrs["allow_from"] = access.networks(options.allow_from)

@@ -11,6 +11,12 @@ Rules that live here:
   still listed, or the reverse), and the loop's own close would then fail
   with a traceback instead of closing the rest. A forked child that has no
   loop of its own watching raises at once, as before.
+- From the command's first statement, before its heavy imports, a stop
+  signal is held (``hold_stop_signals``): remembered, neither the default
+  death of SIGTERM (exit 143) nor a ``KeyboardInterrupt`` in the middle of
+  an import. ``stop_on_signals`` then acts on a held one at once; a
+  command that is not a server gives the signals back to Python's defaults
+  (``release_stop_signals``) and receives a held one then.
 - A signal always wakes the main thread at once. Python runs signal
   handlers in the main thread between bytecodes, so a signal the kernel
   hands to another thread (a hash pool's) or one that lands just before
@@ -44,14 +50,45 @@ def request_stop() -> None:
     raise KeyboardInterrupt
 
 
+_held: int | None = None  # a stop signal that came while held
+
+
 def _interrupt(signum, frame):
     request_stop()
 
 
+def _hold(signum, frame):
+    global _held
+    _held = signum
+
+
+def hold_stop_signals() -> None:
+    """Remember SIGINT and SIGTERM until ``stop_on_signals`` or
+    ``release_stop_signals``: the command's first step, so that a stop sent
+    while it imports is a clean stop too."""
+    signal.signal(signal.SIGTERM, _hold)
+    signal.signal(signal.SIGINT, _hold)
+
+
+def release_stop_signals() -> None:
+    """Python's own SIGINT and SIGTERM handling again; a held one is delivered now."""
+    global _held
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    held, _held = _held, None
+    if held is not None:
+        signal.raise_signal(held)
+
+
 def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt: a clean stop, even at start-up."""
+    """SIGINT and SIGTERM raise KeyboardInterrupt: a clean stop, even at start-up
+    (at once, here, for one that came while held)."""
+    global _held
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    if _held is not None:
+        _held = None
+        request_stop()
 
 
 def _watch(pid: int | None) -> None:

@@ -48,6 +48,13 @@ SWAPS = (
 for _module, _name, _ours in SWAPS:
     setattr(_module, _name, _ours)
 
+# The suite asserts RFC 959's TYPE A (test_stor_ascii, test_retr_ascii...):
+# line ends converted. xxftpd's default moves files byte for byte in any
+# TYPE (--ascii-mangling off, like vsftpd); its "on" mode is pyftpdlib's
+# conversion, and that is what the suite checks. The default is tested in
+# tests/test_ascii_mangling.py.
+XxftpHandler.ascii_mangling = XxftpTLSHandler.ascii_mangling = True
+
 
 # The FTPS suite's client is ftplib, which makes a fresh TLS session for
 # each data connection. xxftpd by default requires a PROT P data connection

@@ -120,6 +120,9 @@ class Ledger(Protocol):
 
     def usage(self) -> Usage: ...
 
+    def peek(self) -> Usage:
+        """The usage as a report shows it: nothing written, created or settled."""
+
     def begin(self, token: str, entry: Pending, ahead: int) -> int:
         """Register an upload (Busy if a live upload holds one of its keys);
         returns the room granted ahead."""

@@ -28,6 +28,11 @@ Rules that live here:
   the number of files. An unlimited tree keeps no usage.
 - The text last read or written is kept with its state: when the file
   still holds exactly that text, it is not parsed again.
+- ``peek`` (the reports: ``users``, ``quota``) writes nothing, creates
+  nothing and settles nothing: it reads the ledger under a shared lock,
+  counts a dead owner's intent whose path is gone, shows dead owners' uploads as
+  held until the server settles them, and scans a tree with no usage
+  recorded (or an untrusted or unreadable ledger) without saving it.
 """
 
 from __future__ import annotations
@@ -177,6 +182,32 @@ class FileLedger:
         limit = self.limit
         with self._locked(limit) as (state, _, _):
             return state.usage(limit)
+
+    def peek(self) -> Usage:
+        """The usage, changing nothing on the disk (for reports)."""
+        limit = self.limit
+        state = State()
+        try:
+            fd = beneath.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = None  # no ledger yet (or none we may read): the scan below
+        if fd is not None:
+            try:
+                st = os.fstat(fd)
+                if st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    text = os.pread(fd, max(st.st_size, _READ) + _READ, 0).decode("utf-8", "replace")
+                    state = core.load(text, HOST, self.root)
+            except core.Unreadable:
+                state = State()
+            finally:
+                os.close(fd)
+        for intent in state.intents:  # as _settle would, but only in this copy
+            if not alive_here(intent.owner) and not beneath.lexists(intent.gone):
+                state.add(intent.delta)
+        if limit != 0 and state.used is None:
+            state.used = scan(self.root, self.store, began_at=_began(state))
+        return state.usage(limit)
 
     def begin(self, token: str, entry: Pending, ahead: int) -> int:
         try:
