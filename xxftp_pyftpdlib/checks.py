@@ -39,7 +39,8 @@ from .accounts import USER_NAME
 from .access import parse_hosts
 from .clientcerts import parse_certs
 from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
-                     parse_virtual)from .tree import hidden_below, hidden_target
+                     parse_virtual)
+from .tree import hidden_below, hidden_target
 
 SAMPLE_MARK = "xxftp.sample"  # in a root: a demonstration tree, its passwords published
 
