@@ -130,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("user")
     pw.add_argument("--stdin", action="store_true", help="read the password as one line from standard input")
     pw.add_argument("--md5", action="store_true", help="write the legacy MD5 format (xxftp compatible)")
+    tp = commands.add_parser("totp", help="give a user one-time codes: a new secret, its URI and QR code")
+    tp.add_argument("user")
+    tp.add_argument("--force", action="store_true", help="replace an existing secret")
     au = commands.add_parser("adduser", help="create a user's home and .xxftp files")
     au.add_argument("name")
     au.add_argument("--quota", metavar="SIZE", help="byte limit: bytes or a number with K, M or G")
@@ -281,6 +284,8 @@ def _admin(args) -> int:
         return admin.quota(root, args.rescan)
     if args.command == "passwd":
         return admin.passwd(root, args.user, args.stdin, args.md5)
+    if args.command == "totp":
+        return admin.totp_secret(root, args.user, args.force)
     if args.command == "adduser":
         return admin.adduser(root, args.name, args.quota, args.permission, args.no_password, args.stdin, args.md5)
     if args.command == "mount":
