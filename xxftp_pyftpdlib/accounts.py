@@ -233,9 +233,8 @@ class Accounts:
         if not secret:
             return Login(False, reason=f"invalid or untrusted {config_dir}/totp (see the log)")
         if not totp.available():
-            log.error("%s/totp: one-time codes need pyotp, which is not installed "
-                      "(pip install 'xxftpd[totp]'); login refused", config_dir)
-            return Login(False, reason="no pyotp to check its one-time code")
+            return Login(False, reason="its .xxftp/totp needs pyotp to check one-time codes, "
+                                       "which is not installed (pip install 'xxftpd[totp]')")
         if step is None:
             return Login(False, reason="wrong one-time code")
         try:
