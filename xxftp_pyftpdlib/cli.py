@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xxftpd", description="Serve an xxftp folder tree over FTP.")
     p.add_argument("--config", metavar="PATH", help="TOML file setting any of these flags (flags win)")
     p.add_argument("--root", default="./home", help="server root: one folder per user (default ./home)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--host", default=Options.host,
+                   help=f"address to listen on (default {Options.host}: every address, IPv4 and IPv6)")
     p.add_argument("--port", type=_port, default=2121, help="port to listen on (default 2121; 0 picks one)")
     p.add_argument("--passive-ports", type=_port_range, metavar="FROM-TO", help="port range for passive data connections")
     p.add_argument("--masquerade-address", type=_address, metavar="IP", help="address announced in PASV replies (behind NAT)")

@@ -32,7 +32,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashpool, lines, replies, xferlog
+from . import access, addresses, banners, hashpool, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -209,6 +209,17 @@ class XxftpSession:
             self.log(f"connection refused: {refusal}")
             self.close()
 
+    @property
+    def remote_ip(self) -> str:
+        return self.__dict__.get("remote_ip", "")
+
+    @remote_ip.setter
+    def remote_ip(self, ip: str) -> None:
+        # An IPv4 client of a dual-stack socket is IPv4 from its first log
+        # line on (rules in ``addresses``); kept in __dict__, which
+        # pyftpdlib's log prefix is formatted from.
+        self.__dict__["remote_ip"] = addresses.plain(ip) if ip else ip
+
     # --- the admission table's place (see admission.py): who may stay
 
     place: Place | None = None
@@ -310,6 +321,9 @@ class XxftpSession:
     # --- passive data connections (rules in ``passive``)
 
     def ftp_PASV(self, line: str) -> None:
+        if addresses.is_ipv6(self.remote_ip) and not self.masquerade_address:
+            self.respond(addresses.PASV_ON_IPV6)
+            return
         self._open_passive(super().ftp_PASV, line)
 
     def ftp_EPSV(self, line: str) -> None:
@@ -326,6 +340,20 @@ class XxftpSession:
     def data_needs_resumption(self) -> bool:
         """Whether a data connection must resume this session's TLS session."""
         return False
+
+    # --- active data connections: the unspecified address is the client's own (``addresses``)
+
+    def ftp_EPRT(self, line: str) -> None:
+        fields = line.split(line[0])[1:-1] if line else []
+        if len(fields) == 3 and fields[0] in ("1", "2"):
+            family, ip = addresses.port_target(fields[0], fields[1], self.remote_ip)
+            line = f"|{family}|{ip}|{fields[2]}|"
+        super().ftp_EPRT(line)
+
+    def ftp_PORT(self, line: str) -> None:
+        if line.replace(" ", "").startswith("0,0,0,0,") and not addresses.is_ipv6(self.remote_ip):
+            line = self.remote_ip.replace(".", ",") + "," + line.replace(" ", "").split(",", 4)[4]
+        super().ftp_PORT(line)
 
     def passive_failed(self, reply: str) -> bool:
         """The passive listener gave up: a transfer command waiting for its

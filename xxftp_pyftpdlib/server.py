@@ -20,8 +20,9 @@ from . import access, hashpool, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
+from .addresses import ALL
 from .admission import Limits
-from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
+from .listener import REFUSAL, Admitting, Listener, listen_on, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
@@ -179,7 +180,7 @@ class ConfigError(Exception):
 @dataclass
 class Options:
     root: str = "./home"
-    host: str = "0.0.0.0"
+    host: str = ALL  # every address, IPv4 and IPv6 (a dual-stack socket; IPv4 only without IPv6)
     port: int = 2121
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
@@ -282,7 +283,7 @@ def make_server(options: Options, handler: type | None = None):
     settled = reconcile(handler.authorizer.root)  # before clients can connect
     log.debug("%d quota ledger(s) checked", settled)
     try:  # its own IO loop, not pyftpdlib's process-wide instance: servers stay independent
-        server = cls((options.host, options.port), handler, ioloop=SafeIOLoop())
+        server = cls(listen_on(options.host, options.port), handler, ioloop=SafeIOLoop())
     except OSError as err:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
     server.max_cons = options.max_cons
