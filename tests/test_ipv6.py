@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hashes, require_programs, run_xxftpd, sha, stop_process
+from conftest import XxftpdProcess, require_programs, run_xxftpd, sha
 from xxftp_pyftpdlib import addresses
 
 KiB = 1024
@@ -34,11 +34,12 @@ def free_dual_port() -> int:
         return s.getsockname()[1]
 
 
-class Dual:
-    """``xxftpd`` on the default host, with a debug log; ``extra`` flags."""
+class Dual(XxftpdProcess):
+    """``xxftpd`` on the default host (no ``--host``), with a debug log;
+    ``extra`` flags. Reached on both loopbacks."""
 
     def __init__(self, root: Path, log: Path, *extra: str) -> None:
-        self.log = log
+        self.host, self.log = "::", log
         self.port = free_dual_port()
         self.proc = run_xxftpd("--root", str(root), "--port", str(self.port), "--log-file", str(log),
                                "--log-level", "debug", *extra)
@@ -54,35 +55,19 @@ class Dual:
                     time.sleep(0.05)
         self._mark = 0
 
-    def url(self, host: str) -> str:
+    def url_of(self, host: str) -> str:
         return f"ftp://[{host}]:{self.port}" if ":" in host else f"ftp://{host}:{self.port}"
 
-    def mark(self) -> None:
-        self._mark = self.log.stat().st_size
-
-    def since_mark(self) -> str:
-        with open(self.log, "rb") as f:
-            f.seek(self._mark)
-            text = f.read().decode(errors="replace")
-        assert "Traceback" not in text, text[-4000:]
-        return text
-
-    def commands(self) -> set[str]:
-        return {line.split("] <- ", 1)[1].split(" ")[0] for line in self.since_mark().splitlines() if "] <- " in line}
-
-    def ftp(self, host: str, user: str = "alice", password: str = "pw") -> ftplib.FTP:
-        ftp = ftplib.FTP()
-        ftp.af = socket.AF_INET6 if ":" in host else socket.AF_INET
-        ftp.connect(host, self.port, timeout=15)
-        if user:
-            ftp.login(user, password)
-        return ftp
+    def ftp(self, host: str) -> ftplib.FTP:
+        self.host = host
+        try:
+            return self.ftplib()
+        finally:
+            self.host = "::"
 
     def stop(self) -> str:
-        stop_process(self.proc)
-        text = self.log.read_text(errors="replace")
-        assert "Traceback" not in text
-        return text
+        super().stop()
+        return self.log.read_text(errors="replace")
 
 
 def mapped(log: str) -> list[str]:
@@ -132,12 +117,12 @@ def test_lftp_uploads_and_downloads_on_both_stacks_of_one_socket(dual, tmp_path,
     src.write_bytes(os.urandom(700 * KiB + 1))
     name = f"lftp-{'v6' if ':' in host else 'v4'}-{command}.bin"
     dual.mark()
-    run = lftp(dual.url(host), f"put {src} -o {name}; ls; get data/a.bin -o {tmp_path / 'back.bin'}", tmp_path, passive)
+    run = lftp(dual.url_of(host), f"put {src} -o {name}; ls; get data/a.bin -o {tmp_path / 'back.bin'}", tmp_path, passive)
     assert run.returncode == 0, run.stderr
     assert name in run.stdout
     assert sha((dual.home / name).read_bytes()) == sha(src.read_bytes())
     assert sha((tmp_path / "back.bin").read_bytes()) == sha((dual.home / "data/a.bin").read_bytes())
-    assert dual.commands() & {"PASV", "EPSV", "PORT", "EPRT"} == {command}
+    assert set(dual.commands()) & {"PASV", "EPSV", "PORT", "EPRT"} == {command}
     if command == "EPRT":
         assert re.search(r"<- EPRT \|2\|::\|\d+\|", dual.since_mark()), "lftp sent no wildcard EPRT"
 
@@ -151,7 +136,7 @@ def test_curl_uploads_and_downloads_on_both_stacks_of_one_socket(dual, tmp_path,
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(500 * KiB + 3))
     name = f"curl-{'v6' if ':' in host else 'v4'}-{mode}.bin"
-    url = dual.url(host)
+    url = dual.url_of(host)
     dual.mark()
     curl = ["curl", "-sS", "-g", "--max-time", "60", "-u", "alice:pw", *CURL[mode]]
     run = subprocess.run([*curl, "-T", str(src), f"{url}/{name}"], capture_output=True, timeout=90)
@@ -159,7 +144,7 @@ def test_curl_uploads_and_downloads_on_both_stacks_of_one_socket(dual, tmp_path,
     run = subprocess.run([*curl, "-o", str(tmp_path / "back.bin"), f"{url}/{name}"], capture_output=True, timeout=90)
     assert run.returncode == 0, run.stderr
     assert sha((tmp_path / "back.bin").read_bytes()) == sha(src.read_bytes()) == sha((dual.home / name).read_bytes())
-    used = dual.commands() & {"PASV", "EPSV", "PORT", "EPRT"}
+    used = set(dual.commands()) & {"PASV", "EPSV", "PORT", "EPRT"}
     assert used == ({"EPSV"} if mode == "passive" else {"EPRT"}), used
 
 

@@ -264,3 +264,39 @@ def test_a_wrong_code_costs_what_a_wrong_password_and_an_unknown_user_cost(bob, 
         if not found:
             return
     pytest.fail("; ".join(found))
+
+
+# --- the rules, without a server
+
+
+def test_normalize_reads_secrets_as_apps_write_them_and_refuses_weak_ones():
+    assert totp.normalize("jbsw y3dp ehpk 3pxp jbsw y3dp ehpk 3pxp") == SECRET
+    assert totp.normalize(SECRET + "======") == SECRET
+    for bad, why in (("", "no secret"), ("JBSWY3DP!", "not base32"), ("A" * 33, "not valid base32"),
+                     ("JBSWY3DPEHPK3PXP", "80 bits")):
+        with pytest.raises(ValueError, match=why):
+            totp.normalize(bad)
+
+
+def test_check_accepts_one_step_either_side_and_never_matches_without_a_secret():
+    now = 1_700_000_000.0
+    step = int(now // 30)
+    for offset in (-1, 0, 1):
+        assert totp.check(SECRET, code_at(now + 30 * offset), now) == step + offset
+    for offset in (-2, 2):
+        assert totp.check(SECRET, code_at(now + 30 * offset), now) is None
+    assert totp.check(None, code_at(now), now) is None
+    assert totp.check(SECRET, "", now) is None and totp.check(SECRET, "12345é", now) is None
+    assert totp.split("pw123456") == ("pw", "123456") and totp.split("12345") == ("12345", "")
+
+
+def test_recorded_steps_only_move_forward(tmp_path):
+    from xxftp_pyftpdlib import totpstate
+    assert totpstate.record(str(tmp_path), 100)
+    assert not totpstate.record(str(tmp_path), 100) and not totpstate.record(str(tmp_path), 99)
+    assert totpstate.record(str(tmp_path), 101)
+    (tmp_path / totpstate.USED).write_text("garbage\n")  # counts as no step used (and is logged)
+    assert totpstate.record(str(tmp_path), 5)
+    (tmp_path / totpstate.USED).chmod(0o666)
+    with pytest.raises(PermissionError, match="not trusted"):
+        totpstate.record(str(tmp_path), 6)

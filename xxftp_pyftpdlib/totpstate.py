@@ -26,8 +26,8 @@ import errno
 import fcntl
 import logging
 import os
-import tempfile
 
+from . import passwords
 from .config import distrust
 
 __all__ = ["USED", "record", "write_secret"]
@@ -66,27 +66,6 @@ def record(config_dir: str, step: int) -> bool:
 
 
 def write_secret(path: str, secret: str, force: bool = False) -> None:
-    """Write a secret file (mode 0600), its folder made if missing.
-
-    FileExistsError if one is there and ``force`` is False: the new
-    file is linked in place, which fails rather than replace it.
-    """
-    folder = os.path.dirname(path)
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".totp.", suffix=".tmp", dir=folder)
-    try:
-        try:
-            os.write(fd, (secret + "\n").encode())
-            os.fchmod(fd, 0o600)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    """Write a secret file (mode 0600), its folder made if missing;
+    FileExistsError if one is there and ``force`` is False."""
+    passwords.write(path, secret, replace=force)
