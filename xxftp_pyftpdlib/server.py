@@ -308,6 +308,7 @@ def serve(server, workers: int = 1) -> None:
     stop_on_signals()
     threading.excepthook = _thread_failed
     host, port = server.address[:2]
+    host = f"[{host}]" if ":" in host else host  # [::]:2121, every address on both stacks
     extra = f" with {workers} worker processes" if workers > 1 else ""
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
     try:
