@@ -309,6 +309,37 @@ def test_port_target_reads_wildcards_as_the_control_address():
     assert addresses.port_target("1", "300.1.1.1", "192.0.2.7") == ("1", "300.1.1.1")
 
 
+def test_eprt_and_port_arguments_name_the_clients_own_address_for_a_wildcard():
+    assert addresses.eprt_argument("|2|::|5000|", "::1") == "|2|::1|5000|"
+    assert addresses.eprt_argument("|1|0.0.0.0|5000|", "192.0.2.7") == "|1|192.0.2.7|5000|"
+    assert addresses.eprt_argument("!2!::!5000!", "::1") == "|2|::1|5000|"
+    for malformed in ("", "||||", "|3|::|5000|", "|2|::|"):
+        assert addresses.eprt_argument(malformed, "::1") == malformed
+    assert addresses.port_argument("0,0,0,0,19,136", "192.0.2.7") == "192,0,2,7,19,136"
+    assert addresses.port_argument("0,0,0,0,19,136", "::1") == "0,0,0,0,19,136"  # the bounce check refuses it
+    assert addresses.port_argument("10,0,0,1,19,136", "192.0.2.7") == "10,0,0,1,19,136"
+
+
+def test_port_0_0_0_0_from_an_ipv4_client_connects_back_to_it(dual):
+    ftp = dual.ftp(V4)
+    try:
+        with socket.socket() as listener:
+            listener.bind((V4, 0))
+            listener.listen(1)
+            listener.settimeout(10)
+            port = listener.getsockname()[1]
+            assert ftp.sendcmd(f"PORT 0,0,0,0,{port >> 8},{port & 255}").startswith("200")
+            ftp.putcmd("NLST")
+            conn, peer = listener.accept()
+            with conn:
+                assert ftp.getresp().startswith(("125", "150"))
+                assert b"data" in conn.makefile("rb").read()
+            assert peer[0] == V4
+        assert ftp.getresp().startswith("226")
+    finally:
+        ftp.close()
+
+
 def test_the_default_host_is_the_dual_stack_address():
     from xxftp_pyftpdlib.cli import build_parser
     from xxftp_pyftpdlib.server import Options

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 
-__all__ = ["ALL", "IPV4_ALL", "PASV_ON_IPV6", "is_ipv6", "plain", "port_target"]
+__all__ = ["ALL", "IPV4_ALL", "PASV_ON_IPV6", "eprt_argument", "is_ipv6", "plain", "port_argument", "port_target"]
 
 ALL = "::"  # the default --host: every address, both stacks
 IPV4_ALL = "0.0.0.0"  # where ALL listens on a machine without IPv6
@@ -74,3 +74,22 @@ def port_target(family: str, given: str, control_ip: str) -> tuple[str, str]:
     else:
         return family, plain(given)
     return ("2" if is_ipv6(address) else "1"), address
+
+
+def eprt_argument(line: str, control_ip: str) -> str:
+    """The EPRT argument to act on: ``line`` with its address read by
+    ``port_target``; a malformed one unchanged (pyftpdlib answers 501)."""
+    fields = line.split(line[0])[1:-1] if line else []
+    if len(fields) != 3 or fields[0] not in ("1", "2"):
+        return line
+    family, address = port_target(fields[0], fields[1], control_ip)
+    return f"|{family}|{address}|{fields[2]}|"
+
+
+def port_argument(line: str, control_ip: str) -> str:
+    """The PORT argument to act on: ``0,0,0,0,p1,p2`` names the address of
+    an IPv4 client; anything else unchanged."""
+    fields = line.replace(" ", "").split(",")
+    if fields[:4] != ["0"] * 4 or len(fields) != 6 or is_ipv6(control_ip):
+        return line
+    return ",".join(plain(control_ip).split(".") + fields[4:])

@@ -344,16 +344,10 @@ class XxftpSession:
     # --- active data connections: the unspecified address is the client's own (``addresses``)
 
     def ftp_EPRT(self, line: str) -> None:
-        fields = line.split(line[0])[1:-1] if line else []
-        if len(fields) == 3 and fields[0] in ("1", "2"):
-            family, ip = addresses.port_target(fields[0], fields[1], self.remote_ip)
-            line = f"|{family}|{ip}|{fields[2]}|"
-        super().ftp_EPRT(line)
+        super().ftp_EPRT(addresses.eprt_argument(line, self.remote_ip))
 
     def ftp_PORT(self, line: str) -> None:
-        if line.replace(" ", "").startswith("0,0,0,0,") and not addresses.is_ipv6(self.remote_ip):
-            line = self.remote_ip.replace(".", ",") + "," + line.replace(" ", "").split(",", 4)[4]
-        super().ftp_PORT(line)
+        super().ftp_PORT(addresses.port_argument(line, self.remote_ip))
 
     def passive_failed(self, reply: str) -> bool:
         """The passive listener gave up: a transfer command waiting for its
