@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import XxftpdProcess, require_programs, run_xxftpd, sha
 from xxftp_pyftpdlib import addresses
@@ -344,3 +346,11 @@ def test_the_default_host_is_the_dual_stack_address():
     from xxftp_pyftpdlib.cli import build_parser
     from xxftp_pyftpdlib.server import Options
     assert Options().host == addresses.ALL == build_parser().parse_args([]).host == "::"
+
+
+@given(st.text(max_size=60), st.sampled_from(["::1", "192.0.2.7", "::ffff:192.0.2.7", "fe80::1%eth0", "junk"]))
+def test_address_rules_take_any_argument_without_raising(line, control):
+    assert isinstance(addresses.eprt_argument(line, control), str)
+    assert isinstance(addresses.port_argument(line, control), str)
+    assert isinstance(addresses.plain(line), str)
+    addresses.is_ipv6(line)

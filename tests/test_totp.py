@@ -12,15 +12,13 @@ import os
 import random
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 
 import pyotp
 import pytest
 
-from conftest import HOST, free_port, run_xxftpd, start_logged, stop_logged
+from conftest import HOST, run_xxftpd, start_logged, stop_logged
 from xxftp_pyftpdlib import passwords, totp
 from xxftp_pyftpdlib.checks import check_tree
 
