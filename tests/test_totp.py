@@ -215,6 +215,8 @@ def test_the_totp_command_makes_a_secret_that_logs_in(bob, tree, start_server):
     assert login(srv.port, "dave", PASSWORD + new.at(now + 30)).startswith("230")
     nobody = run_xxftpd("--root", str(tree.root), "totp", "nobody")
     assert nobody.wait(30) == 2
+    table = run_xxftpd("--root", str(tree.root), "users").communicate(timeout=30)[0]
+    assert any(line.split()[:4] == ["dave", "md5", "+", "totp"] for line in table.splitlines()), table
 
 
 # --- timing: an unknown user, a wrong password and a wrong code cost the same

@@ -274,6 +274,9 @@ def users_table(root: str, out: TextIO = sys.stdout) -> int:
                     kind = passwords.kind(f.read(4096))
             except OSError:
                 kind = "unreadable"
+        secret = store.totp(home)
+        if secret is not None:  # a second factor
+            kind += " + totp" if secret else " + totp (invalid)"
         ledger = quotas.limited(home)
         f = figures(ledger.usage() if ledger is not None else None)
         mounts = ", ".join(sorted(store.mounts(home))) or "-"
