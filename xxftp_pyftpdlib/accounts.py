@@ -27,6 +27,14 @@ Rules that live here:
   or in such a ``.xxftp`` folder), and such a folder without a password
   file: a user who could write it must not choose their own password or
   none.
+- A home with ``.xxftp/totp`` also needs a one-time code (``totp``):
+  ``PASS <password><code>``. The code is checked in the same check as
+  the password, and every login that needs a check does the same code
+  work (on a dummy secret without a totp file): an unknown user, a wrong
+  password and a wrong code take the same time. A code is recorded as
+  used (``totpstate``) only once both password and code are right. A
+  home with a totp file needs a password even without a password file
+  (then PASS is the code alone).
 """
 
 from __future__ import annotations
@@ -39,8 +47,8 @@ import re
 import time
 from typing import NamedTuple
 
-from . import passwords
-from .config import CONFIG_DIR, distrust, distrust_folder
+from . import passwords, totp, totpstate
+from .config import CONFIG_DIR, distrust, distrust_folder, shared_store
 
 log = logging.getLogger("xxftpd.accounts")
 
@@ -168,6 +176,8 @@ class Accounts:
                 _check_folder(path)
             except OSError:
                 return None  # an untrusted .xxftp folder: ``login`` refuses and says why
+            if os.path.lexists(os.path.join(os.path.dirname(path), "totp")):
+                return None  # the code is its password
             return self.home_of(name)
         except OSError:
             return None
@@ -207,9 +217,37 @@ class Accounts:
         return self.home_of(name), None
 
     def login(self, name: str, password: str) -> Login:
-        """The verdict on a login, at the cost of one modern hash whenever
-        a password is checked, whoever asks (see ``passwords.check``)."""
+        """The verdict on a login: its password (``_password_login``) and,
+        for a home with a totp file, its one-time code, with the same code
+        work for every login (see the rules above)."""
         name = canonical_name(name)
+        config_dir = f"{self._prefix}{name}/{CONFIG_DIR}"
+        secret = shared_store(self.root).totp(self._prefix + name) if USER_NAME.fullmatch(name) else None
+        code = ""
+        if secret is not None:
+            password, code = totp.split(password)
+        verdict = self._password_login(name, password)
+        step = totp.check(secret or None, code, time.time())  # whatever the verdict: the same work
+        if not verdict.ok or secret is None:
+            return verdict
+        if not secret:
+            return Login(False, reason=f"invalid or untrusted {config_dir}/totp (see the log)")
+        if not totp.available():
+            return Login(False, reason="its .xxftp/totp needs pyotp to check one-time codes, "
+                                       "which is not installed (pip install 'xxftpd[totp]')")
+        if step is None:
+            return Login(False, reason="wrong one-time code")
+        try:
+            fresh = totpstate.record(config_dir, step)
+        except OSError as err:
+            log.error("%s/%s: cannot record the one-time code as used: %s; login refused",
+                      config_dir, totpstate.USED, err.strerror or err)
+            return Login(False, reason="one-time code not recorded")
+        return verdict if fresh else Login(False, reason="one-time code already used")
+
+    def _password_login(self, name: str, password: str) -> Login:
+        """The verdict on a login's password, at the cost of one modern hash
+        whenever a password is checked, whoever asks (see ``passwords.check``)."""
         path = self.password_file(name)
         modern = self._modern_hashes()
         try:

@@ -126,6 +126,42 @@ def passwd(root: str, user: str, use_stdin: bool, md5: bool, out: TextIO = sys.s
     return 0
 
 
+def totp_secret(root: str, user: str, force: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """``totp USER``: give a user a second factor: a new secret in
+    ``.xxftp/totp`` (mode 0600; an existing one only with ``force``), shown
+    as an ``otpauth://`` URI and a QR code for an authenticator app."""
+    from . import totp, totpstate  # the command alone needs them here
+    accounts = Accounts(root)
+    if canonical_name(user) != user or accounts.home_of(user) is None:
+        print(f"xxftpd: error: no such user {user!r}", file=err)
+        return 2
+    path = os.path.join(os.path.dirname(accounts.password_file(user)), "totp")
+    secret = totp.new_secret()
+    try:
+        totpstate.write_secret(path, secret, force)
+    except FileExistsError:
+        print(f"xxftpd: error: {path} exists (--force replaces it)", file=err)
+        return 1
+    except OSError as err_:
+        print(f"xxftpd: error: cannot write {path}: {err_.strerror}", file=err)
+        return 1
+    uri = totp.uri(secret, user)
+    print(f"one-time codes for {user}: log in with PASS <password><code>", file=out)
+    print(uri, file=out)
+    try:
+        import qrcode
+    except ImportError:
+        print("(no QR code: qrcode is not installed; pip install 'xxftpd[totp]')", file=out)
+    else:
+        code = qrcode.QRCode(border=2)
+        code.add_data(uri)
+        code.print_ascii(out=out, invert=True)
+    if not totp.available():
+        print("xxftpd: warning: pyotp is not installed: the server refuses this user's logins "
+              "until it is (pip install 'xxftpd[totp]')", file=err)
+    return 0
+
+
 def adduser(root: str, name: str, quota: str | None, permission: str | None, no_password: bool,
             use_stdin: bool, md5: bool, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """``adduser NAME``: create a home with its .xxftp files, all or nothing."""
@@ -238,6 +274,9 @@ def users_table(root: str, out: TextIO = sys.stdout) -> int:
                     kind = passwords.kind(f.read(4096))
             except OSError:
                 kind = "unreadable"
+        secret = store.totp(home)
+        if secret is not None:  # a second factor
+            kind += " + totp" if secret else " + totp (invalid)"
         ledger = quotas.limited(home)
         f = figures(ledger.peek() if ledger is not None else None)  # a report writes nothing
         mounts = ", ".join(sorted(store.mounts(home))) or "-"

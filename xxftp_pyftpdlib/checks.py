@@ -22,6 +22,9 @@ Rules that live here (on top of the parsers' own problems):
   inside it (``settings -> .xxftp``) is reported: the server refuses it.
 - Every ``.xxftp/`` folder of a home or of a reachable mount target is
   checked, at any depth.
+- A ``totp`` file must hold a valid secret (``totp.normalize``) and be
+  readable by its owner only (the server refuses it otherwise); one on a
+  machine without pyotp is an error too (its user can't log in).
 - A ``.xxftp`` folder or file the server does not trust (``config.distrust``:
   owned by another user than root or the server's, or writable by group or
   others) is an error: the server ignores it (and refuses the logins of its
@@ -34,12 +37,12 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import passwords
+from . import passwords, totp
 from .accounts import USER_NAME
 from .access import parse_hosts
 from .clientcerts import parse_certs
 from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
-                     parse_virtual)
+                     parse_totp, parse_virtual)
 from .tree import hidden_below, hidden_target
 
 SAMPLE_MARK = "xxftp.sample"  # in a root: a demonstration tree, its passwords published
@@ -89,6 +92,7 @@ def check_tree(root: str) -> list[Finding]:
         _check_password(os.path.join(home, CONFIG_DIR, "password"), error, modes=not sample)
         _check_certs(os.path.join(home, CONFIG_DIR, "certs"), error)
         _check_hosts(os.path.join(home, CONFIG_DIR, "hosts"), name, error)
+        _check_totp(os.path.join(home, CONFIG_DIR, "totp"), error)
         pending.append(home)
     seen: set[str] = set()
     while pending:
@@ -171,6 +175,28 @@ def _check_certs(path: str, error) -> None:
         error(problem.path, problem.line, problem.message)
 
 
+def _check_totp(path: str, error) -> None:
+    if not os.path.lexists(path):
+        return
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        error(path, 0, f"cannot stat totp file: {err.strerror}")
+        return
+    text = _read(path) if stat.S_ISREG(st.st_mode) else None
+    if text is None:
+        error(path, 0, "totp file is unreadable or not a regular file: every login is refused")
+        return
+    for problem in parse_totp(text, path).problems:
+        error(problem.path, problem.line, problem.message)
+    if st.st_mode & 0o077:
+        error(path, 0, f"totp file mode {stat.S_IMODE(st.st_mode):04o} lets others read the secret: "
+                       "the server ignores it and refuses every login (use 0600)")
+    if not totp.available():
+        error(path, 0, "one-time codes need pyotp, which is not installed (pip install 'xxftpd[totp]'): "
+                       "every login is refused")
+
+
 def _trusted(config: str, error) -> bool:
     """Report the .xxftp folder ``config`` or its files if the server does
     not trust them; False if it ignores the folder as a whole."""
@@ -181,7 +207,7 @@ def _trusted(config: str, error) -> bool:
     if why:
         error(config, 0, f"not trusted ({why}): the server ignores its files; it must be {TRUSTED}")
         return False
-    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "certs"):
+    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "certs", "totp", "totp.used"):
         path = os.path.join(config, name)
         try:
             why = distrust(os.stat(path))

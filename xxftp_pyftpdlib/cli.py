@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="xxftpd", description="Serve an xxftp folder tree over FTP.")
     p.add_argument("--config", metavar="PATH", help="TOML file setting any of these flags (flags win)")
     p.add_argument("--root", default="./home", help="server root: one folder per user (default ./home)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--host", default=Options.host,
+                   help=f"address to listen on (default {Options.host}: every address, IPv4 and IPv6)")
     p.add_argument("--port", type=_port, default=2121, help="port to listen on (default 2121; 0 picks one)")
     p.add_argument("--passive-ports", type=_port_range, metavar="FROM-TO", help="port range for passive data connections")
     p.add_argument("--masquerade-address", type=_address, metavar="IP", help="address announced in PASV replies (behind NAT)")
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("user")
     pw.add_argument("--stdin", action="store_true", help="read the password as one line from standard input")
     pw.add_argument("--md5", action="store_true", help="write the legacy MD5 format (xxftp compatible)")
+    tp = commands.add_parser("totp", help="give a user one-time codes: a new secret, its URI and QR code")
+    tp.add_argument("user")
+    tp.add_argument("--force", action="store_true", help="replace an existing secret")
     au = commands.add_parser("adduser", help="create a user's home and .xxftp files")
     au.add_argument("name")
     au.add_argument("--quota", metavar="SIZE", help="byte limit: bytes or a number with K, M or G")
@@ -318,6 +322,8 @@ def _admin(args) -> int:
         return admin.quota(root, args.rescan)
     if args.command == "passwd":
         return admin.passwd(root, args.user, args.stdin, args.md5)
+    if args.command == "totp":
+        return admin.totp_secret(root, args.user, args.force)
     if args.command == "adduser":
         return admin.adduser(root, args.name, args.quota, args.permission, args.no_password, args.stdin, args.md5)
     if args.command == "mount":

@@ -5,8 +5,12 @@ Rules that live here:
 - Every folder may hold a ``.xxftp/`` folder with small text files:
   ``permission`` (a home's permission), ``virtual`` (mounts declared in
   that folder), ``size`` (the byte limit of a tree), ``password`` (a
-  home's password hash, read by ``passwords``/``accounts``) and ``certs``
-  (client certificates that log a user in; rules in ``clientcerts``).
+  home's password hash, read by ``passwords``/``accounts``), ``certs``
+  (client certificates that log a user in; rules in ``clientcerts``) and
+  ``totp`` (a home's second-factor secret, see ``totp``).
+- A ``totp`` file is a secret: one readable by group or others is
+  ignored like an untrusted one (its home's logins are refused), as
+  OpenSSH refuses a private key others may read.
 - ``virtual`` holds one mount a line, ``NAME TARGET PERMISSION``. ``$root``
   in TARGET means the server root; a relative TARGET is relative to the
   folder that declares the mount. Blank lines and ``#`` comments are
@@ -44,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Generic, TypeVar
 
 from . import beneath
+from . import totp as totp_rules
 from .access import parse_hosts
 from .permissions import FULL, NONE, Permission
 
@@ -151,6 +156,17 @@ def parse_size(text: str, path: str) -> Parsed[int | None]:
     return Parsed(int(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+def parse_totp(text: str, path: str) -> Parsed[str]:
+    """A second-factor secret in canonical base32; "" if invalid (every
+    login of the home is then refused)."""
+    for number, line in _content_lines(text):
+        try:
+            return Parsed(totp_rules.normalize(line))
+        except ValueError as err:
+            return Parsed("", (Problem(path, number, f"{err}: every login is refused"),))
+    return Parsed("", (Problem(path, 0, "empty totp file: every login is refused"),))
+
+
 # --- who may write the configuration
 
 
@@ -202,7 +218,7 @@ class ConfigStore:
         self._folders: dict[str, tuple[tuple[int, int], str]] = {}
 
     def _load(self, path: str, parse: Callable[[str], Parsed[T]], missing: T, unreadable: T,
-              bound: bool = True) -> T:
+              bound: bool = True, private: bool = False) -> T:
         folder = os.path.dirname(path)
         try:
             why = distrust_folder(os.lstat(folder))
@@ -237,7 +253,8 @@ class ConfigStore:
                 parsed = Parsed(unreadable, (Problem(path, 0, f"cannot read: {err.strerror}"),))
             else:
                 key = _identity(read)
-                why = distrust(read)
+                why = distrust(read) or (private and read.st_mode & 0o077 and
+                                         f"mode {stat.S_IMODE(read.st_mode):04o} lets others read it; use 0600")
                 if why:
                     parsed = Parsed(unreadable, (Problem(path, 0, f"not trusted ({why}): ignored"),))
                 else:
@@ -313,6 +330,12 @@ class ConfigStore:
         from .clientcerts import UNREADABLE, parse_certs
         path = f"{home}/{CONFIG_DIR}/certs"
         return self._load(path, lambda text: parse_certs(text, path), None, UNREADABLE, bound=False)
+
+    def totp(self, home: str) -> str | None:
+        """A home's second-factor secret; None without a totp file, ""
+        if it is invalid, unreadable or not trusted (logins refused)."""
+        path = f"{home}/{CONFIG_DIR}/totp"
+        return self._load(path, lambda text: parse_totp(text, path), None, "", bound=False, private=True)
 
     def text(self, path: str) -> str | None:
         """A small text file (a banner), or None if missing or unreadable.

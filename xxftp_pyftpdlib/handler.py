@@ -35,7 +35,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashes, hashpool, hooks, lines, replies, xferlog
+from . import access, addresses, banners, hashes, hashpool, hooks, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -259,6 +259,17 @@ class XxftpSession(SessionLog, Watched):
         before its handshake, where clear text would be a broken record)."""
         return True
 
+    @property
+    def remote_ip(self) -> str:
+        return self.__dict__.get("remote_ip", "")
+
+    @remote_ip.setter
+    def remote_ip(self, ip: str) -> None:
+        # An IPv4 client of a dual-stack socket is IPv4 from its first log
+        # line on (rules in ``addresses``); kept in __dict__, which
+        # pyftpdlib's log prefix is formatted from.
+        self.__dict__["remote_ip"] = addresses.plain(ip) if ip else ip
+
     # --- the admission table's place (see admission.py): who may stay
 
     place: Place | None = None
@@ -361,6 +372,9 @@ class XxftpSession(SessionLog, Watched):
     # --- passive data connections (rules in ``passive``)
 
     def ftp_PASV(self, line: str) -> None:
+        if addresses.is_ipv6(self.remote_ip) and not self.masquerade_address:
+            self.respond(addresses.PASV_ON_IPV6)
+            return
         self._open_passive(super().ftp_PASV, line)
 
     def ftp_EPSV(self, line: str) -> None:
@@ -377,6 +391,14 @@ class XxftpSession(SessionLog, Watched):
     def data_needs_resumption(self) -> bool:
         """Whether a data connection must resume this session's TLS session."""
         return False
+
+    # --- active data connections: the unspecified address is the client's own (``addresses``)
+
+    def ftp_EPRT(self, line: str) -> None:
+        super().ftp_EPRT(addresses.eprt_argument(line, self.remote_ip))
+
+    def ftp_PORT(self, line: str) -> None:
+        super().ftp_PORT(addresses.port_argument(line, self.remote_ip))
 
     def passive_failed(self, reply: str) -> bool:
         """The passive listener gave up: a transfer command waiting for its

@@ -17,6 +17,10 @@ Rules that live here:
   busy loop) and then listens again. Any other failure while accepting is
   one log line and the same pause. The listener never closes on its own.
 
+- ``::`` (``addresses.ALL``, the default host) is one dual-stack socket
+  (``IPV6_V6ONLY`` off, whatever the system's default); on a machine
+  without IPv6 it is ``0.0.0.0``. An accepted IPv4 client of that
+  socket is counted by its IPv4 address (``addresses.plain``).
 - The server keeps the admission table (``admission.Table``) of the
   connections it accepted: a newcomer is admitted, displaces strangers
   or is refused there, before pyftpdlib counts it; strangers out of time
@@ -31,6 +35,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 import sys
 import time
 
@@ -39,9 +44,10 @@ try:
 except ImportError:  # pragma: no cover - not POSIX
     resource = None
 
+from .addresses import ALL, IPV4_ALL, plain
 from .admission import Limits, Place, Table
 
-__all__ = ["Admitting", "FDS_PER_SESSION", "PAUSE", "Listener", "raise_open_files_limit", "reserve"]
+__all__ = ["Admitting", "FDS_PER_SESSION", "PAUSE", "Listener", "listen_on", "raise_open_files_limit", "reserve"]
 
 log = logging.getLogger("xxftpd")
 
@@ -91,6 +97,17 @@ def raise_open_files_limit(max_cons: int) -> str | None:
             f"or lower --max-cons")
 
 
+def listen_on(host: str, port: int):
+    """What a pyftpdlib server listens on: a bound dual-stack socket for
+    ``ALL``, else the address (pyftpdlib binds it)."""
+    if host != ALL:
+        return host, port
+    if not socket.has_dualstack_ipv6():
+        log.info("no IPv6 here: listening on %s (IPv4) instead of %s", IPV4_ALL, ALL)
+        return IPV4_ALL, port
+    return socket.create_server((host, port), family=socket.AF_INET6, dualstack_ipv6=True)
+
+
 def _spare() -> int | None:
     try:
         return os.open(os.devnull, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -124,6 +141,11 @@ class Listener:
         self._ceiling = None if limit is None else limit - reserve(limit)
         self._near_limit = (f"open files near the limit of {limit} "
                             f"(the last {reserve(limit or 0)} are kept for the sessions served)")
+
+    def handle_accepted(self, sock, addr) -> None:
+        # pyftpdlib counts the address here and uncounts the session's
+        # ``remote_ip``, which the handler writes as ``plain`` does
+        return super().handle_accepted(sock, (plain(addr[0]), *addr[1:]))
 
     def accept(self):
         """asyncore's accept (None when nothing is waiting), minus the

@@ -9,7 +9,8 @@ Rules that live here:
 - Running out of descriptors (EMFILE, ENFILE) while opening a listener, or
   while accepting on it, answers 425 and the session goes on.
 - Only a connection from the control connection's address may become the
-  data connection (unless foreign addresses are permitted). Any other is
+  data connection (compared as ``addresses.plain`` writes them: an IPv4
+  client of a dual-stack server listens on its mapped address) (unless foreign addresses are permitted). Any other is
   closed and logged, never answered on the control connection: a reply the
   client did not ask for puts it out of step with the server.
 - Clear data: the first connection from that address is taken and the
@@ -33,8 +34,11 @@ from __future__ import annotations
 
 import errno
 import logging
+import socket
 
 from pyftpdlib.handlers.ftp.dispatchers import PassiveDTP
+
+from .addresses import plain
 
 logger = logging.getLogger("pyftpdlib")
 
@@ -56,7 +60,7 @@ class PassiveUnavailable(Exception):
 def may_connect(control_ip: str, peer_ip: str, foreign_permitted: bool) -> bool:
     """Whether a connection from ``peer_ip`` may become the data connection
     of a session whose control connection comes from ``control_ip``."""
-    return foreign_permitted or peer_ip == control_ip
+    return foreign_permitted or plain(peer_ip) == plain(control_ip)
 
 
 class XxftpPassiveDTP(PassiveDTP):
@@ -92,6 +96,9 @@ class XxftpPassiveDTP(PassiveDTP):
             raise PassiveUnavailable("no free port in the passive port range")
         if ports is not None and addr[1] != 0:
             self._range_tries += 1
+        if self.socket.family == socket.AF_INET6 and addr[0].startswith("::ffff:"):
+            # an IPv4 client of a dual-stack server: its listener must take IPv4
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().bind(addr)
         if ports is not None and addr[1] in ports:
             self._in_range = True
@@ -126,7 +133,7 @@ class XxftpPassiveDTP(PassiveDTP):
                         logfun=logger.warning)
             return
         if not getattr(channel, "data_needs_resumption", lambda: False)():
-            super().handle_accepted(sock, addr)  # the first one is taken; the listener closes
+            super().handle_accepted(sock, (plain(addr[0]), *addr[1:]))  # the first one is taken; the listener closes
             return
         if len(self._pending) >= PENDING:
             sock.close()

@@ -138,17 +138,18 @@ def md5_hex(password: str) -> str:
     return hashlib.md5(_encode(password)).hexdigest()
 
 
-def write(path: str, stored: str) -> None:
-    """Write a password file atomically, mode 0600.
+def write(path: str, stored: str, replace: bool = True) -> None:
+    """Write a password file (or another small secret) atomically, mode 0600.
 
     The temporary is a new file of a unique name (``O_EXCL``, no link
     followed): logins upgrading the same hash at once, in threads or
     processes, each replace the file whole, and nothing already at a
-    guessed name is written through.
+    guessed name is written through. ``replace`` False: FileExistsError
+    rather than replace a file already there (the new one is linked in).
     """
     folder = os.path.dirname(path)
     os.makedirs(folder, mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".password.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         try:
             os.write(fd, (stored + "\n").encode())
@@ -156,7 +157,11 @@ def write(path: str, stored: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)

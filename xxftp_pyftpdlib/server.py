@@ -19,9 +19,10 @@ from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 from . import access, ftps, hashpool, hooks, status, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
+from .addresses import ALL
 from .certs import CertificateError, check_ca, check_pair
 from .admission import Limits
-from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
+from .listener import REFUSAL, Admitting, Listener, listen_on, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .datachannel import DATA_TIMEOUT
@@ -187,7 +188,7 @@ class ConfigError(Exception):
 @dataclass
 class Options:
     root: str = "./home"
-    host: str = "0.0.0.0"
+    host: str = ALL  # every address, IPv4 and IPv6 (a dual-stack socket; IPv4 only without IPv6)
     port: int = 2121
     passive_ports: tuple[int, int] | None = None
     masquerade_address: str | None = None
@@ -345,7 +346,7 @@ def make_server(options: Options, handler: type | None = None):
     settled = reconcile(handler.authorizer.root)  # before clients can connect
     log.debug("%d quota ledger(s) checked", settled)
     try:  # its own IO loop, not pyftpdlib's process-wide instance: servers stay independent
-        server = cls((options.host, options.port), handler, ioloop=SafeIOLoop())
+        server = cls(listen_on(options.host, options.port), handler, ioloop=SafeIOLoop())
     except OSError as err:
         raise ConfigError(f"cannot listen on {options.host}:{options.port}: {err.strerror or err}") from None
     server.max_cons = options.max_cons
@@ -353,7 +354,7 @@ def make_server(options: Options, handler: type | None = None):
                            options.max_unauthenticated_per_ip, options.login_timeout)
     server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
     if options.implicit_port is not None:
-        address = (options.host, options.implicit_port)
+        address = listen_on(options.host, options.implicit_port)
         try:
             server.extra_listeners = [ftps.ImplicitListener(server, address, ftps.implicit_handler(handler))]
         except OSError as err:
@@ -378,6 +379,7 @@ def serve(server, workers: int = 1) -> None:
     stop_on_signals()
     threading.excepthook = _thread_failed
     host, port = server.address[:2]
+    host = f"[{host}]" if ":" in host else host  # [::]:2121, every address on both stacks
     extra = f" with {workers} worker processes" if workers > 1 else ""
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
     for listener in getattr(server, "extra_listeners", ()):
