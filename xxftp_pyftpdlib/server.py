@@ -354,8 +354,8 @@ def make_server(options: Options, handler: type | None = None):
                            options.max_unauthenticated_per_ip, options.login_timeout)
     server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
     if options.implicit_port is not None:
-        address = listen_on(options.host, options.implicit_port)
         try:
+            address = listen_on(options.host, options.implicit_port)
             server.extra_listeners = [ftps.ImplicitListener(server, address, ftps.implicit_handler(handler))]
         except OSError as err:
             server.close()
