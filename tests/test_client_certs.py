@@ -333,3 +333,25 @@ def test_and_password_on_a_home_without_password_needs_the_certificate(serve, ho
         with pytest.raises(ftplib.error_perm, match="^530"):
             ftp.sendcmd("USER erin")
         ftp.close()
+
+
+def test_a_home_with_one_time_codes_asks_a_certificate_login_for_its_code(serve, homes, material):
+    """A second factor set for a user is never skipped: the certificate
+    alone no longer logs alice in; her password and code do."""
+    import time
+
+    import pyotp
+
+    secret = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+    homes.xxftp(homes.root / "alice", "totp", secret + "\n").chmod(0o600)
+    srv = serve()
+    ftp = tls_client(srv.port, material.alice)
+    assert ftp.sendcmd("USER alice").startswith("331")
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("PASS pw")  # the password without the code
+    ftp.close()
+    if time.time() % 30 > 26:
+        time.sleep(30 - time.time() % 30 + 0.1)
+    ftp = tls_client(srv.port, material.alice)
+    assert ftp.login("alice", "pw" + pyotp.TOTP(secret).now()).startswith("230")
+    ftp.quit()

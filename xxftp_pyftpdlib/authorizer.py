@@ -84,6 +84,8 @@ class XxftpAuthorizer:
         home = self.accounts.home_of(username)
         if home is None or self._certificate_way(home, handler) is not clientcerts.Way.CERTIFICATE:
             return None
+        if shared_store(self.root).totp(home) is not None:
+            return None  # a home with one-time codes asks every login for one: PASS password+code
         verdict = self._verdict(username, Login(True, home), handler)
         log.info("%r logged in by a client certificate listed in its .xxftp/certs", username)
         return verdict
