@@ -54,13 +54,19 @@ def test_an_xxftp_file_instead_of_a_folder(tree, start_server, connect):
     done = check(tree.root)
     assert done.returncode == 1
     assert done.stdout.splitlines() == [
-        "alice/.xxftp:0: a file, not a folder: the server reads no settings from it (no password: USER alone "
-        "logs in; every right)",
+        "alice/.xxftp:0: a file, not a folder: the server reads no settings from it (every login of this user "
+        "is refused)",
         "shared/sub/.xxftp:0: a file, not a folder: the server reads no settings from it",
         "2 error(s), 0 warning(s)",
     ]
     server = start_server(tree.root)
-    assert connect(server.port, "alice", "anything").pwd() == "/"  # as the check says
+    ftp = ftplib.FTP()
+    ftp.connect(HOST, server.port, timeout=10)
+    assert ftp.sendcmd("USER alice").startswith("331")  # not let in at USER with every right
+    with pytest.raises(ftplib.error_perm, match="^530"):
+        ftp.sendcmd("PASS anything")
+    ftp.close()
+    assert connect(server.port, "bob").nlst("s") == ["sub"]  # a mount target's .xxftp file: no settings
 
 
 def test_the_sample_tree_checks_clean_as_git_checks_it_out(tmp_path):

@@ -26,7 +26,8 @@ Rules that live here:
   someone other than root or the server's user, or writable by others,
   or in such a ``.xxftp`` folder), and such a folder without a password
   file: a user who could write it must not choose their own password or
-  none.
+  none. A ``.xxftp`` that is a file, not a folder, refuses every login
+  of its home too.
 - A home with ``.xxftp/totp`` also needs a one-time code (``totp``):
   ``PASS <password><code>``. The code is checked in the same check as
   the password, and every login that needs a check does the same code
@@ -44,6 +45,7 @@ import logging
 import math
 import os
 import re
+import stat
 import time
 from typing import NamedTuple
 
@@ -71,11 +73,16 @@ class Login(NamedTuple):
 
 
 def _check_folder(path: str) -> None:
-    """PermissionError if the ``.xxftp`` folder of ``path`` exists and is not trusted."""
+    """PermissionError if the ``.xxftp`` folder of ``path`` exists and is
+    not trusted, or is not a folder (its settings, password included,
+    would all be missing: USER alone would log in with every right)."""
     try:
-        why = distrust_folder(os.lstat(os.path.dirname(path)))
+        st = os.lstat(os.path.dirname(path))
     except OSError:
         return
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(errno.ENOTDIR, f"{CONFIG_DIR} is not a folder")
+    why = distrust_folder(st)
     if why:
         raise PermissionError(errno.EPERM, f"its folder is not trusted ({why})")
 

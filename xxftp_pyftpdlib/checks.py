@@ -105,7 +105,7 @@ def check_tree(root: str) -> list[Finding]:
             if CONFIG_DIR in files:
                 home = os.path.dirname(folder) == root and USER_NAME.fullmatch(os.path.basename(folder))
                 error(os.path.join(folder, CONFIG_DIR), 0, "a file, not a folder: the server reads no settings "
-                      "from it" + (" (no password: USER alone logs in; every right)" if home else ""))
+                      "from it" + (" (every login of this user is refused)" if home else ""))
             if CONFIG_DIR in dirs:
                 pending.extend(_check_folder(folder, root, store, error))
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
