@@ -26,6 +26,7 @@ from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .signals import SignalWake, stop_on_signals
+from .userboard import Board
 
 log = logging.getLogger("xxftpd")
 
@@ -226,6 +227,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "upload_mode": options.upload_mode,
         "xferlog_path": options.xferlog,
         "login_checks": hashpool.LoginChecks(options.max_login_checks),
+        "limits_board": Board(),  # before any fork: every worker and session process shares it
         "masquerade_address": options.masquerade_address,
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,

@@ -1,0 +1,151 @@
+"""User limits at work: a session's place, a data channel's pace.
+
+The adapters between pyftpdlib's sessions and data channels and the
+limits board (rules in ``userlimits``, shared state in ``userboard``):
+
+- ``join`` at login: reads the user's ``.xxftp/limits`` (through the
+  configuration cache: hot-reloaded, trusted as every ``.xxftp`` file)
+  and takes a place on the board, or says why not (a 421 text).
+  ``leave`` frees it: at logout, at ``REIN``/``USER``, and when the
+  connection closes for any reason.
+- ``pacer_for`` gives a file transfer of a user with a rate in its
+  direction a ``Pacer``; any other transfer gets none and costs one
+  attribute test per read or write. A pacer reserves a slice at a time on
+  the board and, when the slice must wait, takes the channel out of the
+  IO loop and puts it back with ``call_later`` when its time comes (no
+  busy wait, no sleeping loop); ``sendfile`` and ``splice`` move what the
+  slice allows. The rate is read again at every slice: an edited file
+  applies to running transfers at their next slice (a file made invalid
+  meanwhile keeps the rate they had). A transfer that started without a
+  limit runs without one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from . import replies
+from .admission import source_of
+from .config import ConfigStore, shared_store
+from .userboard import Board
+from .userlimits import DOWNLOAD, UPLOAD, slice_for
+
+__all__ = ["Member", "Pacer", "join", "leave", "pacer_for"]
+
+log = logging.getLogger("xxftpd.limits")
+
+MIN_WAIT = 0.002  # a shorter wait is not worth a timer: move the slice now
+UNPACED = 1 << 30  # bytes moved before a lifted limit is looked at again
+
+
+@dataclass
+class Member:
+    """A logged-in session's place on the board."""
+
+    board: Board
+    user: int
+    place: int
+    store: ConfigStore
+    home: str
+
+    def rate(self, direction: int, last: int) -> int:
+        """The user's rate in ``direction`` now (``last`` if the file has become invalid)."""
+        limits = self.store.user_limits(self.home)
+        return last if limits is None else limits.rate(direction)
+
+
+def join(session, home: str) -> str | None:
+    """Give a session that logs in into ``home`` its place; the text of
+    the 421 that refuses the login, if it is refused."""
+    board: Board | None = getattr(session, "limits_board", None)
+    root = getattr(session.authorizer, "root", None)
+    if board is None or root is None:  # not one of our servers, or a foreign authorizer
+        return None
+    store = shared_store(root)
+    limits = store.user_limits(home)
+    if limits is None:
+        log.warning("login of %r refused: its limits file is invalid or not trusted", session.username)
+        return replies.INVALID_LIMITS
+    user = board.key(session.username)
+    place, refusal = board.join(user, board.key(source_of(session.remote_ip)), limits)
+    if refusal is not None:
+        log.info("login of %r from %s refused: %s session(s)%s at most", session.username,
+                 session.remote_ip, refusal[0], " per address" if refusal[1] else "")
+        return replies.too_many_sessions(*refusal)
+    session.limits_member = Member(board, user, place, store, home)
+    return None
+
+
+def leave(session) -> None:
+    member = getattr(session, "limits_member", None)
+    if member is not None:
+        session.limits_member = None
+        member.board.leave(member.place, member.user)
+
+
+def pacer_for(channel) -> Pacer | None:
+    """A pacer for the transfer ``channel`` starts, if its user has a
+    rate in that direction (listings are never paced)."""
+    member = getattr(channel.cmd_channel, "limits_member", None)
+    if member is None or channel.file_obj is None:
+        return None
+    direction = UPLOAD if channel.receive else DOWNLOAD
+    rate = member.rate(direction, 0)
+    return Pacer(channel, member, direction, rate) if rate else None
+
+
+class Pacer:
+    """Paces one data channel at its user's rate (shared with the user's
+    other transfers in that direction, in every process)."""
+
+    def __init__(self, channel, member: Member, direction: int, rate: int) -> None:
+        self.channel = channel
+        self.member = member
+        self.direction = direction
+        self.rate = rate
+        self.credit = 0  # bytes reserved and not moved yet (below 0: moved ahead of a reservation)
+        self._timer = None
+
+    def budget(self, wanted: int) -> int:
+        """How many bytes (up to ``wanted``) the channel may move now; 0:
+        none, the channel is out of the loop until its slice's time."""
+        if self._timer is not None:  # put back in the loop by someone else: not yet
+            self.channel.del_channel()
+            return 0
+        if self.credit <= 0:
+            self.rate = self.member.rate(self.direction, self.rate)
+            if not self.rate:  # the limit was lifted
+                self.credit = UNPACED
+                return wanted
+            size = slice_for(self.rate) - self.credit  # and what was moved ahead
+            wait = self.member.board.claim(self.member.user, self.direction, size, self.rate)
+            self.credit += size
+            if wait > MIN_WAIT:
+                self._pause(wait)
+                return 0
+        return wanted if wanted < self.credit else self.credit
+
+    def moved(self, size: int) -> None:
+        self.credit -= size
+
+    def _pause(self, wait: float) -> None:
+        channel = self.channel
+        channel.del_channel()
+        self._timer = channel.ioloop.call_later(wait, self._resume, _errback=channel.handle_error)
+
+    def _resume(self) -> None:
+        self._timer = None
+        channel = self.channel
+        if channel._closed or getattr(channel, "_wait_until", 0):  # the quota wait puts it back itself
+            return
+        channel.modify_ioloop_events(channel.ioloop.READ if channel.receive else channel.ioloop.WRITE)
+
+    def close(self) -> None:
+        """The transfer ended: cancel the wake-up, return the unused slice."""
+        timer, self._timer = self._timer, None
+        if timer is not None and not timer.cancelled:
+            timer.cancel()
+        if self.credit > 0 and self.rate and self.credit != UNPACED:
+            self.member.board.give_back(self.member.user, self.direction, self.credit, self.rate)
+        self.credit = 0
