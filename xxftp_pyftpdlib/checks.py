@@ -13,6 +13,8 @@ Rules that live here (on top of the parsers' own problems):
   inside it (``settings -> .xxftp``) is reported: the server refuses it.
 - Every ``.xxftp/`` folder of a home or of a reachable mount target is
   checked, at any depth.
+- A home's ``limits`` file must parse (``userlimits``): an invalid one
+  refuses the user's logins.
 - A ``.xxftp`` folder or file the server does not trust (``config.distrust``:
   owned by another user than root or the server's, or writable by group or
   others) is an error: the server ignores it (and refuses the logins of its
@@ -30,6 +32,7 @@ from .accounts import USER_NAME
 from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
                      parse_virtual)
 from .tree import hidden_below, hidden_target
+from .userlimits import parse_limits
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def check_tree(root: str) -> list[Finding]:
                 configured_non_users.append(home)
             continue
         _check_password(os.path.join(home, CONFIG_DIR, "password"), error)
+        _check_limits(os.path.join(home, CONFIG_DIR, "limits"), error)
         pending.append(home)
     seen: set[str] = set()
     while pending:
@@ -126,6 +130,17 @@ def _check_password(path: str, error) -> None:
         error(path, 0, f"password file mode {stat.S_IMODE(st.st_mode):04o} lets others read it (use 0600)", False)
 
 
+def _check_limits(path: str, error) -> None:
+    if not os.path.lexists(path):
+        return
+    text = _read(path)
+    if text is None:
+        error(path, 0, "unreadable limits file: every login of the user is refused")
+        return
+    for problem in parse_limits(text, path).problems:
+        error(problem.path, problem.line, problem.message)
+
+
 def _trusted(config: str, error) -> bool:
     """Report the .xxftp folder ``config`` or its files if the server does
     not trust them; False if it ignores the folder as a whole."""
@@ -136,7 +151,7 @@ def _trusted(config: str, error) -> bool:
     if why:
         error(config, 0, f"not trusted ({why}): the server ignores its files; it must be {TRUSTED}")
         return False
-    for name in ("password", "permission", "size", "virtual", "hosts", "ledger"):
+    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "limits"):
         path = os.path.join(config, name)
         try:
             why = distrust(os.stat(path))

@@ -1,0 +1,155 @@
+"""The rules of ``.xxftp/limits`` (userlimits) and the board every process
+shares (userboard), without a server."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from xxftp_pyftpdlib.userboard import UNCOUNTED, Board
+from xxftp_pyftpdlib.userlimits import (DOWNLOAD, MAX_SLICE, MIN_SLICE, NO_LIMITS, UPLOAD, UserLimits, give_back,
+                                        parse_limits, reserve, session_refusal, slice_for)
+
+M = 1024 * 1024
+
+
+def test_a_file_sets_rates_with_suffixes_and_counts():
+    parsed = parse_limits("# alice\ndownload_rate = 10M\n\nupload_rate=512K  # slow\n"
+                          "max_sessions = 3\nmax_sessions_per_ip = 2\n", "p")
+    assert parsed.problems == ()
+    assert parsed.value == UserLimits(10 * M, 512 * 1024, 3, 2)
+    assert parse_limits("download_rate = 1G\nupload_rate = 1048576\n", "p").value == UserLimits(1024 * M, M)
+
+
+def test_zero_and_absent_keys_are_no_limit():
+    assert parse_limits("", "p").value == NO_LIMITS
+    assert parse_limits("download_rate = 0\nmax_sessions = 0\n", "p").value == NO_LIMITS
+    assert parse_limits("upload_rate = 2M\n", "p").value.rate(DOWNLOAD) == 0
+
+
+@pytest.mark.parametrize("line, words", [
+    ("download_rate = fast", "invalid download_rate 'fast'"),
+    ("download_rate = -1", "invalid download_rate '-1'"),
+    ("download_rate =", "invalid download_rate ''"),
+    ("max_sessions = 2.5", "invalid max_sessions '2.5'"),
+    ("max_sessions = 3M", "invalid max_sessions '3M'"),
+    ("max_sessions = ３", "invalid max_sessions '３'"),
+    ("max_session = 3", "unknown key 'max_session'"),
+    ("max_sessions 3", "expected 'key = value'"),
+])
+def test_a_bad_line_makes_the_whole_file_invalid(line, words):
+    parsed = parse_limits(f"upload_rate = 1M\n{line}\n", "home/.xxftp/limits")
+    assert parsed.value is None
+    assert len(parsed.problems) == 1  # one log line
+    assert str(parsed.problems[0]).startswith(f"home/.xxftp/limits:2: {words}")
+    assert "logins are refused" in str(parsed.problems[0])
+
+
+def test_a_key_given_twice_is_invalid():
+    parsed = parse_limits("max_sessions = 1\nmax_sessions = 5\n", "p")
+    assert parsed.value is None and [p.line for p in parsed.problems] == [2]
+
+
+def test_reservations_follow_one_another_and_idle_time_is_not_saved():
+    clock, wait = reserve(0.0, 100.0, M, M)  # an idle clock: now
+    assert (clock, wait) == (101.0, 0.0)
+    clock, wait = reserve(clock, 100.0, M, M)  # the next stretch: a second later
+    assert (clock, wait) == (102.0, 1.0)
+    clock, wait = reserve(clock, 500.0, M, M)  # long idle: no burst saved up
+    assert (clock, wait) == (501.0, 0.0)
+
+
+def test_two_transfers_share_one_clock():
+    clock, now, moved = 0.0, 0.0, 0
+    starts = []
+    for _ in range(40):  # two transfers asking in turn, each moving at its stretch's start
+        for _ in range(2):
+            clock, wait = reserve(clock, now, 256 * 1024, 2 * M)
+            starts.append(now + wait)
+            moved += 256 * 1024
+    assert moved / (clock - 0.0) == pytest.approx(2 * M)
+    assert starts == sorted(starts)
+
+
+def test_giving_back_never_moves_the_clock_before_now():
+    assert give_back(110.0, 100.0, M, M) == 109.0
+    assert give_back(100.5, 100.0, M, M) == 100.0
+    assert give_back(90.0, 100.0, M, M) == 90.0
+
+
+def test_slices_stay_between_bounds():
+    assert slice_for(1) == MIN_SLICE
+    assert slice_for(800 * 1024) == 100 * 1024
+    assert slice_for(10 * 1024 * M) == MAX_SLICE
+
+
+def test_session_refusals():
+    limits = UserLimits(max_sessions=3, max_sessions_per_ip=2)
+    assert session_refusal(limits, 2, 1) is None
+    assert session_refusal(limits, 3, 0) == (3, False)
+    assert session_refusal(limits, 2, 2) == (2, True)
+    assert session_refusal(NO_LIMITS, 10**6, 10**6) is None
+
+
+# --- the board
+
+
+def test_sessions_are_counted_per_user_and_address_and_freed():
+    board = Board(users=16, sessions=64)
+    alice, bob = board.key("alice"), board.key("bob")
+    here, there = board.key("127.0.0.1"), board.key("192.0.2.1")
+    limits = UserLimits(max_sessions=3, max_sessions_per_ip=2)
+    first, _ = board.join(alice, here, limits)
+    assert board.join(alice, here, limits)[1] is None
+    assert board.join(alice, here, limits) == (None, (2, True))
+    third, _ = board.join(alice, there, limits)
+    assert board.join(alice, there, limits) == (None, (3, False))
+    assert board.join(bob, here, limits)[1] is None  # another user: not counted with alice
+    board.leave(first, alice)
+    assert board.join(alice, there, limits)[1] is None
+    board.leave(third, bob)  # not bob's place: nothing freed
+    assert board.count(alice) == 3
+
+
+def test_a_place_of_a_process_that_ended_is_freed():
+    board = Board(users=16, sessions=64)
+    alice = board.key("alice")
+    limits = UserLimits(max_sessions=1)
+    pid = os.fork()
+    if pid == 0:  # a session process that dies without leaving
+        os._exit(0 if board.join(alice, 1, limits)[1] is None else 1)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and board.count(alice) == 1
+    assert board.join(alice, 1, limits)[1] is None  # the dead place was found and freed
+    assert board.count(alice) == 1
+
+
+def test_a_full_table_lets_sessions_in_uncounted():
+    board = Board(users=16, sessions=2)
+    limits = UserLimits(max_sessions=5)
+    places = [board.join(board.key("alice"), 1, limits)[0] for _ in range(3)]
+    assert places[2] == UNCOUNTED
+    board.leave(UNCOUNTED, board.key("alice"))  # nothing to free
+
+
+def test_rate_clocks_are_shared_with_forked_processes():
+    board = Board(users=16, sessions=16)
+    alice = board.key("alice")
+    pid = os.fork()
+    if pid == 0:
+        board.claim(alice, DOWNLOAD, 10 * M, M)  # ten seconds of alice's rate
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert board.claim(alice, DOWNLOAD, M, M) == pytest.approx(10.0, abs=0.5)
+    assert board.claim(alice, UPLOAD, M, M) == 0.0  # the other direction has its own clock
+    assert board.claim(board.key("bob"), DOWNLOAD, M, M) == 0.0
+
+
+def test_an_idle_record_is_taken_by_another_user_when_the_table_is_full():
+    board = Board(users=2, sessions=4)
+    users = [board.key(name) for name in ("a", "b", "c")]
+    for user in users:  # each moves a tiny slice: its clock runs out at once
+        board.claim(user, DOWNLOAD, 1, 10**9)
+    assert board.claim(users[0], DOWNLOAD, 1, 1) < 0.01
+    assert board.claim(users[1], DOWNLOAD, 1, 1) < 0.01
