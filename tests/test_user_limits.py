@@ -111,7 +111,7 @@ def test_two_sessions_share_the_rate_and_another_user_is_unaffected(tree, start_
     _, _, bob_time = in_parallel(lambda: timed_download(first), lambda: timed_download(second), bob_meanwhile)
     both = time.monotonic() - start
     assert 2 * SIZE / both == pytest.approx(4 * MiB, rel=0.10)
-    assert bob_time < 1.0  # alone at 4 MiB/s it would take 2.5 s, shared 5 s
+    assert bob_time < 1.5  # alone at 4 MiB/s it would take 2.5 s, shared 5 s
 
 
 def test_an_edited_file_applies_to_the_running_transfer(tree, start_server):
@@ -124,7 +124,7 @@ def test_an_edited_file_applies_to_the_running_transfer(tree, start_server):
         elapsed = timed_download(ftp)  # 10 s at 1 MiB/s
     finally:
         timer.cancel()
-    assert elapsed < 4.0
+    assert 1.0 < elapsed < 4.0  # paced at first, then at the new rate
 
 
 def test_sessions_beyond_the_limit_are_refused_until_one_ends(tree, start_server):
