@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import logging
 import mmap
 import os
@@ -52,7 +53,7 @@ log = logging.getLogger("xxftpd.limits")
 
 UNCOUNTED = -1  # the place of a session let in while every place was taken
 
-_HEADER = 64
+_HEADER = 64  # starts with the count of places used so far
 _RECORD = struct.Struct("=Qdd")  # user key, download clock, upload clock
 _RECORD_SIZE = 32
 _CLOCK = struct.Struct("=d")
@@ -61,13 +62,14 @@ _INFO = struct.Struct("=QQQ")  # address key, pid, process start time
 _EMPTY = bytes(_KEY.size)
 
 
-def _shared_file(size: int) -> int:
+def _shared_file(size: int) -> io.FileIO:
+    """An unnamed file of ``size`` bytes (closed with the board)."""
     try:
-        fd = os.memfd_create("xxftpd-limits", os.MFD_CLOEXEC)
+        file = io.FileIO(os.memfd_create("xxftpd-limits", os.MFD_CLOEXEC), "r+")
     except (AttributeError, OSError):  # not Linux: an unnamed temporary file does the same
-        fd = os.dup(tempfile.TemporaryFile().fileno())
-    os.ftruncate(fd, size)
-    return fd
+        file = tempfile.TemporaryFile(buffering=0)
+    file.truncate(size)
+    return file
 
 
 def _start_of(pid: int) -> int | None:
@@ -112,16 +114,16 @@ class Board:
         self._keys = self._records + users * _RECORD_SIZE
         self._infos = self._keys + sessions * _KEY.size
         size = self._infos + sessions * _INFO.size
-        self._fd = _shared_file(size)
+        self._file = _shared_file(size)
+        self._fd = self._file.fileno()
         self._map = mmap.mmap(self._fd, size)
         self._secret = os.urandom(16)
         self._thread_lock = threading.Lock()
-        self._hint = 0
         self._reported: set[str] = set()
 
     def close(self) -> None:
         self._map.close()
-        os.close(self._fd)
+        self._file.close()
 
     def key(self, text: str) -> int:
         """The 64-bit key of a user name or a client address (never 0)."""
@@ -229,33 +231,40 @@ class Board:
             return len(self._places_of(user))
 
     def _places_of(self, user: int) -> list[int]:
-        return self._find(_KEY.pack(user), 0)
+        return self._find(_KEY.pack(user))
 
-    def _find(self, needle: bytes, start: int, first_only: bool = False) -> list[int]:
-        """Indexes of the session keys equal to ``needle`` (at ``start`` or after)."""
+    def _high(self) -> int:
+        """How many places have ever been used at once (places at or past it are free)."""
+        return _KEY.unpack_from(self._map, 0)[0]
+
+    def _find(self, needle: bytes, first_only: bool = False) -> list[int]:
+        """Indexes of the session keys equal to ``needle``, among the places
+        used so far (a copy of them: ``bytes.find`` is far quicker than ``mmap.find``)."""
+        keys = self._map[self._keys:self._keys + self._high() * _KEY.size]
         found = []
-        end = self._infos
-        pos = self._keys + start * _KEY.size
+        pos = 0
         while True:
-            pos = self._map.find(needle, pos, end)
+            pos = keys.find(needle, pos)
             if pos < 0:
                 return found
-            offset = pos - self._keys
-            if offset % _KEY.size:
+            if pos % _KEY.size:
                 pos += 1
                 continue
-            found.append(offset // _KEY.size)
+            found.append(pos // _KEY.size)
             if first_only:
                 return found
             pos += _KEY.size
 
     def _free_place(self) -> int | None:
+        """The first free place: sessions stay packed at the start of the table."""
         for attempt in range(2):
-            for start in (self._hint, 0):
-                found = self._find(_EMPTY, start, first_only=True)
-                if found:
-                    self._hint = (found[0] + 1) % self.sessions
-                    return found[0]
+            found = self._find(_EMPTY, first_only=True)
+            if found:
+                return found[0]
+            high = self._high()
+            if high < self.sessions:
+                _KEY.pack_into(self._map, 0, high + 1)
+                return high
             if attempt == 0:
                 self._free_dead()
         return None
