@@ -25,6 +25,9 @@ Rules that live here:
   stretch begins. So transfers of one user share the rate whatever their
   number, an idle user saves up no burst, and a transfer asks the shared
   clock once per slice, not per read.
+- A stretch may start up to ``CATCH_UP`` (50 ms) in the past: a transfer
+  woken a little late keeps its turn, so the rate holds on a busy loop;
+  an idle user can't save up more than that.
 - A slice is an eighth of a second's worth of the rate, between
   ``MIN_SLICE`` and ``MAX_SLICE``: small enough for a smooth rate, big
   enough that the shared clock is asked a few dozen times a second at most.
@@ -41,12 +44,13 @@ from dataclasses import dataclass, fields, replace
 from .config import Parsed, Problem, parse_size
 
 __all__ = ["UserLimits", "NO_LIMITS", "DOWNLOAD", "UPLOAD", "parse_limits", "reserve", "give_back",
-           "slice_for", "session_refusal", "MIN_SLICE", "MAX_SLICE"]
+           "slice_for", "session_refusal", "MIN_SLICE", "MAX_SLICE", "CATCH_UP"]
 
 DOWNLOAD, UPLOAD = 0, 1
 MIN_SLICE = 4 * 1024
 MAX_SLICE = 256 * 1024
 SLICES_PER_SECOND = 8
+CATCH_UP = 0.05  # seconds of a user's rate that a late transfer may still use
 _NUMBER_LIMIT = 10**12  # past any sensible count (and int()'s limits)
 
 
@@ -114,9 +118,12 @@ def _value(key: str, text: str) -> int | None:
 def reserve(clock: float, now: float, size: int, rate: int) -> tuple[float, float]:
     """Reserve ``size`` bytes at ``rate`` on a user's clock (the time its
     last reservation ends): (the clock after, seconds to wait before moving
-    them). The stretch starts when the clock does, or now if it is behind:
-    time nobody used is not saved up."""
-    start = clock if clock > now else now
+    them; 0 or less: now). The stretch starts when the clock does, or
+    ``CATCH_UP`` seconds ago if the clock is further behind: time nobody
+    used is not saved up, beyond what a late wake-up (a busy loop, a
+    coarse timer) needs not to lose its turn."""
+    earliest = now - CATCH_UP
+    start = clock if clock > earliest else earliest
     return start + size / rate, start - now
 
 
