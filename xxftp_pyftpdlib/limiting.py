@@ -139,7 +139,11 @@ class Pacer:
         channel = self.channel
         if channel._closed or getattr(channel, "_wait_until", 0):  # the quota wait puts it back itself
             return
-        channel.modify_ioloop_events(channel.ioloop.READ if channel.receive else channel.ioloop.WRITE)
+        events = channel.ioloop.READ if channel.receive else channel.ioloop.WRITE
+        if channel._fileno in channel.ioloop.socket_map:  # put back meanwhile (a quota wait that ended)
+            channel.modify_ioloop_events(events)
+        else:
+            channel.add_channel(events=events)  # (modify_ioloop_events would log each resume at debug)
 
     def close(self) -> None:
         """The transfer ended: cancel the wake-up, return the unused slice."""
