@@ -18,7 +18,8 @@ Rules that live here:
 - Sessions: ``sessions`` places (user key, address key, pid, process start
   time). A place whose process has ended (a crashed worker, a killed
   session process) is dead: freed when the user's sessions are next
-  counted. A process is its pid and its start time, so a recycled pid
+  counted (only a user with a session limit is counted, so only then). A
+  process is its pid and its start time, so a recycled pid
   does not keep a dead place alive. Beyond ``sessions`` logged-in sessions
   a login is let in uncounted (logged once).
 - Names and addresses are kept as 64-bit keyed hashes (blake2b, keyed by
@@ -193,9 +194,10 @@ class Board:
         """A place for a session of ``user`` from ``address``: (place, None),
         or (None, the refusal of ``userlimits.session_refusal``)."""
         me = _this_process()
+        counted = limits.max_sessions or limits.max_sessions_per_ip
         with self._locked():
             addresses = []
-            for index in self._places_of(user):
+            for index in self._places_of(user) if counted else ():  # no limit: nothing to count
                 address_of, pid, start = _INFO.unpack_from(self._map, self._infos + index * _INFO.size)
                 alive = start == me[1] if pid == me[0] else _start_of(pid) == start
                 if alive:
