@@ -155,3 +155,26 @@ def test_an_idle_record_is_taken_by_another_user_when_the_table_is_full():
         board.claim(user, DOWNLOAD, 1, 10**9)
     assert board.claim(users[0], DOWNLOAD, 1, 1) < 0.01
     assert board.claim(users[1], DOWNLOAD, 1, 1) < 0.01
+
+
+# --- the parser under fuzzing (hypothesis): any text, and lines of real keys with odd values
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+KEYS = st.sampled_from(["download_rate", "upload_rate", "max_sessions", "max_sessions_per_ip", "rate", "", "#x"])
+VALUES = st.sampled_from(["0", "10M", "512K", "2G", "7", "１", "-1", "1.5", "9" * 40, "10 M", "10MiB", "", "x"])
+LINE = st.tuples(KEYS, st.sampled_from([" = ", "=", " ", "==", " = # c"]), VALUES).map("".join)
+
+
+@settings(max_examples=int(os.environ.get("XXFTPD_FUZZ_EXAMPLES", "0")) or 300, deadline=None)
+@given(text=st.text() | st.lists(LINE, max_size=8).map("\n".join))
+def test_parse_limits_never_raises(text):
+    parsed = parse_limits(text, "l")
+    assert (parsed.value is None) == bool(parsed.problems)  # invalid: logins refused, and it says why
+    lines = text.splitlines()
+    for problem in parsed.problems:
+        assert problem.path == "l" and 1 <= problem.line <= len(lines)
+        assert lines[problem.line - 1].split("#", 1)[0].strip()  # a real content line
+    if parsed.value is not None:
+        assert all(isinstance(v, int) and v >= 0 for v in vars(parsed.value).values())
