@@ -114,6 +114,24 @@ def test_two_sessions_share_the_rate_and_another_user_is_unaffected(tree, start_
     assert bob_time < 1.5  # alone at 4 MiB/s it would take 2.5 s, shared 5 s
 
 
+def test_ascii_transfers_are_paced_too(tree, start_server):
+    """ASCII mode takes pyftpdlib's own send and receive, not sendfile or splice."""
+    home = limited(tree, "download_rate = 2M\nupload_rate = 2M\n", big=False)
+    text = b"".join(b"line %07d of an ascii file\r\n" % i for i in range(4 * MiB // 30))
+    (home / "text").write_bytes(text.replace(b"\r\n", b"\n"))
+    server = start_server(tree.root)
+    ftp = login(server.port)
+    lines: list[str] = []
+    start = time.monotonic()
+    ftp.retrlines("RETR text", lines.append)
+    assert time.monotonic() - start > 0.7 * len(text) / (2 * MiB)
+    assert len(lines) == 4 * MiB // 30
+    start = time.monotonic()
+    assert ftp.storlines("STOR back", io.BytesIO(text)).startswith("226")
+    assert time.monotonic() - start > 0.7 * len(text) / (2 * MiB)
+    assert (home / "back").read_bytes() == text.replace(b"\r\n", b"\n")
+
+
 def test_an_edited_file_applies_to_the_running_transfer(tree, start_server):
     home = limited(tree, "download_rate = 1M\n")
     server = start_server(tree.root)
