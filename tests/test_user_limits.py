@@ -205,6 +205,15 @@ def test_a_bad_limits_file_is_reported_and_refuses_logins(tree):
     assert log.count("its limits file is invalid") == 2  # one per refused login
 
 
+def test_a_file_made_invalid_keeps_the_limits_of_sessions_logged_in(tree, start_server):
+    home = limited(tree, "download_rate = 4M\n")
+    server = start_server(tree.root)
+    ftp = login(server.port)
+    tree.xxftp(home, "limits", "download_rate = 4 megabytes\n")
+    assert refusal(server.port).startswith("421 Login refused")
+    assert SIZE / timed_download(ftp) == pytest.approx(4 * MiB, rel=0.10)  # never unlimited
+
+
 # --- several processes: --workers and multi-proc
 
 

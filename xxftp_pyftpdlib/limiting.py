@@ -15,9 +15,12 @@ limits board (rules in ``userlimits``, shared state in ``userboard``):
   IO loop and puts it back with ``call_later`` when its time comes (no
   busy wait, no sleeping loop); ``sendfile`` and ``splice`` move what the
   slice allows. The rate is read again at every slice: an edited file
-  applies to running transfers at their next slice (a file made invalid
-  meanwhile keeps the rate they had). A transfer that started without a
-  limit runs without one.
+  applies to running transfers at their next slice. A file made invalid
+  after a login keeps, for that session, the limits last read from it. A
+  transfer that started without a limit runs without one.
+
+This module decides nothing: the arithmetic and the refusals are
+``userlimits``', the shared state ``userboard``'s.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from . import replies
 from .admission import source_of
 from .config import ConfigStore, shared_store
 from .userboard import Board
-from .userlimits import DOWNLOAD, UPLOAD, slice_for
+from .userlimits import DOWNLOAD, UPLOAD, UserLimits, slice_for
 
 __all__ = ["Member", "Pacer", "join", "leave", "pacer_for"]
 
@@ -48,11 +51,14 @@ class Member:
     place: int
     store: ConfigStore
     home: str
+    known: UserLimits  # the limits last read from a valid file
 
-    def rate(self, direction: int, last: int) -> int:
-        """The user's rate in ``direction`` now (``last`` if the file has become invalid)."""
+    def rate(self, direction: int) -> int:
+        """The user's rate in ``direction`` now (as last known if the file has become invalid)."""
         limits = self.store.user_limits(self.home)
-        return last if limits is None else limits.rate(direction)
+        if limits is not None:
+            self.known = limits
+        return self.known.rate(direction)
 
 
 def join(session, home: str) -> str | None:
@@ -73,7 +79,7 @@ def join(session, home: str) -> str | None:
         log.info("login of %r from %s refused: %s session(s)%s at most", session.username,
                  session.remote_ip, refusal[0], " per address" if refusal[1] else "")
         return replies.too_many_sessions(*refusal)
-    session.limits_member = Member(board, user, place, store, home)
+    session.limits_member = Member(board, user, place, store, home, limits)
     return None
 
 
@@ -91,7 +97,7 @@ def pacer_for(channel) -> Pacer | None:
     if member is None or channel.file_obj is None:
         return None
     direction = UPLOAD if channel.receive else DOWNLOAD
-    rate = member.rate(direction, 0)
+    rate = member.rate(direction)
     return Pacer(channel, member, direction, rate) if rate else None
 
 
@@ -114,7 +120,7 @@ class Pacer:
             self.channel.del_channel()
             return 0
         if self.credit <= 0:
-            self.rate = self.member.rate(self.direction, self.rate)
+            self.rate = self.member.rate(self.direction)
             if not self.rate:  # the limit was lifted
                 self.credit = UNPACED
                 return wanted

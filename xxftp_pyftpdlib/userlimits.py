@@ -11,8 +11,8 @@ Rules that live here:
   key given twice, a line without ``=``) is *invalid* as a whole, and an
   invalid file refuses the user's logins: a typo must not quietly lift a
   cap that an administrator set for this very user (the safe side, as a
-  bad ``hosts`` or ``size`` file refuses). A running transfer keeps the
-  rate it had.
+  bad ``hosts`` or ``size`` file refuses). A session already logged in
+  keeps the limits last read.
 - Limits apply to the user, all of the user's sessions together, in every
   process of the server: a rate is shared by every transfer of that user
   in that direction; ``max_sessions`` counts the user's logged-in
