@@ -10,11 +10,11 @@ limits board (rules in ``userlimits``, shared state in ``userboard``):
   connection closes for any reason.
 - ``pacer_for`` gives a file transfer of a user with a rate in its
   direction a ``Pacer``; any other transfer gets none and costs one
-  attribute test per read or write. A pacer reserves a slice at a time on
-  the board and, when the slice must wait, takes the channel out of the
-  IO loop and puts it back with ``call_later`` when its time comes (no
-  busy wait, no sleeping loop); ``sendfile`` and ``splice`` move what the
-  slice allows. The rate is read again at every slice: an edited file
+  attribute test per read or write. A pacer lets a slice move, charges it
+  to the user's clock on the board and, when the clock is ahead, takes the
+  channel out of the IO loop and puts it back with ``call_later`` when
+  its time comes (no busy wait, no sleeping loop); ``sendfile`` and
+  ``splice`` move what the slice allows. The rate is read again at every slice: an edited file
   applies to running transfers at their next slice. A file made invalid
   after a login keeps, for that session, the limits last read from it. A
   transfer that started without a limit runs without one.
@@ -103,37 +103,43 @@ def pacer_for(channel) -> Pacer | None:
 
 class Pacer:
     """Paces one data channel at its user's rate (shared with the user's
-    other transfers in that direction, in every process)."""
+    other transfers in that direction, in every process).
+
+    The channel asks ``budget`` before it moves bytes and says ``moved``
+    after; once a slice has moved, it is charged to the user's clock and
+    the channel leaves the loop until the clock allows the next one.
+    """
 
     def __init__(self, channel, member: Member, direction: int, rate: int) -> None:
         self.channel = channel
         self.member = member
         self.direction = direction
         self.rate = rate
-        self.credit = 0  # bytes reserved and not moved yet (below 0: moved ahead of a reservation)
+        self.credit = slice_for(rate)  # bytes the channel may move before it is charged
+        self.owed = 0  # bytes moved and not charged yet
         self._timer = None
 
     def budget(self, wanted: int) -> int:
         """How many bytes (up to ``wanted``) the channel may move now; 0:
-        none, the channel is out of the loop until its slice's time."""
+        none, the channel is out of the loop until its clock allows."""
         if self._timer is not None:  # put back in the loop by someone else: not yet
             self.channel.del_channel()
             return 0
-        if self.credit <= 0:
-            self.rate = self.member.rate(self.direction)
-            if not self.rate:  # the limit was lifted
-                self.credit = UNPACED
-                return wanted
-            size = slice_for(self.rate) - self.credit  # and what was moved ahead
-            wait = self.member.board.claim(self.member.user, self.direction, size, self.rate)
-            self.credit += size
-            if wait > MIN_WAIT:
-                self._pause(wait)
-                return 0
-        return wanted if wanted < self.credit else self.credit
+        return wanted if wanted < self.credit else max(self.credit, 1)
 
     def moved(self, size: int) -> None:
+        self.owed += size
         self.credit -= size
+        if self.credit > 0:
+            return
+        self.rate = self.member.rate(self.direction)  # an edited file applies here
+        if not self.rate:  # the limit was lifted
+            self.credit, self.owed = UNPACED, 0
+            return
+        wait = self.member.board.charge(self.member.user, self.direction, self.owed, self.rate)
+        self.owed, self.credit = 0, slice_for(self.rate)
+        if wait > MIN_WAIT:
+            self._pause(wait)
 
     def _pause(self, wait: float) -> None:
         channel = self.channel
@@ -152,10 +158,10 @@ class Pacer:
             channel.add_channel(events=events)  # (modify_ioloop_events would log each resume at debug)
 
     def close(self) -> None:
-        """The transfer ended: cancel the wake-up, return the unused slice."""
+        """The transfer ended: cancel the wake-up, charge what moved since the last slice."""
         timer, self._timer = self._timer, None
         if timer is not None and not timer.cancelled:
             timer.cancel()
-        if self.credit > 0 and self.rate and self.credit != UNPACED:
-            self.member.board.give_back(self.member.user, self.direction, self.credit, self.rate)
-        self.credit = 0
+        if self.owed and self.rate:
+            self.member.board.charge(self.member.user, self.direction, self.owed, self.rate)
+        self.owed = 0

@@ -46,7 +46,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from .userlimits import UserLimits, give_back, reserve, session_refusal
+from .userlimits import UserLimits, charge, session_refusal
 
 __all__ = ["Board", "UNCOUNTED"]
 
@@ -147,24 +147,16 @@ class Board:
 
     # --- rates
 
-    def claim(self, user: int, direction: int, size: int, rate: int) -> float:
-        """Reserve ``size`` bytes of ``user``'s rate in ``direction``:
-        seconds to wait before moving them."""
+    def charge(self, user: int, direction: int, size: int, rate: int) -> float:
+        """Charge ``size`` bytes moved to ``user``'s rate in ``direction``:
+        seconds to wait before moving more."""
         with self._locked():
             now = time.monotonic()  # one clock for every process of the machine
             offset = self._record(user, now) + _KEY.size + _CLOCK.size * direction
             (clock,) = _CLOCK.unpack_from(self._map, offset)
-            clock, wait = reserve(clock, now, size, rate)
+            clock, wait = charge(clock, now, size, rate)
             _CLOCK.pack_into(self._map, offset, clock)
         return wait
-
-    def give_back(self, user: int, direction: int, size: int, rate: int) -> None:
-        """Return reserved bytes a transfer will not move (it ended first)."""
-        with self._locked():
-            now = time.monotonic()
-            offset = self._record(user, now) + _KEY.size + _CLOCK.size * direction
-            (clock,) = _CLOCK.unpack_from(self._map, offset)
-            _CLOCK.pack_into(self._map, offset, give_back(clock, now, size, rate))
 
     def _record(self, user: int, now: float) -> int:
         """Where ``user``'s record is; a new one (in a record never used or

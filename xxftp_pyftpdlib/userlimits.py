@@ -19,15 +19,18 @@ Rules that live here:
   sessions, ``max_sessions_per_ip`` those from one client address (an IPv4
   address or an IPv6 /64, as ``admission.source_of`` says). A login beyond
   either is refused; a session that ends frees its place at once.
-- Rates are kept as a virtual clock per user and direction (GCRA): a
-  transfer reserves a slice of bytes, which is given the next free stretch
-  of that clock (``slice / rate`` seconds long), and moves it when its
-  stretch begins. So transfers of one user share the rate whatever their
-  number, an idle user saves up no burst, and a transfer asks the shared
-  clock once per slice, not per read.
-- A stretch may start up to ``CATCH_UP`` (50 ms) in the past: a transfer
-  woken a little late keeps its turn, so the rate holds on a busy loop;
-  an idle user can't save up more than that.
+- Rates are kept as a virtual clock per user and direction (GCRA): the
+  time at which the bytes the user has moved so far are due at the rate.
+  A transfer moves a slice, charges it to the clock (which runs on by
+  ``slice / rate`` seconds from where it stood, or from now if it stood
+  in the past) and waits until the clock says so before its next slice.
+  So transfers of one user share the rate whatever their number, an idle
+  user saves up no burst, a transfer asks the shared clock once per
+  slice, not per read, and nothing is charged for bytes never moved (the
+  end of a file, a transfer cut short).
+- A clock behind now restarts up to ``CATCH_UP`` (50 ms) in the past: a
+  transfer woken a little late keeps its turn, so the rate holds on a
+  busy loop; an idle user can't save up more than that.
 - A slice is an eighth of a second's worth of the rate, between
   ``MIN_SLICE`` and ``MAX_SLICE``: small enough for a smooth rate, big
   enough that the shared clock is asked a few dozen times a second at most.
@@ -43,7 +46,7 @@ from dataclasses import dataclass, fields, replace
 
 from .config import Parsed, Problem, parse_size
 
-__all__ = ["UserLimits", "NO_LIMITS", "DOWNLOAD", "UPLOAD", "parse_limits", "reserve", "give_back",
+__all__ = ["UserLimits", "NO_LIMITS", "DOWNLOAD", "UPLOAD", "parse_limits", "charge",
            "slice_for", "session_refusal", "MIN_SLICE", "MAX_SLICE", "CATCH_UP"]
 
 DOWNLOAD, UPLOAD = 0, 1
@@ -115,25 +118,15 @@ def _value(key: str, text: str) -> int | None:
 # --- rates: one virtual clock per user and direction
 
 
-def reserve(clock: float, now: float, size: int, rate: int) -> tuple[float, float]:
-    """Reserve ``size`` bytes at ``rate`` on a user's clock (the time its
-    last reservation ends): (the clock after, seconds to wait before moving
-    them; 0 or less: now). The stretch starts when the clock does, or
-    ``CATCH_UP`` seconds ago if the clock is further behind: time nobody
-    used is not saved up, beyond what a late wake-up (a busy loop, a
-    coarse timer) needs not to lose its turn."""
+def charge(clock: float, now: float, size: int, rate: int) -> tuple[float, float]:
+    """Charge ``size`` bytes moved at ``rate`` to a user's clock: (the
+    clock after, seconds to wait before moving more; 0 or less: at once).
+    A clock in the past restarts ``CATCH_UP`` seconds ago at the most:
+    time nobody used is not saved up, beyond what a late wake-up (a busy
+    loop, a coarse timer) needs not to lose its turn."""
     earliest = now - CATCH_UP
-    start = clock if clock > earliest else earliest
-    return start + size / rate, start - now
-
-
-def give_back(clock: float, now: float, size: int, rate: int) -> float:
-    """The clock after a transfer returns ``size`` reserved bytes it will
-    not move (it ended): never earlier than now."""
-    if clock <= now:
-        return clock
-    earlier = clock - size / rate
-    return earlier if earlier > now else now
+    clock = (clock if clock > earliest else earliest) + size / rate
+    return clock, clock - now
 
 
 def slice_for(rate: int) -> int:
