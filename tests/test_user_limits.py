@@ -114,6 +114,20 @@ def test_two_sessions_share_the_rate_and_another_user_is_unaffected(tree, start_
     assert bob_time < 1.5  # alone at 4 MiB/s it would take 2.5 s, shared 5 s
 
 
+def test_many_sessions_share_the_rate_to_the_last_byte(tree, start_server):
+    """Sixteen downloads of 1 MiB at once: none is charged for more than it moved."""
+    home = limited(tree, "download_rate = 4M\n", big=False)
+    (home / "part").write_bytes(os.urandom(MiB))
+    server = start_server(tree.root)
+    sessions = [login(server.port) for _ in range(16)]
+
+    def fetch(ftp):
+        return lambda: ftp.retrbinary("RETR part", lambda chunk: None)
+    start = time.monotonic()
+    in_parallel(*map(fetch, sessions))
+    assert 16 * MiB / (time.monotonic() - start) == pytest.approx(4 * MiB, rel=0.10)
+
+
 def test_ascii_transfers_are_paced_too(tree, start_server):
     """ASCII mode takes pyftpdlib's own send and receive, not sendfile or splice."""
     home = limited(tree, "download_rate = 2M\nupload_rate = 2M\n", big=False)
