@@ -199,12 +199,15 @@ def test_sessions_per_address(tree, start_server):
 
 def test_a_bad_limits_file_is_reported_and_refuses_logins(tree):
     home = limited(tree, "download_rate = 10M\nmax_sessions = three\n", big=False)
-    tree.user("bob", password="pw")
+    tree.user("bob", password="pw", virtual="shared $root/shared-docs read\n")
+    tree.xxftp(tree.folder("shared-docs"), "limits", "max_sessions = 1\n")  # not a home: ignored
     done = subprocess.run([sys.executable, "-m", "xxftp_pyftpdlib", "--root", str(tree.root), "check"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert [line for line in done.stdout.splitlines() if "limits" in line] == [
-        "alice/.xxftp/limits:2: invalid max_sessions 'three' (a whole number); the user's logins are refused"]
+        "alice/.xxftp/limits:2: invalid max_sessions 'three' (a whole number); the user's logins are refused",
+        "shared-docs/.xxftp/limits:0: limits apply to a user: only a home's limits file is read; this one is ignored "
+        "(warning)"]
     proc, port = start_logged(tree.root)
     try:
         for _ in range(2):

@@ -14,7 +14,7 @@ Rules that live here (on top of the parsers' own problems):
 - Every ``.xxftp/`` folder of a home or of a reachable mount target is
   checked, at any depth.
 - A home's ``limits`` file must parse (``userlimits``): an invalid one
-  refuses the user's logins.
+  refuses the user's logins. One in any other folder is ignored (warned).
 - A ``.xxftp`` folder or file the server does not trust (``config.distrust``:
   owned by another user than root or the server's, or writable by group or
   others) is an error: the server ignores it (and refuses the logins of its
@@ -167,6 +167,11 @@ def _check_folder(folder: str, root: str, store: ConfigStore, error) -> list[str
     config = os.path.join(folder, CONFIG_DIR)
     if not _trusted(config, error):
         return []
+    limits = os.path.join(config, "limits")
+    real = os.path.realpath(folder)
+    home = os.path.dirname(real) == root and USER_NAME.fullmatch(os.path.basename(real))
+    if not home and os.path.lexists(limits):
+        error(limits, 0, "limits apply to a user: only a home's limits file is read; this one is ignored", False)
     for name, parse in (("permission", parse_permission), ("size", parse_size)):
         path = os.path.join(config, name)
         text = _read(path) if os.path.lexists(path) else None
