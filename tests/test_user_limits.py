@@ -159,10 +159,11 @@ def test_an_edited_file_applies_to_the_running_transfer(tree, start_server):
     assert 1.0 < elapsed < 4.0  # paced at first, then at the new rate
 
 
-def test_sessions_beyond_the_limit_are_refused_until_one_ends(tree, start_server):
+@pytest.mark.parametrize("concurrency", ["async", "multi-thread"])
+def test_sessions_beyond_the_limit_are_refused_until_one_ends(tree, start_server, concurrency):
     limited(tree, "max_sessions = 2\n", big=False)
     tree.user("bob", password="pw")
-    server = start_server(tree.root)
+    server = start_server(tree.root, concurrency)
     first, second = login(server.port), login(server.port)
     reply = refusal(server.port)
     assert reply.startswith("421 Too many sessions of this user (at most 2 sessions)"), reply
