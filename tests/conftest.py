@@ -309,6 +309,45 @@ class ResumingFTP_TLS(ftplib.FTP_TLS):
         return conn, size
 
 
+class ImplicitFTP_TLS(ResumingFTP_TLS):
+    """ftplib speaking implicit FTPS: the control socket is wrapped before
+    the greeting is read, and data is protected from the start."""
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        if host:
+            self.host = host
+        if port:
+            self.port = port
+        if timeout != -999:
+            self.timeout = timeout
+        self.sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.af = self.sock.family
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        self._prot_p = True  # implied on an implicit port
+        return self.welcome
+
+
+@pytest.fixture
+def start_options():
+    """start_options(Options) -> ServerThread: the server ``make_server``
+    builds from exactly these options (TLS modes, ports, limits)."""
+    started: list[ServerThread] = []
+
+    def start(options: Options) -> ServerThread:
+        handler = make_handler(options)
+        handler.auth_failed_timeout = 0.01
+        thread = ServerThread(make_server(options, handler))
+        thread.start()
+        started.append(thread)
+        return thread
+
+    yield start
+    for thread in started:
+        thread.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

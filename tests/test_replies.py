@@ -55,6 +55,12 @@ COMMANDS = {
     "RNFR": (_simple("RNFR"), "any", None, "350"),
     "SITE CHMOD": (_simple("SITE CHMOD 644"), "any", None, "200"),
     "SITE QUOTA": (_simple("SITE QUOTA"), "any", None, "200"),
+    "HASH": (_simple("HASH"), "file", "553", "213"),
+    "XSHA256": (_simple("XSHA256"), "file", "550", "213"),
+    "XSHA512": (_simple("XSHA512"), "file", "550", "213"),
+    "XSHA1": (_simple("XSHA1"), "file", "550", "213"),
+    "XMD5": (_simple("XMD5"), "file", "550", "213"),
+    "XCRC": (_simple("XCRC"), "file", "550", "213"),
 }
 
 # Paths that do not exist, seen from the home's root.

@@ -12,7 +12,7 @@ import logging
 
 from pyftpdlib.authorizers import AuthenticationFailed, AuthorizerError
 
-from . import access, banners
+from . import access, banners, clientcerts
 from .accounts import Accounts, Login
 from .config import shared_store
 
@@ -61,7 +61,32 @@ class XxftpAuthorizer:
         if nets is not None and not access.matches(ip, list(nets)):
             log.info("login refused for %r: %s is not in its .xxftp/hosts", username, ip)
             raise AuthenticationFailed("Authentication failed.")
+        if self._certificate_way(result.home, handler) is clientcerts.Way.REFUSED:
+            log.info("login refused for %r: its .xxftp/certs needs a listed client certificate "
+                     "as well as the password", username)
+            raise AuthenticationFailed("Authentication failed.")
         return result.home, self.get_msg_login(username)
+
+    def _certificate_way(self, home: str, handler) -> clientcerts.Way:
+        """How ``.xxftp/certs`` lets this user in, given the client certificate
+        of the handler's control connection (``client_fingerprint``)."""
+        rule = shared_store(self.root).certs(home)
+        if rule is None:
+            return clientcerts.Way.PASSWORD
+        presented = getattr(handler, "client_fingerprint", lambda: None)()
+        return clientcerts.way(rule, presented)
+
+    def certificate_login(self, username: str, handler) -> tuple[str, str] | None:
+        """``check_login`` for a client whose certificate alone logs
+        ``username`` in (``.xxftp/certs`` lists it, without ``and-password``):
+        (home, login message), AuthenticationFailed (its ``hosts`` refuse),
+        or None when the certificate does not log this user in alone."""
+        home = self.accounts.home_of(username)
+        if home is None or self._certificate_way(home, handler) is not clientcerts.Way.CERTIFICATE:
+            return None
+        verdict = self._verdict(username, Login(True, home), handler)
+        log.info("%r logged in by a client certificate listed in its .xxftp/certs", username)
+        return verdict
 
     def get_home_dir(self, username: str) -> str:
         home = self.accounts.home_of(username)

@@ -1,5 +1,5 @@
-"""TLS material: checking a certificate/key pair at start, and making a
-self-signed one for testing (with ``cryptography``, pyOpenSSL's own base)."""
+"""TLS material: checking a certificate/key pair and a client CA file at
+start, and making a self-signed certificate for testing (with ``cryptography``, pyOpenSSL's own base)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,27 @@ def check_pair(certfile: str, keyfile: str | None) -> None:
         context.check_privatekey()
     except SSL.Error as err:
         raise CertificateError(f"{keyfile!r} is not the key of {certfile!r} ({_reason(err)})") from None
+
+
+def check_ca(cafile: str) -> None:
+    """Raise CertificateError unless ``cafile`` holds PEM CA certificates
+    OpenSSL can verify client certificates against."""
+    if not os.path.isfile(cafile):
+        raise CertificateError(f"CA file {cafile!r} does not exist")
+    try:
+        with open(cafile, "rb") as f:
+            found = x509.load_pem_x509_certificates(f.read())
+    except OSError as err:
+        raise CertificateError(f"CA file {cafile!r} is not readable ({err.strerror})") from None
+    except ValueError:
+        raise CertificateError(f"CA file {cafile!r} holds no PEM certificate") from None
+    if not found:
+        raise CertificateError(f"CA file {cafile!r} holds no PEM certificate")
+    context = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        context.load_verify_locations(cafile)
+    except SSL.Error as err:
+        raise CertificateError(f"CA file {cafile!r} is not usable ({_reason(err)})") from None
 
 
 def _reason(err: SSL.Error) -> str:

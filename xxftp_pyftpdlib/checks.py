@@ -5,6 +5,8 @@ Rules that live here (on top of the parsers' own problems):
 - A folder directly under the root whose name is not a valid user name is
   not a user; that is only reported when it looks like an attempt at one
   (it holds a ``.xxftp/`` folder).
+- A home's ``certs`` file (client certificates, ``clientcerts``) must
+  hold only fingerprints, comments and ``and-password``.
 - A password file must be in a known format and not readable by group or
   others; a password file that is not a regular file is an error.
 - Mount targets must exist and be folders, must not contain the folder
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 from . import passwords
 from .accounts import USER_NAME
+from .clientcerts import parse_certs
 from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
                      parse_virtual)
 from .tree import hidden_below, hidden_target
@@ -77,6 +80,7 @@ def check_tree(root: str) -> list[Finding]:
             continue
         _check_password(os.path.join(home, CONFIG_DIR, "password"), error)
         _check_limits(os.path.join(home, CONFIG_DIR, "limits"), error)
+        _check_certs(os.path.join(home, CONFIG_DIR, "certs"), error)
         pending.append(home)
     seen: set[str] = set()
     while pending:
@@ -141,6 +145,17 @@ def _check_limits(path: str, error) -> None:
         error(problem.path, problem.line, problem.message)
 
 
+def _check_certs(path: str, error) -> None:
+    if not os.path.lexists(path):
+        return
+    text = _read(path) if os.path.isfile(path) else None
+    if text is None:
+        error(path, 0, "certs file is unreadable or not a regular file: every login of this user is refused")
+        return
+    for problem in parse_certs(text, path).problems:
+        error(problem.path, problem.line, problem.message)
+
+
 def _trusted(config: str, error) -> bool:
     """Report the .xxftp folder ``config`` or its files if the server does
     not trust them; False if it ignores the folder as a whole."""
@@ -151,7 +166,7 @@ def _trusted(config: str, error) -> bool:
     if why:
         error(config, 0, f"not trusted ({why}): the server ignores its files; it must be {TRUSTED}")
         return False
-    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "limits"):
+    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "limits", "certs"):
         path = os.path.join(config, name)
         try:
             why = distrust(os.stat(path))

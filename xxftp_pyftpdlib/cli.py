@@ -17,7 +17,8 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from . import __version__, admin, certs
+from . import __version__, admin, certs, hooks
+from .jsonlog import FORMATS as LOG_FORMATS, JsonFormatter
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
 from .signals import stop_on_signals
@@ -93,12 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pre-forked async processes sharing the port (default 1); use the cores")
     p.add_argument("--log-file", metavar="PATH", help="write the log here instead of stderr")
     p.add_argument("--log-level", choices=sorted(LOG_LEVELS), default="info", help="log verbosity (default info)")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text (default) or json: one JSON object per line, for log shippers")
     p.add_argument("--xferlog", metavar="PATH", help="also write transfers in the classic xferlog format")
     p.add_argument("--upload-mode", choices=MODES, default="atomic",
                    help="atomic (default): an upload replaces a file only when complete; "
                         "atomic-resume: also keep broken new uploads for resuming; "
                         "standard: write in place like plain pyftpdlib")
-    tls = p.add_argument_group("FTPS (explicit AUTH TLS)")
+    tls = p.add_argument_group("FTPS (explicit AUTH TLS, implicit TLS)")
     tls.add_argument("--tls", action="store_true", help="offer AUTH TLS (needs --certfile)")
     tls.add_argument("--certfile", metavar="PATH", help="PEM certificate (chain); may also hold the key")
     tls.add_argument("--keyfile", metavar="PATH", help="PEM private key, if not in --certfile")
@@ -107,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--tls-session-reuse", choices=SESSION_REUSE, default=DEFAULT_SESSION_REUSE,
                      help="required (default): a PROT P data connection must resume the control "
                           "connection's TLS session (TLS 1.2); off: any TLS session")
+    tls.add_argument("--tls-implicit", action="store_true",
+                     help="implicit FTPS on --port instead: TLS from the first byte (needs --certfile)")
+    tls.add_argument("--implicit-port", type=_port, metavar="PORT",
+                     help="with --tls: also serve implicit FTPS on PORT (usually 990)")
+    tls.add_argument("--tls-client-ca", metavar="PATH",
+                     help="ask clients for a certificate signed by this CA (PEM); one listed in a "
+                          "user's .xxftp/certs logs that user in")
     acl = p.add_argument_group("access control")
     acl.add_argument("--allow-from", action="append", metavar="CIDR[,CIDR]",
                      help="accept connections only from these networks (repeatable)")
@@ -121,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-login-checks", type=_positive, default=Options.max_login_checks, metavar="N",
                    help="password checks in progress at once, per process; beyond, a login is answered "
                         f"421 (default {Options.max_login_checks}: 16 per CPU; 0: no limit)")
+    hk = p.add_argument_group("event hooks (a command run without a shell; see the README)")
+    for event, (argument, _) in hooks.EVENTS.items():
+        hk.add_argument(f"--on-{event}", metavar="CMD", help=f"run CMD {argument}")
+    hk.add_argument("--hook-concurrency", type=_positive, default=Options.hook_concurrency, metavar="N",
+                    help=f"hooks running at once, per process (default {Options.hook_concurrency})")
+    hk.add_argument("--hook-timeout", type=_positive, default=Options.hook_timeout, metavar="SECONDS",
+                    help=f"kill a hook's process group after this long (default {Options.hook_timeout})")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
@@ -155,10 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 
 
-def _setup_logging(level: str, path: str | None) -> None:
+def _setup_logging(level: str, path: str | None, form: str = "text") -> None:
     handler: logging.Handler
     handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if form == "json" else logging.Formatter(LOG_FORMAT))
+    if form == "json":  # a Python warning is a log line too, not a stray text on stderr
+        logging.captureWarnings(True)
     # The format shows no caller, thread or process: don't gather them for
     # every record (the logging HOWTO's "Optimization"; a few lines a login).
     logging._srcfile = None
@@ -237,15 +256,18 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout, concurrency=args.concurrency,
         upload_mode=args.upload_mode, tls=args.tls, certfile=args.certfile, keyfile=args.keyfile,
         tls_control_required=args.tls_control_required, tls_data_required=args.tls_data_required,
-        tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
+        tls_session_reuse=args.tls_session_reuse, tls_implicit=args.tls_implicit,
+        implicit_port=args.implicit_port, tls_client_ca=args.tls_client_ca, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
         max_login_checks=args.max_login_checks,
+        on_upload=args.on_upload, on_login=args.on_login, on_delete=args.on_delete,
+        hook_concurrency=args.hook_concurrency, hook_timeout=args.hook_timeout,
     )
     stop_on_signals()
     server = None
     try:
         try:
-            _setup_logging(args.log_level, args.log_file)
+            _setup_logging(args.log_level, args.log_file, args.log_format)
         except OSError as err:
             print(f"xxftpd: error: cannot open log file {args.log_file!r}: {err.strerror}", file=sys.stderr)
             return 1

@@ -4,8 +4,9 @@ Rules that live here:
 
 - Every folder may hold a ``.xxftp/`` folder with small text files:
   ``permission`` (a home's permission), ``virtual`` (mounts declared in
-  that folder), ``size`` (the byte limit of a tree) and ``password`` (a
-  home's password hash, read by ``passwords``/``accounts``).
+  that folder), ``size`` (the byte limit of a tree), ``password`` (a
+  home's password hash, read by ``passwords``/``accounts``) and ``certs``
+  (client certificates that log a user in; rules in ``clientcerts``).
 - ``virtual`` holds one mount a line, ``NAME TARGET PERMISSION``. ``$root``
   in TARGET means the server root; a relative TARGET is relative to the
   folder that declares the mount. Blank lines and ``#`` comments are
@@ -21,7 +22,7 @@ Rules that live here:
   gives: no symbolic link is followed on the way (a ``.xxftp`` folder or
   file that is a link is unreadable, which falls back to the safe side),
   and the identity cached with what was read is that of the file read.
-  ``hosts`` and banners are read by their path (checked at login, and the
+  ``hosts``, ``certs`` and banners are read by their path (checked at login, and the
   home named there may be a link).
 - Only the server's user or root may write the configuration (as
   OpenSSH's StrictModes): a ``.xxftp`` folder or file owned by anyone
@@ -305,6 +306,13 @@ class ConfigStore:
         """Networks a user may log in from; None without a hosts file."""
         path = f"{home}/{CONFIG_DIR}/hosts"
         return self._load(path, lambda text: parse_hosts(text, path), None, (), bound=False)
+
+    def certs(self, home: str):
+        """A home's ``.xxftp/certs`` rule (``clientcerts``); None without a
+        file; ``clientcerts.UNREADABLE`` (nobody logs in) if it can't be read."""
+        from .clientcerts import UNREADABLE, parse_certs
+        path = f"{home}/{CONFIG_DIR}/certs"
+        return self._load(path, lambda text: parse_certs(text, path), None, UNREADABLE, bound=False)
 
     def text(self, path: str) -> str | None:
         """A small text file (a banner), or None if missing or unreadable.

@@ -229,6 +229,9 @@ class XxftpDTPMixin:
             else:
                 if ok and note:
                     self._resp = (f"226 Transfer complete; {note}.", logger.debug)
+                committed = getattr(self.cmd_channel, "on_upload_committed", None)
+                if ok and committed is not None:
+                    committed(upload)
         super().close()
 
 

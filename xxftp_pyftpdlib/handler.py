@@ -9,9 +9,12 @@ before the handshake and data connections bound to the control
 connection's TLS session (``tlschannel``). On our servers each session
 holds a place in the admission table (``admission``): it says when it
 logs in or out, and leaves with a 421 when told to (displaced, or out of
-time to log in). Paths, mounts and permissions are the filesystem's
-business (XxftpFS), which is why these handlers also work with
-pyftpdlib's DummyAuthorizer.
+time to log in). HASH, RANG and the X-commands hash files in worker
+threads, the session waiting for its reply (rules in ``hashes``). Its
+log lines carry their fields (``sessionlog``), and each login, committed
+upload and deletion is handed to the hooks (``hooks``). Paths, mounts
+and permissions are the filesystem's business (XxftpFS), which is why
+these handlers also work with pyftpdlib's DummyAuthorizer.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashpool, limiting, lines, replies, xferlog
+from . import access, banners, hashes, hashpool, hooks, limiting, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -41,9 +44,11 @@ from .listing import SORTED_UP_TO
 from .loopwake import LoopWake
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
+from .sessionlog import SessionLog
 from .uploads import BROKEN, Upload
 
 
+_HASH_COMMANDS = ("HASH", "RANG", *hashes.LEGACY)
 NOT_RUN_AFTER_FAILED_LOGIN = "530 Not run: the login sent before this command failed."
 _BARE_CONTROLS = re.compile(r"\r(?!\n)|(?<!\r)\n|\x00")
 
@@ -58,6 +63,12 @@ def _commands(cmds: dict) -> dict:
     cmds["USER"] = dict(cmds["USER"], arg=None)
     cmds["SITE QUOTA"] = dict(perm=None, auth=True, arg=None,
                               help="Syntax: SITE QUOTA [<SP> path] (show the quota of a tree).")
+    cmds["HASH"] = dict(perm="r", auth=True, arg=None,
+                        help="Syntax: HASH <SP> file-name (hash of a file; OPTS HASH chooses the algorithm).")
+    for cmd, name in hashes.LEGACY.items():
+        cmds[cmd] = dict(perm="r", auth=True, arg=None, help=f"Syntax: {cmd} <SP> file-name ({name} of a file).")
+    cmds["RANG"] = dict(perm=None, auth=True, arg=None,
+                        help="Syntax: RANG <SP> start <SP> end (bytes the next HASH covers; RANG 1 0: all).")
     return cmds
 
 
@@ -106,7 +117,7 @@ class SlicedProducer:
         return data
 
 
-class XxftpSession:
+class XxftpSession(SessionLog):
     """The behaviour shared by the plain and the TLS handler."""
 
     abstracted_fs = XxftpFS
@@ -117,6 +128,7 @@ class XxftpSession:
     allow_from: list = []
     deny_from: list = []
     bans: access.BanList | None = None
+    hooks: hooks.HookRunner | None = None
     _retr_ftp_path = ""
 
     def _refusal(self) -> str | None:
@@ -175,7 +187,34 @@ class XxftpSession:
     def on_login(self, username: str) -> None:
         if self.bans is not None:
             self.bans.succeeded(self.remote_ip)
+        if self.hooks is not None:
+            self.hooks.submit("login", username, USER=username, CLIENT=self.remote_ip)
         super().on_login(username)
+
+    # --- hooks (rules in ``hooks``): queued, never waited for
+
+    def on_upload_committed(self, upload: Upload) -> None:
+        """The data channel committed ``upload`` (a whole transfer)."""
+        if self.hooks is None or not self.hooks.wants("upload") or upload.committed is None:
+            return
+        real, size = upload.committed
+        fs = self.fs
+        self.hooks.submit("upload", real, USER=self.username, CLIENT=self.remote_ip, SIZE=size,
+                          FTP_PATH=fs.fs2ftp(upload.name) if fs is not None else None,
+                          SHA256=hashes.cached(real))
+
+    def ftp_DELE(self, path: str):
+        real = None
+        if self.hooks is not None and self.hooks.wants("delete"):
+            try:
+                real = self.fs.resolve(path).real
+            except Exception:  # DELE meets the same refusal and answers it
+                real = None
+        result = super().ftp_DELE(path)
+        if result is not None and real is not None:
+            self.hooks.submit("delete", real, USER=self.username, CLIENT=self.remote_ip,
+                              FTP_PATH=self.fs.fs2ftp(path))
+        return result
 
     def ftp_RETR(self, file: str):
         self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path
@@ -187,7 +226,9 @@ class XxftpSession:
         fs = self.fs
         path = (fs.fs2ftp(filename) if fs is not None else filename) if receive else self._retr_ftp_path
         result = "ok" if completed else "incomplete"
-        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
+        code = self.last_reply_code if (self.last_reply_code or 0) >= 200 else None  # not the 150
+        self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}", event="transfer", command=cmd,
+                 path=path, bytes=bytes, seconds=elapsed, completed=bool(completed), code=code)
         if self.xferlog_path:
             try:
                 xferlog.append(self.xferlog_path, xferlog.line(
@@ -211,11 +252,17 @@ class XxftpSession:
             # Refused before the server counts or hands the connection on
             # (to a thread or a process): it sees an unconnected handler.
             try:
-                conn.send(f"421 {refusal}\r\n".encode())
+                if self._may_reply():
+                    conn.send(f"421 {refusal}\r\n".encode())
             except OSError:
                 pass
-            self.log(f"connection refused: {refusal}")
+            self.log(f"connection refused: {refusal}", event="refused", code=421)
             self.close()
+
+    def _may_reply(self) -> bool:
+        """Whether a reply can reach the client now (implicit TLS: not
+        before its handshake, where clear text would be a broken record)."""
+        return True
 
     # --- the admission table's place (see admission.py): who may stay
 
@@ -249,7 +296,8 @@ class XxftpSession:
         if reason is not None:
             self.log(f"closing: {reason}")
             try:
-                self.socket.send(f"421 {reason}\r\n".encode())
+                if self._may_reply():
+                    self.socket.send(f"421 {reason}\r\n".encode())
             except Exception:  # best effort: the socket may be half shut or mid-handshake
                 pass
         if place.alive is None:  # else the process that accepted it forgets it when this one ends
@@ -360,6 +408,11 @@ class XxftpSession:
         forget = getattr(self.fs, "forget", None)
         if forget is not None:  # resolutions are shared within one command only
             forget()
+        if cmd in _HASH_COMMANDS:  # their argument is optional to pyftpdlib, which then answers 530 before 501
+            arg = hashes.unquote(arg) if cmd != "RANG" else arg
+            if not arg.strip() and self.authenticated:
+                self.respond("501 Syntax error: command needs an argument.")
+                return
         super().pre_process_command(line, cmd, arg)
 
     def process_command(self, cmd: str, *args, **kwargs) -> None:
@@ -370,12 +423,18 @@ class XxftpSession:
         MLSD of a missing folder, which rclone does not read as "not
         found"); one table keeps every command's answer the same.
         """
+        if self._hash_range is not None and cmd in ("RETR", "STOR", "APPE", "STOU"):
+            self._hash_range = None  # RANG is for HASH: never a silently whole transfer
+            self.respond("504 RANG is supported for HASH only; the range is reset.")
+            return
         reply = self._path_reply(cmd, args[0] if args else "")
         if reply is None:
             super().process_command(cmd, *args, **kwargs)
             return
         if cmd == "RETR":
             self._restart_position = 0  # a refused RETR uses up its REST, as pyftpdlib's own refusal does
+        if cmd == "HASH":
+            self._hash_range = None  # and a refused HASH its RANG
         code, text = reply
         self.respond(f"{code} {text}")
         self.log_cmd(cmd, args[0], code, text)
@@ -661,6 +720,122 @@ class XxftpSession:
             self.respond(f"200 No quota on {top}.")
         else:
             self.respond(f"200 Quota of {top}: {usage_text(usage)}.")
+
+    # --- hashes of files (rules in ``hashes``; the replies in ``replies``)
+
+    hash_algorithm = hashes.DEFAULT  # this session's choice (OPTS HASH)
+    _hash_range: hashes.Span | None = None  # set by RANG for the next HASH
+
+    def ftp_HASH(self, path: str):
+        span, self._hash_range = self._hash_range, None
+        return self._hash("HASH", path, self.hash_algorithm, span)
+
+    def ftp_XSHA256(self, path: str):
+        return self._hash("XSHA256", path, "SHA-256")
+
+    def ftp_XSHA512(self, path: str):
+        return self._hash("XSHA512", path, "SHA-512")
+
+    def ftp_XSHA1(self, path: str):
+        return self._hash("XSHA1", path, "SHA-1")
+
+    def ftp_XMD5(self, path: str):
+        return self._hash("XMD5", path, "MD5")
+
+    def ftp_XCRC(self, path: str):
+        return self._hash("XCRC", path, "CRC32")
+
+    def _hash(self, cmd: str, path: str, name: str, span: hashes.Span | None = None):
+        """Answer the hash of a file: from the cache at once, else once a
+        worker thread has read it. Meanwhile the session reads no command
+        (as while a password is checked) and the loop serves the others;
+        the finished hash hands its reply to the loop (``LoopWake``)."""
+        try:  # opened as RETR opens it: resolution, 'read' permission, no link followed
+            file = self.run_as_current_user(self.fs.open, path, "rb")
+        except (OSError, FilesystemError) as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        ftp_path = self.fs.fs2ftp(path)
+        try:
+            outcome = hashes.hasher().begin(file, name, span)
+        except hashes.Busy as err:
+            self.respond(f"450 {err}.")
+            return None
+        except hashes.BadRange as err:
+            self.respond(f"501 {err}.")
+            return None
+        except OSError as err:
+            self.respond(f"550 {strerror(err)}.")
+            return None
+        if isinstance(outcome, hashes.Digest):
+            self.respond(replies.digest(cmd, outcome.algorithm, outcome.start, outcome.end, outcome.hex, ftp_path))
+            return path
+        self.del_channel()
+        self._hold_commands()
+        wake = LoopWake.expect(self.ioloop)
+        outcome.add_done_callback(lambda done: wake.call(self._hash_done, done, cmd, ftp_path))
+        return path
+
+    def _hash_done(self, done: Future, cmd: str, ftp_path: str) -> None:
+        """On the loop's thread, once the hash is done: answer, read on."""
+        if self._closed:
+            return  # the client left meanwhile; the hash is cached all the same
+        try:
+            self.add_channel()
+            if self.place is not None and self.place.leaving:
+                self.close()  # displaced meanwhile (close says why)
+                return
+            if self._closing:
+                return
+            error = done.exception()
+            if error is None:
+                digest = done.result()
+                reply = replies.digest(cmd, digest.algorithm, digest.start, digest.end, digest.hex, ftp_path)
+            elif isinstance(error, hashes.Changed):
+                reply = f"450 {ftp_path}: {error}."
+            elif isinstance(error, OSError):
+                reply = f"550 {ftp_path}: {strerror(error)}."
+            else:
+                raise error
+            self.respond(reply)
+            self.log_cmd(cmd, ftp_path, int(reply[:3]), reply[4:])  # pyftpdlib logs only replies sent at once
+            self._run_held_commands()
+        except Exception:
+            self.handle_error()
+
+    def ftp_RANG(self, line: str) -> None:
+        try:
+            self._hash_range = span = hashes.parse_range(line)
+        except ValueError as err:
+            self._hash_range = None
+            self.respond(f"501 {err}; the range is reset.")
+            return
+        if span is None:
+            self.respond("350 Range reset: HASH covers whole files.")
+        else:
+            self.respond(f"350 Restarting at {span.start}. End byte range at {span.end}, for the next HASH.")
+
+    def ftp_OPTS(self, line: str):
+        words = line.split()
+        if not words or words[0].upper() != "HASH":
+            return super().ftp_OPTS(line)
+        name = hashes.algorithm(words[1]) if len(words) == 2 else None
+        if len(words) == 1:
+            self.respond(f"200 {self.hash_algorithm}")
+        elif name is None:
+            self.respond("501 Unknown algorithm, current selection not changed.")
+        else:
+            self.hash_algorithm = name
+            self.respond(f"200 {name}")
+        return None
+
+    def ftp_FEAT(self, line: str):
+        extra = self._extra_feats  # pyftpdlib's list of lines to add
+        self._extra_feats = [*extra, *hashes.feat_lines(self.hash_algorithm)]
+        try:
+            return super().ftp_FEAT(line)
+        finally:
+            self._extra_feats = extra
 
     def _usage(self, path: str) -> Usage | None:
         try:

@@ -4,6 +4,7 @@ What lives here: one table (``RULES``) that says, for each FTP command that
 names a path, which kind of entry it needs (a file, a folder, or anything)
 and the reply it gets when the path does not exist, is of the wrong kind,
 or is refused by the tree's rules; and ``answer()``, which reads it.
+Also ``digest()``, the reply that carries a file's hash.
 
 The rules, and why:
 
@@ -91,6 +92,12 @@ RULES: dict[str, Rule] = {
     "RNFR": Rule(Needs.ANY),
     "SITE CHMOD": Rule(Needs.ANY),
     "SITE QUOTA": Rule(Needs.ANY),
+    "HASH": Rule(Needs.FILE, wrong_kind_code=553),  # the draft's reply to a folder
+    "XSHA256": Rule(Needs.FILE),
+    "XSHA512": Rule(Needs.FILE),
+    "XSHA1": Rule(Needs.FILE),
+    "XMD5": Rule(Needs.FILE),
+    "XCRC": Rule(Needs.FILE),
 }
 
 
@@ -145,3 +152,13 @@ def too_many_sessions(limit: int, per_address: bool) -> str:
 
 
 INVALID_LIMITS = "Login refused: the limits file of this account is invalid; the server log says why."
+
+
+def digest(command: str, algorithm: str, start: int, end: int, value: str, path: str) -> str:
+    """The reply carrying a file's hash: HASH's as draft-bryan-ftpext-hash
+    words it (algorithm, the bytes covered, lowercase hex, the path); the
+    X-commands' the hex alone, as ProFTPD's mod_digest, FluentFTP and
+    WinSCP know them."""
+    if command == "HASH":
+        return f"213 {algorithm} {start}-{end} {value} {path}"
+    return f"213 {value}"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, hashpool, xferlog
+from . import access, ftps, hashpool, hooks, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
-from .certs import CertificateError, check_pair
+from .certs import CertificateError, check_ca, check_pair
 from .admission import Limits
 from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
 from .workers import serve_workers
@@ -159,7 +159,11 @@ else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
-            return super()._loop(handler)
+            try:
+                return super()._loop(handler)
+            finally:
+                if handler.hooks is not None:  # its hooks end with it, not cut off
+                    handler.hooks.drain()
 
     MultiprocessFTPServer = MultiprocessServer
 
@@ -198,6 +202,9 @@ class Options:
     tls_control_required: bool = False
     tls_data_required: bool = False
     tls_session_reuse: str = DEFAULT_SESSION_REUSE
+    tls_implicit: bool = False  # TLS from the first byte on --port (implicit FTPS)
+    implicit_port: int | None = None  # an implicit-TLS listener beside an explicit (--tls) server
+    tls_client_ca: str | None = None  # ask for client certificates signed by this CA
     upgrade_hashes: bool = False
     xferlog: str | None = None
     allow_from: list[str] | None = None
@@ -206,6 +213,11 @@ class Options:
     ban_time: int = 600
     workers: int = 1
     max_login_checks: int = hashpool.MAX_CHECKS  # password checks in progress at once, per process (0: no limit)
+    on_upload: str | None = None  # hook commands (see hooks.py)
+    on_login: str | None = None
+    on_delete: str | None = None
+    hook_concurrency: int = 4  # hooks running at once, per process
+    hook_timeout: int = 60  # seconds before a hook's process group is killed
 
 
 def check_root(root: str) -> str:
@@ -220,7 +232,7 @@ def check_root(root: str) -> str:
 
 def make_handler(options: Options, base: type | None = None) -> type:
     """A handler class carrying this server's settings (not a global patch)."""
-    base = base or (XxftpTLSHandler if options.tls else XxftpHandler)
+    base = base or (XxftpTLSHandler if options.tls or options.tls_implicit else XxftpHandler)
     attrs = {
         "authorizer": XxftpAuthorizer(check_root(options.root), upgrade_hashes=options.upgrade_hashes),
         "timeout": options.timeout,
@@ -240,6 +252,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
     if options.ban_after:
         shared = options.concurrency == "multi-proc" or options.workers > 1
         attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
+    attrs["hooks"] = _hooks(options)
     if options.xferlog:
         try:
             xferlog.append(options.xferlog, "")
@@ -247,11 +260,12 @@ def make_handler(options: Options, base: type | None = None) -> type:
             raise ConfigError(f"cannot write xferlog {options.xferlog!r}: {err.strerror}") from None
     if options.tls_session_reuse not in SESSION_REUSE:
         raise ConfigError(f"--tls-session-reuse must be one of {', '.join(SESSION_REUSE)}")
-    if options.tls:
+    tls_mode(options)
+    if options.tls or options.tls_implicit:
         if XxftpTLSHandler is None:
             raise ConfigError("FTPS needs pyOpenSSL, which is not installed")
         if not options.certfile:
-            raise ConfigError("--tls needs --certfile")
+            raise ConfigError(f"{'--tls-implicit' if options.tls_implicit else '--tls'} needs --certfile")
         try:
             check_pair(options.certfile, options.keyfile)
         except CertificateError as err:
@@ -265,7 +279,43 @@ def make_handler(options: Options, base: type | None = None) -> type:
     elif (options.tls_control_required or options.tls_data_required or options.certfile
           or options.tls_session_reuse != DEFAULT_SESSION_REUSE):
         raise ConfigError("TLS options need --tls")
-    return type("Configured" + base.__name__, (base,), attrs)
+    handler = type("Configured" + base.__name__, (base,), attrs)
+    if options.tls_client_ca:
+        try:
+            check_ca(options.tls_client_ca)
+        except CertificateError as err:
+            raise ConfigError(str(err)) from None
+        handler = ftps.with_client_certificates(handler, options.tls_client_ca)
+    return ftps.implicit_handler(handler) if options.tls_implicit else handler
+
+
+def tls_mode(options: Options) -> None:
+    """ConfigError unless the FTPS flags combine: ``--tls`` (explicit on
+    --port), ``--tls-implicit`` (implicit on --port), ``--tls
+    --implicit-port P`` (both, implicit on P); client CAs need one of them."""
+    if options.tls and options.tls_implicit:
+        raise ConfigError("--tls and --tls-implicit exclude each other: for both, use --tls with --implicit-port")
+    if options.implicit_port is not None and not options.tls:
+        raise ConfigError("--implicit-port adds an implicit-TLS port to an explicit one: it needs --tls")
+    if options.tls_client_ca and not (options.tls or options.tls_implicit):
+        raise ConfigError("--tls-client-ca needs --tls or --tls-implicit")
+
+
+def _hooks(options: Options) -> hooks.HookRunner | None:
+    """The server's hook runner, None without hooks; ConfigError for a bad command."""
+    commands = {}
+    for event in hooks.EVENTS:
+        text = getattr(options, f"on_{event}")
+        if text:
+            try:
+                commands[event] = hooks.parse_command(text)
+            except ValueError as err:
+                raise ConfigError(f"--on-{event}: {err}") from None
+    if not commands:
+        return None
+    if options.hook_concurrency < 1 or options.hook_timeout < 1:
+        raise ConfigError("--hook-concurrency and --hook-timeout must be at least 1")
+    return hooks.HookRunner(commands, options.hook_concurrency, options.hook_timeout)
 
 
 def make_server(options: Options, handler: type | None = None):
@@ -291,6 +341,14 @@ def make_server(options: Options, handler: type | None = None):
     server.limits = Limits(options.max_cons, options.max_cons_per_ip, options.max_unauthenticated,
                            options.max_unauthenticated_per_ip, options.login_timeout)
     server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
+    if options.implicit_port is not None:
+        address = (options.host, options.implicit_port)
+        try:
+            server.extra_listeners = [ftps.ImplicitListener(server, address, ftps.implicit_handler(handler))]
+        except OSError as err:
+            server.close()
+            raise ConfigError(f"cannot listen on {options.host}:{options.implicit_port}: "
+                              f"{err.strerror or err}") from None
     return server
 
 
@@ -311,6 +369,8 @@ def serve(server, workers: int = 1) -> None:
     host, port = server.address[:2]
     extra = f" with {workers} worker processes" if workers > 1 else ""
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
+    for listener in getattr(server, "extra_listeners", ()):
+        log.info("xxftpd listening on %s:%s (implicit TLS)", *listener.address)
     try:
         if workers > 1:
             serve_workers(server, workers)

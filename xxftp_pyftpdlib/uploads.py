@@ -122,6 +122,7 @@ class Upload:
         self._created = False  # this upload made the file it writes in place
         self._temp_name: str | None = None  # a named temporary (no O_TMPFILE here)
         self._file: io.FileIO | None = None
+        self.committed: tuple[str, int] | None = None  # (real path, size) once a whole transfer is in place
         folder, self._base = os.path.split(target)
         self._dir = beneath.open_folder(folder)
         try:
@@ -379,11 +380,17 @@ class Upload:
             elif ok:  # a temporary: only a whole transfer replaces anything
                 self._usage = self.ledger.commit(self.token, self._link)
                 committed = True
+            if committed and ok:
+                self.committed = (f"{self._folder_now()}/{self._base}", os.fstat(self._file.fileno()).st_size)
         finally:
             if not committed:
                 self._roll_back()
             self._close_fds()
         return quota.free_text(self._usage) if ok and self._usage is not None and self._usage.limit else ""
+
+    def _folder_now(self) -> str:
+        """The path of the folder it commits into, now (it may have moved)."""
+        return _path_of(self._dir) or os.path.dirname(self.target)
 
     def _settle_in_place(self, tx: Commit) -> int:
         st = os.fstat(self._file.fileno())
@@ -398,7 +405,7 @@ class Upload:
         """
         fd = self._file.fileno()
         size = os.fstat(fd).st_size
-        here = _path_of(self._dir) or os.path.dirname(self.target)
+        here = self._folder_now()
         target = f"{here}/{self._base}"
         for _ in range(2):  # a name that vanishes between the two tries is taken as new once more
             if self._placeholder is None and not _exists(self._base, self._dir):

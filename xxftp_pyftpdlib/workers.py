@@ -2,8 +2,9 @@
 
 Rules that live here:
 
-- The parent binds the socket and forks N workers; each worker builds its
-  own async server and IO loop around the inherited socket (an epoll set
+- The parent binds the socket (and the implicit-TLS one, if any) and forks
+  N workers; each worker builds its own async server and IO loop around
+  the inherited sockets (an epoll set
   created before a fork would be shared by every process).
 - A worker that dies of a crash is restarted (at most ``MAX_RESTARTS``
   times in all); one that exits cleanly is not.
@@ -62,6 +63,7 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
     worker.max_cons = server.max_cons
     worker.max_cons_per_ip = server.max_cons_per_ip
     worker.limits = server.limits  # each worker keeps its own admission table
+    worker.extra_listeners = [extra.serving(worker) for extra in getattr(server, "extra_listeners", ())]
     SignalWake(worker.ioloop)
     log.info("worker %d (pid %d) serving", number, os.getpid())
     status = 0
