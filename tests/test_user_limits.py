@@ -8,7 +8,7 @@ import ftplib
 import io
 import os
 import signal
-import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -16,7 +16,8 @@ import time
 
 import pytest
 
-from conftest import HOST, start_logged, stop_logged, store, wait_until
+from conftest import HOST, ResumingFTP_TLS, start_logged, stop_logged, store, wait_until
+from xxftp_pyftpdlib import XxftpTLSHandler, certs
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -312,11 +313,7 @@ def test_multi_proc_counts_sessions_across_processes(tree):
         stop_logged(proc)
 
 
-def test_a_tls_download_is_paced_too(tree, start_server, tmp_path):
-    from conftest import ResumingFTP_TLS
-    from xxftp_pyftpdlib import XxftpTLSHandler, certs
-    import ssl
-
+def test_tls_transfers_are_paced_too(tree, start_server, tmp_path):
     limited(tree, "download_rate = 2M\nupload_rate = 2M\n")
     cert, key = certs.self_signed(str(tmp_path))
     server = start_server(tree.root, handler_base=XxftpTLSHandler, certfile=cert, keyfile=key, ssl_context=None)
