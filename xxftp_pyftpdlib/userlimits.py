@@ -33,7 +33,8 @@ Rules that live here:
   busy loop; an idle user can't save up more than that.
 - A slice is an eighth of a second's worth of the rate, between
   ``MIN_SLICE`` and ``MAX_SLICE``: small enough for a smooth rate, big
-  enough that the shared clock is asked a few dozen times a second at most.
+  enough that the shared clock is asked a few dozen times a second at most;
+  and never more than a second's worth.
 
 What this module must not know: sockets, pyftpdlib, processes or shared
 memory (``userboard`` keeps the clocks and the session places; ``limiting``
@@ -130,8 +131,10 @@ def charge(clock: float, now: float, size: int, rate: int) -> tuple[float, float
 
 
 def slice_for(rate: int) -> int:
-    """Bytes a transfer reserves at a time at ``rate``."""
-    return max(MIN_SLICE, min(MAX_SLICE, rate // SLICES_PER_SECOND))
+    """Bytes a transfer moves between two charges at ``rate``: never more
+    than a second's worth (a very low rate still moves every second, and
+    no transfer idles into the data channel's timeout)."""
+    return min(rate, max(MIN_SLICE, min(MAX_SLICE, rate // SLICES_PER_SECOND)))
 
 
 # --- sessions
