@@ -233,6 +233,25 @@ def test_a_file_made_invalid_keeps_the_limits_of_sessions_logged_in(tree, start_
     assert SIZE / timed_download(ftp) == pytest.approx(4 * MiB, rel=0.10)  # never unlimited
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_paced_transfer_waits_without_spinning(tree):
+    limited(tree, "download_rate = 4M\nupload_rate = 4M\n")
+    proc, port = start_logged(tree.root)
+    try:
+        ftp = login(port)
+        before = cpu_seconds(proc.pid)
+        elapsed = timed_download(ftp) + timed_upload(ftp, "up", os.urandom(SIZE))
+        used = cpu_seconds(proc.pid) - before
+        assert elapsed > 4.5 and used < 0.25 * elapsed, (elapsed, used)  # a busy wait would use it all
+        ftp.quit()
+    finally:
+        stop_logged(proc)
+
+
 # --- several processes: --workers and multi-proc
 
 
