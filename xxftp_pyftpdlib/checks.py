@@ -25,6 +25,8 @@ Rules that live here (on top of the parsers' own problems):
 - A ``totp`` file must hold a valid secret (``totp.normalize``) and be
   readable by its owner only (the server refuses it otherwise); one on a
   machine without pyotp is an error too (its user can't log in).
+- A home's ``limits`` file must parse (``userlimits``): an invalid one
+  refuses the user's logins. One in any other folder is ignored (warned).
 - A ``.xxftp`` folder or file the server does not trust (``config.distrust``:
   owned by another user than root or the server's, or writable by group or
   others) is an error: the server ignores it (and refuses the logins of its
@@ -44,6 +46,7 @@ from .clientcerts import parse_certs
 from .config import (CONFIG_DIR, TRUSTED, ConfigStore, Problem, distrust, distrust_folder, parse_permission, parse_size,
                      parse_totp, parse_virtual)
 from .tree import hidden_below, hidden_target
+from .userlimits import parse_limits
 
 SAMPLE_MARK = "xxftp.sample"  # in a root: a demonstration tree, its passwords published
 
@@ -90,6 +93,7 @@ def check_tree(root: str) -> list[Finding]:
                 configured_non_users.append(home)
             continue
         _check_password(os.path.join(home, CONFIG_DIR, "password"), error, modes=not sample)
+        _check_limits(os.path.join(home, CONFIG_DIR, "limits"), error)
         _check_certs(os.path.join(home, CONFIG_DIR, "certs"), error)
         _check_hosts(os.path.join(home, CONFIG_DIR, "hosts"), name, error)
         _check_totp(os.path.join(home, CONFIG_DIR, "totp"), error)
@@ -164,6 +168,17 @@ def _check_password(path: str, error, modes: bool = True) -> None:
         error(path, 0, f"password file mode {stat.S_IMODE(st.st_mode):04o} lets others read it (use 0600)", False)
 
 
+def _check_limits(path: str, error) -> None:
+    if not os.path.lexists(path):
+        return
+    text = _read(path)
+    if text is None:
+        error(path, 0, "unreadable limits file: every login of the user is refused")
+        return
+    for problem in parse_limits(text, path).problems:
+        error(problem.path, problem.line, problem.message)
+
+
 def _check_certs(path: str, error) -> None:
     if not os.path.lexists(path):
         return
@@ -207,7 +222,7 @@ def _trusted(config: str, error) -> bool:
     if why:
         error(config, 0, f"not trusted ({why}): the server ignores its files; it must be {TRUSTED}")
         return False
-    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "certs", "totp", "totp.used"):
+    for name in ("password", "permission", "size", "virtual", "hosts", "ledger", "limits", "certs", "totp", "totp.used"):
         path = os.path.join(config, name)
         try:
             why = distrust(os.stat(path))
@@ -223,6 +238,11 @@ def _check_folder(folder: str, root: str, store: ConfigStore, error) -> list[str
     config = os.path.join(folder, CONFIG_DIR)
     if not _trusted(config, error):
         return []
+    limits = os.path.join(config, "limits")
+    real = os.path.realpath(folder)
+    home = os.path.dirname(real) == root and USER_NAME.fullmatch(os.path.basename(real))
+    if not home and os.path.lexists(limits):
+        error(limits, 0, "limits apply to a user: only a home's limits file is read; this one is ignored", False)
     for name, parse in (("permission", parse_permission), ("size", parse_size)):
         path = os.path.join(config, name)
         text = _read(path) if os.path.lexists(path) else None

@@ -348,6 +348,14 @@ class ConfigStore:
             return None
         return self._load(path, lambda text: Parsed(text), None, None, bound=False)
 
+    def user_limits(self, home: str):
+        """A user's ``userlimits.UserLimits``: none without a file, None if
+        the file is invalid or not trusted (logins refused)."""
+        from .userlimits import NO_LIMITS, parse_limits  # userlimits builds on this module
+
+        path = f"{home}/{CONFIG_DIR}/limits"
+        return self._load(path, lambda text: parse_limits(text, path), NO_LIMITS, None, bound=False)
+
     def has_size(self, folder: str) -> bool:
         """True if ``folder`` holds a size file (of any content): it is a quota tree."""
         return beneath.lexists(f"{folder}/{CONFIG_DIR}/size")

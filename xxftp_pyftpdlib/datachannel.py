@@ -35,6 +35,7 @@ from pyftpdlib.handlers import DTPHandler
 from pyftpdlib.handlers.ftp.producers import FileProducer
 from pyftpdlib.ioloop import _ERRNOS_DISCONNECTED
 
+from . import limiting
 from .quota import LEASE, Busy, QuotaExceeded, QuotaWait
 from .uploads import BROKEN, ERROR, QUOTA, Refused, Upload
 
@@ -175,23 +176,64 @@ class XxftpDTPMixin:
         self._lease_seen = self.tot_bytes_received
         self._lease_timer = self.ioloop.call_later(LEASE, self._check_lease, _errback=self.handle_error)
 
+    # --- a user's rate (``limiting``): every read and write of a file transfer asks
+
+    _pacer: limiting.Pacer | bool | None = None  # None: not looked for yet; False: not paced
+
+    def _budget(self, wanted: int) -> int:
+        """Bytes (up to ``wanted``) this transfer may move now; 0: it waits
+        for its user's rate, out of the loop until its time comes."""
+        pacer = self._pacer
+        if pacer is None:
+            pacer = self._pacer = limiting.pacer_for(self) or False
+        return pacer.budget(wanted) if pacer else wanted
+
+    def _moved(self, size: int) -> None:
+        if self._pacer:
+            self._pacer.moved(size)
+
+    def _paced(self, send) -> None:
+        """Send what the rate allows now (sendfile or pyftpdlib's send)."""
+        if self._pacer is False:
+            return send()
+        budget = self._budget(type(self).ac_out_buffer_size)
+        if not budget:
+            return None
+        self.ac_out_buffer_size = budget  # what sendfile and asynchat send at most in one call
+        before = self.tot_bytes_sent
+        try:
+            return send()
+        finally:
+            self._moved(self.tot_bytes_sent - before)
+
+    def initiate_sendfile(self) -> None:
+        self._paced(super().initiate_sendfile)
+
+    def initiate_send(self) -> None:
+        self._paced(super().initiate_send)
+
     def _writing_failed(self, err: OSError) -> bool:
         # A write error of the file, as opposed to a socket error.
         return err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES)
 
     def _read_clear(self) -> None:
         """Read what the socket holds into the upload (a plain TCP data channel)."""
+        count = self._budget(self.recv_buffer_size)
+        if not count:
+            return None
         if self._data_wrapper is not None:  # ASCII mode converts line ends: pyftpdlib's way
-            return DTPHandler.handle_read(self)
+            before = self.tot_bytes_received
+            DTPHandler.handle_read(self)
+            return self._moved(self.tot_bytes_received - before)
         upload = self.file_obj
         splicing = isinstance(upload, Upload) and upload.can_splice
         try:
             if splicing:
                 pipe = _splice_pipe(self.recv_buffer_size)
-                size = os.splice(self.socket.fileno(), pipe.w, self.recv_buffer_size)
+                size = os.splice(self.socket.fileno(), pipe.w, count)
             else:
                 buf = _recv_buffer(self.recv_buffer_size)
-                size = self.socket.recv_into(buf)
+                size = self.socket.recv_into(buf, count)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as err:
@@ -202,6 +244,7 @@ class XxftpDTPMixin:
             self.handle_close()
             return None
         self.tot_bytes_received += size
+        self._moved(size)
         try:
             if splicing:
                 upload.write_from_pipe(pipe.r, size)
@@ -219,6 +262,8 @@ class XxftpDTPMixin:
         self._close_safely()
 
     def close(self) -> None:
+        if self._pacer:
+            self._pacer.close()
         if self._lease_timer is not None:
             if not self._lease_timer.cancelled:
                 self._lease_timer.cancel()

@@ -35,7 +35,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, addresses, banners, hashes, hashpool, hooks, lines, replies, xferlog
+from . import access, addresses, banners, hashes, hashpool, hooks, limiting, lines, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -174,7 +174,15 @@ class XxftpSession(SessionLog, Watched):
             self.respond(NOT_RUN_AFTER_FAILED_LOGIN)
         self.log(f"{len(held)} command(s) sent behind a failed PASS answered, not run")
 
+    limits_board = None  # userboard.Board: users' limits (a server's own, from make_handler)
+    limits_member: limiting.Member | None = None  # this session's place on it, once logged in
+
     def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        refusal = limiting.join(self, home)  # the user's .xxftp/limits
+        if refusal is not None:
+            self.respond(f"421 {refusal}")
+            self.close_when_done()
+            return
         if self.place is not None:  # before the 230 leaves: the client may connect again at once
             self.place.logged_in()
         super().handle_auth_success(home, password, msg_login)
@@ -311,6 +319,7 @@ class XxftpSession(SessionLog, Watched):
 
     def flush_account(self) -> None:
         was_logged_in = self.authenticated
+        limiting.leave(self)
         super().flush_account()
         if was_logged_in and self.place is not None:
             self.place.logged_out()
@@ -875,6 +884,7 @@ class XxftpSession(SessionLog, Watched):
     def close(self) -> None:
         self._drop_queued_upload()
         self._leave_place()
+        limiting.leave(self)
         if self._login_check is not None:
             self._login_check.cancel()  # not hashed yet: it never will be
         super().close()

@@ -141,6 +141,19 @@ def answer(command: str, kind: Kind, path: str, reason: str = "") -> tuple[int, 
     return code, f"{words}: {path}{note}."
 
 
+# --- logins refused by a user's limits (``userlimits``): answered 421, then closed
+
+def too_many_sessions(limit: int, per_address: bool) -> str:
+    """The text refusing a login past ``max_sessions`` or ``max_sessions_per_ip``."""
+    where = " from your address" if per_address else ""
+    plural = "s" if limit != 1 else ""
+    return (f"Too many sessions of this user{where} (at most {limit} session{plural}); "
+            "try again when one has ended.")
+
+
+INVALID_LIMITS = "Login refused: the limits file of this account is invalid; the server log says why."
+
+
 def digest(command: str, algorithm: str, start: int, end: int, value: str, path: str) -> str:
     """The reply carrying a file's hash: HASH's as draft-bryan-ftpext-hash
     words it (algorithm, the bytes covered, lowercase hex, the path); the

@@ -28,6 +28,7 @@ from .handler import XxftpHandler, XxftpTLSHandler
 from .datachannel import DATA_TIMEOUT
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE, WINDOW
 from .signals import SignalWake, stop_on_signals
+from .userboard import Board
 
 log = logging.getLogger("xxftpd")
 
@@ -247,6 +248,7 @@ def make_handler(options: Options, base: type | None = None) -> type:
         "ascii_mangling": options.ascii_mangling == "on",
         "xferlog_path": options.xferlog,
         "login_checks": hashpool.LoginChecks(options.max_login_checks),
+        "limits_board": Board(),  # before any fork: every worker and session process shares it
         "masquerade_address": options.masquerade_address,
         "passive_ports": range(options.passive_ports[0], options.passive_ports[1] + 1)
         if options.passive_ports else None,

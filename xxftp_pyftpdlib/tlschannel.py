@@ -128,8 +128,11 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
         """
         conn = self.socket
         buf = _recv_buffer(self.recv_buffer_size)
+        limit = self._budget(len(buf))  # a user's rate (``limiting``)
+        if not limit:
+            return None
         view = memoryview(buf)
-        last = len(buf) - RECORD
+        last = max(limit - RECORD, 0)
         got = 0
         try:
             while got <= last:
@@ -149,6 +152,7 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
             self._ended = True  # closed without close_notify
         if got:
             self.tot_bytes_received += got
+            self._moved(got)
             try:
                 self.file_obj.write(view[:got])
             except OSError as err:
@@ -178,6 +182,8 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
             return super().initiate_send()
         if self._ssl_accepting or self._closed:
             return None  # the write event after the handshake starts it
+        if not self._budget(SEND_CHUNK):  # a user's rate (``limiting``)
+            return None
         conn = self.socket
         try:
             if self._out_pos == self._out_end:
@@ -191,6 +197,7 @@ class XxftpTLSDTPHandler(XxftpDTPMixin, TLS_DTPHandler):
                 sent = conn.send(self._out[self._out_pos:self._out_end])
                 self._out_pos += sent
                 self.tot_bytes_sent += sent
+                self._moved(sent)
         except SSL.WantWriteError:  # the socket is full: the usual way out
             pass
         except SSL.WantReadError:
