@@ -101,6 +101,18 @@ def test_feat_and_opts_hash_follow_the_session(served, connect):
     assert ftp.sendcmd("OPTS UTF8 ON").startswith("200")  # the other OPTS still pyftpdlib's
 
 
+def test_rein_forgets_the_hash_choice_and_a_pending_range(served):
+    """Like REST, what one login chose is not the next login's."""
+    ftp, _, _ = served
+    assert ftp.sendcmd("OPTS HASH MD5") == "200 MD5"
+    assert ftp.sendcmd("RANG 0 0").startswith("350 ")
+    assert ftp.sendcmd("REIN").startswith("230")  # pyftpdlib answers REIN so
+    ftp.login("alice", "")
+    assert ftp.sendcmd("OPTS HASH") == "200 SHA-256"
+    data = _content(SIZES["mib"])
+    assert ftp.sendcmd("HASH mib.bin") == f"213 SHA-256 0-{len(data) - 1} {REFERENCE['SHA-256'](data)} /mib.bin"
+
+
 def test_rang_covers_the_next_hash_only(served):
     ftp, _, _ = served
     data = _content(SIZES["mib"])

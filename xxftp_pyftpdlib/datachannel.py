@@ -281,7 +281,10 @@ class XxftpDTPMixin:
                     self._resp = (f"226 Transfer complete; {note}.", logger.debug)
                 committed = getattr(self.cmd_channel, "on_upload_committed", None)
                 if ok and committed is not None:
-                    committed(upload)
+                    try:
+                        committed(upload)
+                    except Exception:  # a hook that can't be queued never costs the upload its reply
+                        logger.exception("after the upload of %s", upload.name)
         super().close()
 
 

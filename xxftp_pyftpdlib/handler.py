@@ -321,6 +321,8 @@ class XxftpSession(SessionLog, Watched):
         was_logged_in = self.authenticated
         limiting.leave(self)
         super().flush_account()
+        self._hash_range = None  # REIN or a new USER: the next user's HASH starts afresh, as REST does
+        self.__dict__.pop("hash_algorithm", None)
         if was_logged_in and self.place is not None:
             self.place.logged_out()
 
