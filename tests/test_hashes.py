@@ -422,3 +422,26 @@ def test_no_descriptor_is_left_open(served):
         _reply(ftp, "HASH mib.bin")
     assert wait_until(lambda: _stat("in_progress") == 0, 10)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_one_user_cannot_take_every_place_in_the_pool(served, connect, tree):
+    """Each user has at most MAX_JOBS_PER_OWNER hashes in progress: a third
+    span of alice's is refused, and bob still hashes his file at once."""
+    ftp, home, server = served
+    _huge(home)
+    tree.user("bob")
+    tree.file("bob/tiny.bin", b"x")
+    hogs = []
+    for n in range(hashes.MAX_JOBS_PER_OWNER):
+        hog = connect(server.port, "alice", timeout=120)
+        hog.sendcmd("OPTS HASH MD5")
+        hog.sendcmd(f"RANG {n} {1 << 40}")  # another span each: no job shared
+        hog.putcmd("HASH huge.bin")
+        hogs.append(hog)
+    assert wait_until(lambda: _stat("in_progress") == hashes.MAX_JOBS_PER_OWNER, 5)
+    ftp.sendcmd("RANG 7 100000")
+    assert _reply(ftp, "HASH huge.bin") == f"450 {hashes.MAX_JOBS_PER_OWNER} hashes of yours are in progress; try again later."
+    bob = connect(server.port, "bob")
+    assert bob.sendcmd("XCRC tiny.bin") == f"213 {zlib.crc32(b'x'):08x}"
+    for hog in hogs:
+        assert hog.getresp().startswith("213 MD5 ")

@@ -784,7 +784,7 @@ class XxftpSession(SessionLog, Watched):
             return None
         ftp_path = self.fs.fs2ftp(path)
         try:
-            outcome = hashes.hasher().begin(file, name, span)
+            outcome = hashes.hasher().begin(file, name, span, owner=self.username or "")
         except hashes.Busy as err:
             self.respond(f"450 {err}.")
             return None

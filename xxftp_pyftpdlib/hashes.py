@@ -16,9 +16,13 @@ Rules that live here:
   never by its path again, in a pool of ``WORKERS`` threads run at a
   lower priority (nice ``NICENESS``) than the IO loop; daemon threads,
   so that a server told to stop does not wait for a hash. At most
-  ``MAX_JOBS`` hashes are queued or running in a process; one more is
-  refused at once (``Busy``, FTP 450). Two requests for the same hash of
-  the same file version share one job.
+  ``MAX_JOBS`` hashes are queued or running in a process, and at most
+  ``MAX_JOBS_PER_OWNER`` of them for one owner (the user who asked: one
+  user's sessions can't take every place); one more is refused at once
+  (``Busy``, FTP 450). A job runs to its end even if its client has left
+  (and still counts for its owner meanwhile). Two requests for the same
+  hash of the same file version share one job, counted for its first
+  owner only.
 - A path in double quotes is taken without them (``unquote``): WinSCP
   quotes names with spaces, as FileZilla Server expects.
 - The results are cached per file version: (device, inode, size, mtime,
@@ -89,6 +93,7 @@ _BY_KEY = {name.replace("-", "").lower(): name for name in ALGORITHMS}
 
 WORKERS = max(1, min(4, cpus()))  # threads hashing at once, per process
 MAX_JOBS = 4 * WORKERS  # hashes queued or running, per process; one more is refused
+MAX_JOBS_PER_OWNER = 2  # of those, for one user
 NICENESS = 10  # the hashing threads' nice value: the IO loop goes first on a busy CPU
 CHUNK = 1 << 20  # bytes read per system call
 CACHE_ENTRIES = 4096
@@ -142,11 +147,13 @@ def unquote(path: str) -> str:
 class Busy(Exception):
     """As many hashes as allowed are in progress in this process."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, yours: bool = False) -> None:
         super().__init__(limit)
-        self.limit = limit
+        self.limit, self.yours = limit, yours
 
     def __str__(self) -> str:
+        if self.yours:
+            return f"{self.limit} hashes of yours are in progress; try again later"
         return f"{self.limit} hashes are in progress; try again later"
 
 
@@ -299,8 +306,10 @@ class _Threads:
 class Hasher:
     """The hashing pool and cache of one process (made anew after a fork)."""
 
-    def __init__(self, workers: int = WORKERS, max_jobs: int = MAX_JOBS, cache_entries: int = CACHE_ENTRIES) -> None:
-        self.max_jobs = max_jobs
+    def __init__(self, workers: int = WORKERS, max_jobs: int = MAX_JOBS, cache_entries: int = CACHE_ENTRIES,
+                 max_jobs_per_owner: int = MAX_JOBS_PER_OWNER) -> None:
+        self.max_jobs, self.max_jobs_per_owner = max_jobs, max_jobs_per_owner
+        self._owners: dict[_Key, str] = {}  # who asked for each job first
         self.cache = _Cache(cache_entries)
         self._threads = _Threads(workers)
         self._jobs: dict[_Key, Future] = {}
@@ -311,10 +320,10 @@ class Hasher:
     def in_progress(self) -> int:
         return len(self._jobs)
 
-    def begin(self, file, name: str, span: Span | None = None) -> Digest | Future:
-        """The hash ``name`` of the open ``file`` (over ``span``): a Digest
-        at once from the cache, else a Future of one. Takes ``file`` over
-        (closed when done). Raises Busy, BadRange, OSError."""
+    def begin(self, file, name: str, span: Span | None = None, owner: str = "") -> Digest | Future:
+        """The hash ``name`` of the open ``file`` (over ``span``), asked by
+        ``owner``: a Digest at once from the cache, else a Future of one.
+        Takes ``file`` over (closed when done). Raises Busy, BadRange, OSError."""
         try:
             st = os.fstat(file.fileno())
             start, stop = _span(span, st.st_size)
@@ -328,15 +337,16 @@ class Hasher:
                 running = self._jobs.get(key)
                 if running is None and len(self._jobs) >= self.max_jobs:
                     raise Busy(self.max_jobs)
-                if running is None:
+                if running is None and sum(o == owner for o in self._owners.values()) >= self.max_jobs_per_owner:
+                    raise Busy(self.max_jobs_per_owner, yours=True)
+                new = running is None
+                if new:
                     running = self._jobs[key] = Future()
-                    owner = True
-                else:
-                    owner = False
+                    self._owners[key] = owner
         except BaseException:
             file.close()
             raise
-        if not owner:  # the same bytes are being hashed for another request
+        if not new:  # the same bytes are being hashed for another request
             file.close()
             return _chain(running, lambda hex_: Digest(name, start, end, hex_))
         self._threads.submit(self._run, file, st, key, running)
@@ -363,6 +373,7 @@ class Hasher:
     def _end(self, key: _Key, future: Future, value: str | None = None, error: BaseException | None = None) -> None:
         with self._lock:
             self._jobs.pop(key, None)
+            self._owners.pop(key, None)
         if error is not None:
             future.set_exception(error)
         else:
