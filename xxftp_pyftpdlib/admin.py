@@ -76,7 +76,7 @@ def _relative(root: str, path: str) -> str:
 
 def check(root: str, out: TextIO = sys.stdout) -> int:
     """``check``: every problem as ``path:line: message``; exit 1 on errors."""
-    from .checks import check_tree
+    from .checks import SAMPLE_MARK, check_tree
 
     findings = check_tree(root)
     real = os.path.realpath(root)
@@ -86,6 +86,9 @@ def check(root: str, out: TextIO = sys.stdout) -> int:
         print(f"{_relative(real, p.path)}:{p.line}: {p.message}{suffix}", file=out)
     errors = sum(f.error for f in findings)
     warnings = len(findings) - errors
+    if os.path.lexists(os.path.join(real, SAMPLE_MARK)):  # never silent: a tree copied from the sample keeps it
+        print(f"note: {SAMPLE_MARK} marks a demonstration tree whose passwords are published: the modes of its "
+              f"password files are not checked (delete {SAMPLE_MARK} for a tree of your own)", file=out)
     print(f"{errors} error(s), {warnings} warning(s)", file=out)
     return 1 if errors else 0
 
