@@ -217,9 +217,16 @@ class ClientCertificates:
             cls._asking_context = context
         return context
 
+    _fingerprint: bytes | None = None
+
     def client_fingerprint(self) -> bytes | None:
         """SHA-256 of the certificate the control connection presented (and
-        the CA verified), or None."""
+        the CA verified), or None. Read at USER, on the loop's thread, and
+        kept: the password check asks again from a worker thread, and a
+        pyOpenSSL connection must not be used by two threads at once."""
+        return self._fingerprint
+
+    def _read_fingerprint(self) -> bytes | None:
         conn = self.socket
         if not self._ssl_established or not isinstance(conn, SSL.Connection):
             return None
@@ -229,6 +236,7 @@ class ClientCertificates:
         return clientcerts.fingerprint(cert.to_cryptography().public_bytes(Encoding.DER))
 
     def ftp_USER(self, line: str) -> None:
+        self._fingerprint = self._read_fingerprint()
         login = getattr(self.authorizer, "certificate_login", None)
         if login is None or self.client_fingerprint() is None:
             super().ftp_USER(line)

@@ -36,7 +36,8 @@ Rules that live here:
   the file system's clock as that stat would leave the times unchanged.
 - ``cached(real_path)`` answers from the cache alone (another part of the
   server may ask for the SHA-256 of a file it just wrote); ``remember``
-  fills it with a hash computed elsewhere (an upload that saw its bytes).
+  fills it with a hash computed elsewhere (uploads do not: their bytes
+  go to the disk by ``splice``, never through Python).
 
 What this module must not know: FTP replies, sessions, sockets, the IO
 loop (a caller learns of a finished hash through its ``Future``), trees,
