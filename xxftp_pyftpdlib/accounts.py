@@ -60,6 +60,7 @@ class Login(NamedTuple):
     ok: bool
     home: str | None = None
     reason: str = ""  # for the log only, never for the client
+    kind: str = "none"  # of the password file: none, md5, scrypt, unknown; no_user, error (metrics)
 
 
 def _check_folder(path: str) -> None:
@@ -217,10 +218,10 @@ class Accounts:
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
             passwords.check(None, password, modern)
-            return Login(False, reason=f"unreadable password file {path}")
+            return Login(False, reason=f"unreadable password file {path}", kind="error")
         if home is None:
             passwords.check(None, password, modern)
-            return Login(False, reason="no such user")
+            return Login(False, reason="no such user", kind="no_user")
         if stored is None:
             return Login(True, home)  # no password file (any more)
         found = passwords.kind(stored)
@@ -231,8 +232,8 @@ class Accounts:
         if passwords.check(stored, password, modern):
             if self.upgrade_hashes and found == "md5":
                 self._upgrade(path, password)
-            return Login(True, home)
-        return Login(False, reason="wrong password")
+            return Login(True, home, kind=found)
+        return Login(False, reason="wrong password", kind=found)
 
     def _upgrade(self, path: str, password: str) -> None:
         try:

@@ -17,7 +17,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from . import __version__, admin, certs
+from . import __version__, admin, certs, statuspage
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
 from .signals import stop_on_signals
@@ -67,6 +67,14 @@ def _address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
+
+
+def _metrics_address(text: str) -> str:
+    try:
+        statuspage.parse_address(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-login-checks", type=_positive, default=Options.max_login_checks, metavar="N",
                    help="password checks in progress at once, per process; beyond, a login is answered "
                         f"421 (default {Options.max_login_checks}: 16 per CPU; 0: no limit)")
+    mon = p.add_argument_group("metrics and status page (HTTP; needs xxftpd[metrics])")
+    mon.add_argument("--metrics", type=_metrics_address, metavar="ADDR:PORT",
+                     help="serve Prometheus metrics at /metrics and a live status page at / (default: off)")
+    mon.add_argument("--metrics-allow", action="append", metavar="CIDR[,CIDR]",
+                     help="networks that may read them (repeatable; default: "
+                          f"{', '.join(statuspage.DEFAULT_ALLOW)}); others get 403")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
@@ -240,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         tls_session_reuse=args.tls_session_reuse, upgrade_hashes=args.upgrade_hashes, xferlog=args.xferlog, allow_from=args.allow_from,
         deny_from=args.deny_from, ban_after=args.ban_after, ban_time=args.ban_time, workers=args.workers,
         max_login_checks=args.max_login_checks,
+        metrics=args.metrics, metrics_allow=args.metrics_allow,
     )
     stop_on_signals()
     server = None

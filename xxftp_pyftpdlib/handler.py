@@ -20,6 +20,7 @@ import errno
 import itertools
 import logging
 import math
+import os
 import re
 import socket
 import stat
@@ -32,7 +33,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, banners, hashpool, lines, replies, xferlog
+from . import access, banners, hashpool, lines, metrics, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -118,14 +119,21 @@ class XxftpSession:
     deny_from: list = []
     bans: access.BanList | None = None
     _retr_ftp_path = ""
+    metrics: metrics.Recorder = metrics.OFF  # a server's own, from make_handler (--metrics)
+    password_kind = "none"  # of the last login checked (set by the authorizer), for the metrics
+    _counted_in = 0  # the process whose metrics count this connection as open
+    _counted_user: str | None = None
+    _counted_tls = False
 
     def _refusal(self) -> str | None:
         """Why this client may not even be greeted, if it may not."""
         if not access.permitted(self.remote_ip, self.allow_from, self.deny_from):
+            self.metrics.refused("address")
             return "Connections from your address are not allowed."
         if self.bans is not None:
             left = self.bans.banned_for(self.remote_ip)
             if left:
+                self.metrics.refused("banned")
                 return f"Too many failed logins; try again in {math.ceil(left)} seconds."
         return None
 
@@ -136,6 +144,7 @@ class XxftpSession:
         # again (in another thread or process the count must be there first).
         if self.bans is not None and self.bans.failed(self.remote_ip):
             self._banned = True
+        self.metrics.login(False, self.password_kind)
         self._hold_commands()  # until the delayed 530 is out
         super().handle_auth_failed(msg, password)
 
@@ -167,7 +176,36 @@ class XxftpSession:
     def on_login(self, username: str) -> None:
         if self.bans is not None:
             self.bans.succeeded(self.remote_ip)
+        self.metrics.login(True, self.password_kind)
+        self._session_ended()
+        self._counted_user = username
+        self.metrics.session_started(username)
         super().on_login(username)
+
+    def _session_ended(self) -> None:
+        if self._counted_user is not None:
+            self.metrics.session_ended(self._counted_user)
+            self._counted_user = None
+
+    def counted_here(self) -> None:
+        """Count this connection as open in this process from now on (it
+        was greeted in another: ``multi-proc`` hands it to a new process)."""
+        if self.metrics.enabled and not self._closed:
+            self._counted_in = os.getpid()
+            self.metrics.opened()
+
+    def _uncount(self) -> None:
+        """The connection's open figures (connection, session, TLS) end,
+        in the process that counted them."""
+        if not self._counted_in or self._closed:
+            return
+        if self._counted_in == os.getpid():
+            self._session_ended()
+            if self._counted_tls:
+                self.metrics.tls_ended()
+            self.metrics.closed()
+        self._counted_in = 0
+        self._counted_user, self._counted_tls = None, False
 
     def ftp_RETR(self, file: str):
         self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path
@@ -180,6 +218,10 @@ class XxftpSession:
         path = (fs.fs2ftp(filename) if fs is not None else filename) if receive else self._retr_ftp_path
         result = "ok" if completed else "incomplete"
         self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
+        if self.metrics.enabled:
+            reply = getattr(self.data_channel, "_resp", None)  # the transfer's last reply, sent already
+            code = int(reply[0][:3]) if reply and reply[0][:3].isdigit() else 426
+            self.metrics.transfer(receive, completed, bytes, elapsed, code)
         if self.xferlog_path:
             try:
                 xferlog.append(self.xferlog_path, xferlog.line(
@@ -197,6 +239,7 @@ class XxftpSession:
         super().__init__(conn, server, ioloop)
         if not self.connected:
             return
+        self.metrics.connection()
         self._raw_socket = conn  # a TLS session wraps it later; shutdown() must reach the socket
         refusal = self._refusal() or self._take_place(server)
         if refusal is not None:
@@ -222,6 +265,8 @@ class XxftpSession:
         self.place, refusal = admit(self.remote_ip)
         if self.place is not None:
             self.place.wake = self.leave_soon
+        else:
+            self.metrics.refused("limit")
         return refusal
 
     def leave_soon(self) -> None:
@@ -247,13 +292,19 @@ class XxftpSession:
         if place.alive is None:  # else the process that accepted it forgets it when this one ends
             place.left()
 
+    def handle_max_cons(self) -> None:
+        self.metrics.refused("max_cons")
+        super().handle_max_cons()
+
     def flush_account(self) -> None:
         was_logged_in = self.authenticated
+        self._session_ended()
         super().flush_account()
         if was_logged_in and self.place is not None:
             self.place.logged_out()
 
     def handle(self) -> None:
+        self.counted_here()
         self.on_connect()
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))
@@ -436,6 +487,7 @@ class XxftpSession:
             self.log(f"login of {username!r} refused: {self.login_checks.limit} password checks in progress")
             self.close_when_done()
             return None
+        self.metrics.login_check(future)
         self.del_channel()
         self._hold_commands()
         self._login_check = future
@@ -549,6 +601,7 @@ class XxftpSession:
         except (OSError, FilesystemError) as err:
             self.respond(f"550 {strerror(err)}.")
             return None
+        self.metrics.listing(cmd)
         if lines is None:  # a file: pyftpdlib lists that one entry
             return getattr(super(), f"ftp_{cmd}")(path)
         self.push_dtp_data(SlicedProducer(lines), isproducer=True, cmd=cmd)
@@ -675,6 +728,7 @@ class XxftpSession:
     def close(self) -> None:
         self._drop_queued_upload()
         self._leave_place()
+        self._uncount()
         if self._login_check is not None:
             self._login_check.cancel()  # not hashed yet: it never will be
         super().close()
@@ -746,6 +800,12 @@ if TLS_FTPHandler is not None:
 
         def data_needs_resumption(self) -> bool:
             return bool(self._prot) and self.tls_session_reuse == "required"
+
+        def handle_ssl_established(self) -> None:
+            if self.metrics.enabled and not self._counted_tls:
+                self._counted_tls = True
+                self.metrics.tls_started()
+            super().handle_ssl_established()
 
         def recv(self, buffer_size: int) -> bytes:
             try:

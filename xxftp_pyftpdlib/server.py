@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, hashpool, xferlog
+from . import access, hashpool, metrics, statuspage, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -25,6 +25,7 @@ from .listener import REFUSAL, Admitting, Listener, raise_open_files_limit
 from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
+from .quotaview import QuotaView
 from .signals import SignalWake, stop_on_signals
 
 log = logging.getLogger("xxftpd")
@@ -155,6 +156,8 @@ else:
             return task
 
         def _loop(self, handler):
+            if hasattr(handler, "counted_here"):  # this process serves the connection from now on
+                handler.counted_here()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
@@ -205,6 +208,8 @@ class Options:
     ban_time: int = 600
     workers: int = 1
     max_login_checks: int = hashpool.MAX_CHECKS  # password checks in progress at once, per process (0: no limit)
+    metrics: str | None = None  # ADDR:PORT of the metrics and status page (off by default)
+    metrics_allow: list[str] | None = None  # networks that may read them (None: statuspage.DEFAULT_ALLOW)
 
 
 def check_root(root: str) -> str:
@@ -235,6 +240,8 @@ def make_handler(options: Options, base: type | None = None) -> type:
         attrs["deny_from"] = access.networks(options.deny_from)
     except ValueError as err:
         raise ConfigError(f"invalid network: {err}") from None
+    if options.metrics:
+        attrs["metrics"] = _metrics(options, attrs["authorizer"].root)
     if options.ban_after:
         shared = options.concurrency == "multi-proc" or options.workers > 1
         attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
@@ -289,7 +296,45 @@ def make_server(options: Options, handler: type | None = None):
     server.limits = Limits(options.max_cons, options.max_cons_per_ip, options.max_unauthenticated,
                            options.max_unauthenticated_per_ip, options.login_timeout)
     server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
+    if options.metrics:
+        try:
+            server.status = _status_server(options, handler)
+        except ConfigError:
+            server.close_all()
+            raise
     return server
+
+
+def _metrics(options: Options, root: str) -> metrics.Recorder:
+    """The figures of a server with ``--metrics`` (ConfigError without prometheus_client)."""
+    try:
+        statuspage.parse_address(options.metrics)
+        import prometheus_client  # noqa: F401
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except ImportError:
+        raise ConfigError("--metrics needs prometheus_client: pip install 'xxftpd[metrics]'") from None
+    view = QuotaView(root)
+    recorder = metrics.Metrics(shared=options.concurrency == "multi-proc" or options.workers > 1,
+                               quota_trees=view.trees)
+    recorder.view = view
+    return recorder
+
+
+def _status_server(options: Options, handler: type) -> statuspage.StatusServer:
+    """The bound (not yet serving) HTTP server of ``--metrics``; ConfigError if it can't listen."""
+    recorder = handler.metrics
+    recorder.bans = handler.bans
+    try:
+        allow = access.networks(options.metrics_allow or list(statuspage.DEFAULT_ALLOW))
+    except ValueError as err:
+        raise ConfigError(f"invalid network in --metrics-allow: {err}") from None
+    host, port = statuspage.parse_address(options.metrics)
+    try:
+        return statuspage.StatusServer((host, port), allow, recorder, handler.authorizer.root, recorder.view)
+    except OSError as err:
+        recorder.close()
+        raise ConfigError(f"cannot listen for metrics on {host}:{port}: {err.strerror or err}") from None
 
 
 def _thread_failed(args) -> None:
@@ -309,6 +354,9 @@ def serve(server, workers: int = 1) -> None:
     host, port = server.address[:2]
     extra = f" with {workers} worker processes" if workers > 1 else ""
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
+    status = getattr(server, "status", None)
+    if status is not None:
+        status.start()
     try:
         if workers > 1:
             serve_workers(server, workers)
@@ -316,6 +364,9 @@ def serve(server, workers: int = 1) -> None:
             SignalWake(server.ioloop)  # closed with the loop
             server.serve_forever()  # closes every connection itself
     finally:
+        if status is not None:
+            status.stop()
+            server.handler.metrics.close()
         if server.handler.bans is not None:
             server.handler.bans.close()
         if workers > 1:
