@@ -242,7 +242,13 @@ def test_multi_proc_figures_are_the_whole_servers(tree):
         for ftp in clients:
             ftp.quit()
         assert wait_until(lambda: figure(scrape(mport), "xxftpd_open_connections") == 0)
-        assert figure(scrape(mport), "xxftpd_connections_total") == 3 + 1  # start_logged's probe too
+        # the ended processes' totals are folded together once, never lost or counted twice
+        for _ in range(3):
+            figures = scrape(mport)
+            assert figure(figures, "xxftpd_connections_total") == 3 + 1  # start_logged's probe too
+            assert figure(figures, "xxftpd_uploads_total") == 3
+            assert figure(figures, "xxftpd_upload_duration_seconds_count") == 3
+            assert figure(figures, "xxftpd_logins_total", result="ok", password="md5") == 3
     finally:
         stop_logged(proc)
 

@@ -17,7 +17,10 @@ Rules that live here:
   counters and histograms over every process that ever served, gauges
   ("now") over the live ones only. The files of a process that died
   without a word (a crash, SIGKILL) stop counting as live at the next
-  scrape.
+  scrape; the totals of a process that has ended are folded into one
+  file (``counter_0.db``, ``histogram_0.db``), so a ``multi-proc``
+  server, a process per connection, keeps a few files, not three per
+  connection it ever served.
 - Figures read at scrape time (quotas, bans, the build) are collectors
   here; they are read in the process that serves the scrape, never on
   the FTP loop.
@@ -35,6 +38,7 @@ import platform
 import re
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import Future
 from typing import Callable, Iterable
@@ -98,16 +102,25 @@ OFF = Recorder()
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, ended but not yet
+    reaped by its parent, does not)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rpartition(b")")[2].split()[:1] not in ([b"Z"], [b"X"])
+    except FileNotFoundError:
         return False
-    except PermissionError:
+    except OSError:  # no /proc: ask the kernel (a zombie counts as running)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
         return True
-    return True
 
 
 _LIVE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db$")
+_TOTALS_FILE = re.compile(r"(counter|histogram)_(\d+)\.db$")
 
 
 class Metrics(Recorder):
@@ -174,6 +187,8 @@ class Metrics(Recorder):
 
             MultiProcessCollector(self.registry, self.folder)
         self.registry.register(_ScrapeTime(self))
+        self._folding = threading.Lock()
+        self._folded: dict[str, object] = {}  # kind -> the MmapedDict of ended processes' totals
 
     # --- the events (see Recorder)
 
@@ -234,25 +249,40 @@ class Metrics(Recorder):
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         if self.folder is not None:
-            self._forget_dead()
+            with self._folding:  # scrapes may come at once
+                self._forget_dead()
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def _forget_dead(self) -> None:
         """Gauges of processes that are gone stop counting ("now" is the
-        live processes' sum); their counters stay (they are the totals)."""
+        live processes' sum); their totals are folded into the ``_0`` files."""
         from prometheus_client import multiprocess
+        from prometheus_client.mmap_dict import MmapedDict
 
-        for path in glob.glob(os.path.join(self.folder, "gauge_live*.db")):
-            match = _LIVE_FILE.search(path)
-            if match and not _alive(int(match.group(1))):
+        for path in glob.glob(os.path.join(self.folder, "*.db")):
+            live, totals = _LIVE_FILE.search(path), _TOTALS_FILE.search(path)
+            if live and not _alive(int(live.group(1))):
                 try:
-                    multiprocess.mark_process_dead(int(match.group(1)), self.folder)
+                    multiprocess.mark_process_dead(int(live.group(1)), self.folder)
                 except OSError:
                     pass
+            elif totals and totals.group(2) != "0" and not _alive(int(totals.group(2))):
+                kind = totals.group(1)
+                folded = self._folded.get(kind)
+                if folded is None:
+                    folded = self._folded[kind] = MmapedDict(os.path.join(self.folder, f"{kind}_0.db"))
+                try:
+                    for key, value, _, _ in MmapedDict.read_all_values_from_file(path):
+                        folded.write_value(key, folded.read_value(key)[0] + value, 0.0)
+                    os.remove(path)
+                except OSError as err:
+                    log.debug("metrics of an ended process not folded: %s", err)
 
     def close(self) -> None:
         """Remove the processes' files (by the process that made them)."""
         if self.folder is not None and os.getpid() == self._owner:
+            for folded in self._folded.values():
+                folded.close()
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
