@@ -381,3 +381,31 @@ def test_quota_view_reads_without_writing(tree):
     alice = {t.user: t for t in view.trees()}["alice"]
     assert alice.usage is not None and (alice.usage.used, alice.usage.reserved) == (100, 0)
     assert alice.as_dict()["free"] == 924
+
+
+def test_tls_sessions_are_counted(tree, tmp_path):
+    import ssl
+
+    from conftest import ResumingFTP_TLS
+    from xxftp_pyftpdlib import certs
+
+    tree.user("alice", password="pw")
+    cert, key = certs.self_signed(str(tmp_path / "tls"))
+    proc, port, mport = metrics_server(tree, "--tls", "--certfile", cert, "--keyfile", key)
+    try:
+        context = ssl.create_default_context(cafile=cert)
+        context.check_hostname = False
+        ftp = ResumingFTP_TLS(context=context)
+        ftp.connect(HOST, port, timeout=15)
+        ftp.login("alice", "pw")  # AUTH TLS first
+        ftp.prot_p()
+        assert store(ftp, "secret.bin", b"s" * 5000).startswith("226")
+        figures = scrape(mport)
+        assert figure(figures, "xxftpd_tls_handshakes_total") == 1
+        assert figure(figures, "xxftpd_tls_sessions") == 1
+        assert figure(figures, "xxftpd_upload_bytes_total") == 5000
+        ftp.quit()
+        assert wait_until(lambda: figure(scrape(mport), "xxftpd_tls_sessions") == 0)
+        assert figure(scrape(mport), "xxftpd_tls_handshakes_total") == 1
+    finally:
+        stop_logged(proc)
