@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ftplib
 import http.client
-import io
 import json
 import os
 import socket

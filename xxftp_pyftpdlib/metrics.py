@@ -41,7 +41,6 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Iterable
 
 __all__ = ["OFF", "Recorder", "Metrics", "REQUIREMENT"]
 
@@ -127,15 +126,16 @@ class Metrics(Recorder):
     """The figures of one server, in one process or (``shared``) in all
     the processes forked from this one.
 
-    ``quota_trees``: a function returning the ``quotaview.TreeView`` of
-    each limited tree, read at each scrape; ``bans`` (set later): the
-    server's ban list, if it bans.
+    ``quotas``: what lists the limited trees at each scrape (a
+    ``quotaview.QuotaView``: ``trees()`` gives each tree's ``user``,
+    ``tree``, ``limit`` and ``usage``); ``bans`` (set later): the server's
+    ban list, if it bans.
     """
 
     enabled = True
 
     def __init__(self, shared: bool = False,
-                 quota_trees: Callable[[], Iterable] | None = None) -> None:
+                 quotas=None) -> None:
         import prometheus_client
         from prometheus_client import values
         from prometheus_client.registry import CollectorRegistry
@@ -151,7 +151,7 @@ class Metrics(Recorder):
             self.folder = tempfile.mkdtemp(prefix="xxftpd-metrics-")
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.folder
             values.ValueClass = values.MultiProcessValue()
-        self.quota_trees = quota_trees
+        self.quotas = quotas
         self.bans = None  # set by the server when it bans
         self.registry = CollectorRegistry(auto_describe=True)
         own = None if shared else self.registry
@@ -315,13 +315,13 @@ class _ScrapeTime:
                 log.debug("bans not read: %s", err)
             else:
                 yield banned
-        if self.metrics.quota_trees is None:
+        if self.metrics.quotas is None:
             return
         names = ("limit", "used", "reserved")
         docs = ("Byte limit of a quota tree", "Bytes committed in a quota tree",
                 "Bytes held ahead by running uploads in a quota tree")
         families = [GaugeMetricFamily(f"xxftpd_quota_{n}_bytes", d, labels=["user", "tree"]) for n, d in zip(names, docs)]
-        for view in self.metrics.quota_trees():
+        for view in self.metrics.quotas.trees():
             labels = [view.user, view.tree]
             if view.limit is not None:
                 families[0].add_metric(labels, view.limit)

@@ -314,11 +314,8 @@ def _metrics(options: Options, root: str) -> metrics.Recorder:
         raise ConfigError(str(err)) from None
     except ImportError:
         raise ConfigError("--metrics needs prometheus_client: pip install 'xxftpd[metrics]'") from None
-    view = QuotaView(root)
-    recorder = metrics.Metrics(shared=options.concurrency == "multi-proc" or options.workers > 1,
-                               quota_trees=view.trees)
-    recorder.view = view
-    return recorder
+    return metrics.Metrics(shared=options.concurrency == "multi-proc" or options.workers > 1,
+                           quotas=QuotaView(root))
 
 
 def _status_server(options: Options, handler: type) -> statuspage.StatusServer:
@@ -331,7 +328,7 @@ def _status_server(options: Options, handler: type) -> statuspage.StatusServer:
         raise ConfigError(f"invalid network in --metrics-allow: {err}") from None
     host, port = statuspage.parse_address(options.metrics)
     try:
-        return statuspage.StatusServer((host, port), allow, recorder, handler.authorizer.root, recorder.view)
+        return statuspage.StatusServer((host, port), allow, recorder, handler.authorizer.root, recorder.quotas)
     except OSError as err:
         recorder.close()
         raise ConfigError(f"cannot listen for metrics on {host}:{port}: {err.strerror or err}") from None
