@@ -17,7 +17,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from . import __version__, admin, certs, statuspage
+from . import __version__, admin, certs, statuspage, who
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
 from .signals import stop_on_signals
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("permission", help="e.g. read or read,write,modify")
     commands.add_parser("check", help="validate the whole tree; exit 1 on errors")
     commands.add_parser("users", help="a table of the users")
+    wh = commands.add_parser("who", help="the sessions open now on the server running on this root")
+    wh.add_argument("--json", action="store_true", help="a JSON list, for scripts")
     c = commands.add_parser("cert", help="write a self-signed certificate and key for testing")
     c.add_argument("--self-signed", action="store_true", required=True, help="make a self-signed certificate")
     c.add_argument("--out", required=True, metavar="DIR", help="folder for cert.pem and key.pem")
@@ -304,6 +306,8 @@ def _admin(args) -> int:
         return admin.check(root)
     if args.command == "users":
         return admin.users_table(root)
+    if args.command == "who":
+        return who.main(root, args.json)
     return 2  # pragma: no cover - argparse only accepts known commands
 
 

@@ -42,6 +42,7 @@ from .listing import SORTED_UP_TO
 from .loopwake import LoopWake
 from .passive import DEFAULT_SESSION_REUSE, PassiveUnavailable, XxftpPassiveDTP
 from .quota import LEASE, QuotaExceeded, Usage, usage_text
+from .status import Watched
 from .uploads import BROKEN, Upload
 
 
@@ -107,8 +108,9 @@ class SlicedProducer:
         return data
 
 
-class XxftpSession:
-    """The behaviour shared by the plain and the TLS handler."""
+class XxftpSession(Watched):
+    """The behaviour shared by the plain and the TLS handler (and what
+    ``xxftpd who`` shows of it: ``status.Watched``)."""
 
     abstracted_fs = XxftpFS
     active_dtp = XxftpActiveDTP

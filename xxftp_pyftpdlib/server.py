@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, hashpool, metrics, statuspage, xferlog
+from . import access, hashpool, metrics, status, statuspage, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .certs import CertificateError, check_pair
@@ -161,7 +161,12 @@ else:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
-            return super()._loop(handler)
+            root = status.adopt(handler)  # this process answers `xxftpd who` for its session
+            try:
+                return super()._loop(handler)
+            finally:
+                if root is not None:
+                    status.withdraw(root)
 
     MultiprocessFTPServer = MultiprocessServer
 
@@ -298,7 +303,7 @@ def make_server(options: Options, handler: type | None = None):
     server.max_cons_per_ip = 0  # counted by the admission table, which may displace strangers
     if options.metrics:
         try:
-            server.status = _status_server(options, handler)
+            server.status_page = _status_server(options, handler)
         except ConfigError:
             server.close_all()
             raise
@@ -351,9 +356,10 @@ def serve(server, workers: int = 1) -> None:
     host, port = server.address[:2]
     extra = f" with {workers} worker processes" if workers > 1 else ""
     log.info("xxftpd listening on %s:%s, serving %s%s", host, port, server.handler.authorizer.root, extra)
-    status = getattr(server, "status", None)
-    if status is not None:
-        status.start()
+    status.publish(server.handler.authorizer.root)  # what `xxftpd who` asks
+    page = getattr(server, "status_page", None)
+    if page is not None:
+        page.start()
     try:
         if workers > 1:
             serve_workers(server, workers)
@@ -361,11 +367,12 @@ def serve(server, workers: int = 1) -> None:
             SignalWake(server.ioloop)  # closed with the loop
             server.serve_forever()  # closes every connection itself
     finally:
-        if status is not None:
-            status.stop()
+        if page is not None:
+            page.stop()
             server.handler.metrics.close()
         if server.handler.bans is not None:
             server.handler.bans.close()
         if workers > 1:
             server.close()
+        status.withdraw(server.handler.authorizer.root, sweep=True)
     log.info("xxftpd stopped")

@@ -47,8 +47,11 @@ DEFAULT_ALLOW = ("127.0.0.0/8", "::1")
 REFRESH_MS = 1500
 
 try:
-    from .who import sessions as _sessions
+    from .who import NoServer, sessions as _sessions
 except ImportError:  # the session table is not part of this build
+    class NoServer(Exception):  # type: ignore[no-redef]
+        pass
+
     def _sessions(root: str) -> list[dict]:
         return []
 
@@ -176,6 +179,7 @@ class StatusServer:
         self.root = root
         self.quotas = quotas
         self.started = time.time()
+        self._reported: set[str] = set()
         self.httpd = _HTTPServer(address, self)  # OSError if it can't listen
         self.address = self.httpd.server_address[:2]
         _live.add(self.httpd)
@@ -191,8 +195,13 @@ class StatusServer:
         """What the page shows: sessions, transfers, quota trees."""
         try:
             sessions = _sessions(self.root)
-        except Exception as err:  # the page goes on without them
-            log.warning("sessions not read: %s: %s", type(err).__name__, err)
+        except NoServer:  # starting or stopping: no process answers yet
+            sessions = []
+        except Exception as err:  # an unsafe state folder, say: the page goes on without them
+            message = f"status page: sessions not read: {err}"
+            if message not in self._reported:  # once, not at every refresh of every viewer
+                self._reported.add(message)
+                log.warning("%s", message)
             sessions = []
         return {
             "version": __version__,

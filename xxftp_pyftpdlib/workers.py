@@ -28,6 +28,7 @@ import time
 from pyftpdlib.servers import FTPServer
 
 from .signals import SignalWake, request_stop
+from .status import publish, withdraw
 
 log = logging.getLogger("xxftpd")
 
@@ -63,6 +64,7 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
     worker.max_cons_per_ip = server.max_cons_per_ip
     worker.limits = server.limits  # each worker keeps its own admission table
     SignalWake(worker.ioloop)
+    publish(server.handler.authorizer.root)  # this worker's sessions, for `xxftpd who`
     log.info("worker %d (pid %d) serving", number, os.getpid())
     status = 0
     try:
@@ -71,6 +73,7 @@ def _run_worker(server: FTPServer, number: int, parents: SignalWake) -> None:
         log.exception("worker %d failed", number)
         status = 1
     finally:
+        withdraw(server.handler.authorizer.root)
         os._exit(status)
 
 
