@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ftplib
-import importlib.util
 import json
 import os
 import socket
@@ -96,11 +95,12 @@ def test_the_page_shows_the_session_and_the_quota_of_a_running_upload(tree, tmp_
         assert int(trees["bob"][0]["data-limit"]) == 3 * 1024 * KiB
         updates = [attrs for tag, attrs, _ in page.found if attrs.get("id") == "updates"]
         assert int(updates[0]["data-count"]) >= 1  # it fetched /status.json by itself
-        if importlib.util.find_spec("xxftp_pyftpdlib.who") is not None:
-            sessions = [attrs for attrs, _ in page.with_class("session")]
-            assert any(s["data-user"] == "alice" and s["data-client"].startswith(f"{HOST}:") for s in sessions)
-            transfers = [attrs for attrs, _ in page.with_class("transfer")]
-            assert any(t["data-direction"] == "upload" and t["data-path"] == "/movie.bin" for t in transfers)
+        sessions = [attrs for attrs, _ in page.with_class("session")]
+        client = "%s:%d" % ftp.sock.getsockname()[:2]
+        assert [s["data-client"] for s in sessions if s["data-user"] == "alice"] == [client]
+        transfers = [attrs for attrs, _ in page.with_class("transfer")]
+        assert [(t["data-direction"], t["data-path"], int(t["data-bytes"])) for t in transfers] == \
+            [("upload", "/movie.bin", 100 * KiB)]
         assert running.finish().startswith("226")
         ftp.quit()
     finally:
