@@ -227,9 +227,10 @@ def test_workers_figures_add_up_across_processes(tree):
         stop_logged(proc)
 
 
-def test_multi_proc_figures_are_the_whole_servers(tree):
+@pytest.mark.parametrize("concurrency", ["multi-proc", "multi-thread"])
+def test_figures_of_a_process_or_thread_per_connection(tree, concurrency):
     tree.user("alice", password="pw")
-    proc, port, mport = metrics_server(tree, "--concurrency", "multi-proc")
+    proc, port, mport = metrics_server(tree, "--concurrency", concurrency)
     try:
         clients = [login(port) for _ in range(3)]
         for i, ftp in enumerate(clients):
@@ -407,4 +408,27 @@ def test_tls_sessions_are_counted(tree, tmp_path):
         assert wait_until(lambda: figure(scrape(mport), "xxftpd_tls_sessions") == 0)
         assert figure(scrape(mport), "xxftpd_tls_handshakes_total") == 1
     finally:
+        stop_logged(proc)
+
+
+def test_idle_connections_can_not_take_the_status_server(tree):
+    """Connections that send nothing hold no more than MAX_CLIENTS threads,
+    for a few seconds: a scrape gets through once they time out."""
+    tree.user("alice", password="pw")
+    proc, port, mport = metrics_server(tree)
+    idle = []
+    try:
+        for _ in range(statuspage.MAX_CLIENTS + 8):
+            idle.append(socket.create_connection((HOST, mport), timeout=5))
+        def answered() -> bool:
+            try:
+                return get(mport)[0] == 200
+            except (http.client.HTTPException, OSError):  # closed unanswered while the slots are taken
+                return False
+        assert not answered()
+        assert wait_until(answered, timeout=15)
+        assert login(port).quit().startswith("221")  # the FTP side never noticed
+    finally:
+        for s in idle:
+            s.close()
         stop_logged(proc)

@@ -8,7 +8,9 @@ Rules that live here:
   (Prometheus' text format), ``/`` (the live status page) and
   ``/status.json`` (what the page shows). Read-only: GET and HEAD only.
 - Every request comes from a network of ``--metrics-allow`` (default:
-  loopback only) or is answered 403, whatever its path.
+  loopback only) or is answered 403, whatever its path. At most
+  ``MAX_CLIENTS`` connections are served at once, each for at most a
+  few seconds of silence: more are closed unanswered.
 - It binds at start-up (a port in use is one error line, exit 1) and
   stops with the server; a forked child closes its copy of the socket,
   so no worker ever holds the port.
@@ -45,6 +47,7 @@ log = logging.getLogger("xxftpd")
 
 DEFAULT_ALLOW = ("127.0.0.0/8", "::1")
 REFRESH_MS = 1500
+MAX_CLIENTS = 32  # connections served at once; more are closed at once (a thread each)
 
 try:
     from .who import NoServer, sessions as _sessions
@@ -99,7 +102,24 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], app: "StatusServer") -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app = app
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
         super().__init__(address, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):  # slow or many clients can't take every thread
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host's name up (getfqdn): slow and useless here
@@ -110,7 +130,7 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"xxftpd/{__version__}"
     protocol_version = "HTTP/1.1"
-    timeout = 10  # a client that sends nothing holds a thread this long at most
+    timeout = 5  # a client that sends nothing holds a thread this long at most
 
     def parse_request(self) -> bool:
         if not super().parse_request():
