@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -432,3 +433,12 @@ def test_idle_connections_can_not_take_the_status_server(tree):
         for s in idle:
             s.close()
         stop_logged(proc)
+
+
+def test_without_prometheus_client_it_says_what_to_install(tree):
+    tree.user("alice", password="pw")
+    code = ("import sys; sys.modules['prometheus_client'] = None; from xxftp_pyftpdlib.cli import main; "
+            f"sys.exit(main(['--root', {str(tree.root)!r}, '--port', '0', '--metrics', '127.0.0.1:0']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stderr == "xxftpd: error: --metrics needs prometheus_client: pip install 'xxftpd[metrics]'\n"
