@@ -134,8 +134,7 @@ class Metrics(Recorder):
 
     enabled = True
 
-    def __init__(self, shared: bool = False,
-                 quotas=None) -> None:
+    def __init__(self, shared: bool = False, quotas=None) -> None:
         import prometheus_client
         from prometheus_client import values
         from prometheus_client.registry import CollectorRegistry
