@@ -442,3 +442,26 @@ def test_without_prometheus_client_it_says_what_to_install(tree):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert done.stderr == "xxftpd: error: --metrics needs prometheus_client: pip install 'xxftpd[metrics]'\n"
+
+
+def test_a_broken_download_is_an_error_by_its_reply(tree):
+    import struct
+
+    tree.user("alice", password="pw")
+    tree.file("alice/big.bin", b"b" * (32 * 1024 * KiB))
+    proc, port, mport = metrics_server(tree)
+    try:
+        ftp = login(port)
+        ftp.voidcmd("TYPE I")
+        conn = ftp.transfercmd("RETR big.bin")
+        conn.recv(1000)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # a reset: the download breaks
+        reply = ftp.getline()
+        assert reply.startswith("426"), reply
+        assert wait_until(lambda: figure(scrape(mport), "xxftpd_downloads_total") == 1)
+        figures = scrape(mport)
+        assert figure(figures, "xxftpd_download_errors_total", code="426") == 1
+        assert 0 < figure(figures, "xxftpd_download_bytes_total") < 32 * 1024 * KiB
+    finally:
+        stop_logged(proc)

@@ -126,6 +126,7 @@ class XxftpSession(Watched):
     _counted_in = 0  # the process whose metrics count this connection as open
     _counted_user: str | None = None
     _counted_tls = False
+    _last_reply = ""
 
     def _refusal(self) -> str | None:
         """Why this client may not even be greeted, if it may not."""
@@ -220,10 +221,10 @@ class XxftpSession(Watched):
         path = (fs.fs2ftp(filename) if fs is not None else filename) if receive else self._retr_ftp_path
         result = "ok" if completed else "incomplete"
         self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}")
-        if self.metrics.enabled:
-            reply = getattr(self.data_channel, "_resp", None)  # the transfer's last reply, sent already
-            code = int(reply[0][:3]) if reply and reply[0][:3].isdigit() else 426
-            self.metrics.transfer(receive, completed, bytes, elapsed, code)
+        if self.metrics.enabled:  # the data channel has sent the transfer's final reply already
+            code = self._last_reply[:3]
+            self.metrics.transfer(receive, completed, bytes, elapsed,
+                                  int(code) if code.isdigit() and code >= "400" else 426)
         if self.xferlog_path:
             try:
                 xferlog.append(self.xferlog_path, xferlog.line(
@@ -332,6 +333,7 @@ class XxftpSession(Watched):
             resp = f"{code} {resp[4:]}"
         if "\n" in resp or "\r" in resp or "\x00" in resp:
             resp = _BARE_CONTROLS.sub(_escape, resp)
+        self._last_reply = resp  # a transfer's metrics take its final reply's code
         if logfun is None:
             super().respond(resp)
         else:
