@@ -465,3 +465,26 @@ def test_a_broken_download_is_an_error_by_its_reply(tree):
         assert 0 < figure(figures, "xxftpd_download_bytes_total") < 32 * 1024 * KiB
     finally:
         stop_logged(proc)
+
+
+def test_clients_that_misbehave_leave_one_line_at_most(tree):
+    """Garbage, a POST, a client gone mid-answer: answered or dropped, and
+    never a traceback in the log."""
+    tree.user("alice", password="pw")
+    proc, port, mport = metrics_server(tree, "--log-level", "debug")
+    try:
+        for raw in (b"\x16\x03\x01garbage\r\n\r\n", b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                    b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n"):
+            with socket.create_connection((HOST, mport), timeout=5) as s:
+                s.sendall(raw)
+                answer = s.recv(100)
+                assert answer.startswith(b"HTTP/1.") or answer.startswith(b"<!DOCTYPE HTML>"), raw[:20]
+        for _ in range(5):  # gone before reading the answer
+            s = socket.create_connection((HOST, mport), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            s.close()
+        assert get(mport)[0] == 200
+    finally:
+        log = stop_logged(proc)  # no traceback in it
+    assert "Exception occurred" not in log and "status 127.0.0.1" in log

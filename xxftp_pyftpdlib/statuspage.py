@@ -33,6 +33,7 @@ import logging
 import os
 import socket
 import socketserver
+import sys
 import threading
 import time
 import weakref
@@ -121,6 +122,11 @@ class _HTTPServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request, client_address) -> None:
+        """A client gone mid-answer (socketserver would print a traceback): one debug line."""
+        err = sys.exc_info()[1]
+        log.debug("status client %s: %s: %s", client_address[0], type(err).__name__, err)
+
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host's name up (getfqdn): slow and useless here
         socketserver.TCPServer.server_bind(self)
@@ -162,7 +168,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(404, b"Not found.\n", "text/plain; charset=utf-8", body)
                 return
         except Exception as err:  # one line in the log, a 500 to the client, the server goes on
-            log.error("status page %s failed: %s: %s", path, type(err).__name__, err)
+            log.error("status page %r failed: %s: %s", path[:200], type(err).__name__, err)
             log.debug("status page failure", exc_info=True)
             self._send(500, b"Internal error; see the server's log.\n", "text/plain; charset=utf-8", body)
             return
@@ -183,7 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def log_message(self, format: str, *args) -> None:
-        log.debug("status %s: %s", self.client_address[0], format % args)
+        log.debug("status %s: %r", self.client_address[0], (format % args)[:300])
 
 
 class StatusServer:
