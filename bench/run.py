@@ -1213,20 +1213,27 @@ def fig_metrics(srv: Server, ctx: dict) -> dict:
         scraper.start()
     try:
         sz: Sizes = ctx["sizes"]
+        cpu = [server_cpu(srv.pid)]
         ftp = session(srv)
         try:
             stor = median([stor_rate(ftp, srv.label, sz.big_mib * MiB, ctx["chunk"]) for _ in range(sz.transfers)])
+            cpu.append(server_cpu(srv.pid))
             retr = median([retr_rate(ftp, srv.label, "/big.bin", sz.big_mib * MiB, ctx["recv_buf"])
                            for _ in range(sz.transfers)])
+            cpu.append(server_cpu(srv.pid))
         finally:
             ftp.close()
         logins = median(_logins(srv, sz) for _ in range(sz.login_reps))
+        cpu.append(server_cpu(srv.pid))
     finally:
         stop.set()
         if scraper is not None:
             scraper.join(10)
     side = "m1" if on else "m0"
-    return {f"{side}_stor": stor, f"{side}_retr": retr, f"{side}_logins": logins}
+    return {f"{side}_stor": stor, f"{side}_retr": retr, f"{side}_logins": logins,
+            f"{side}_stor_cpu": (cpu[1] - cpu[0]) / sz.transfers * 1000,
+            f"{side}_retr_cpu": (cpu[2] - cpu[1]) / sz.transfers * 1000,
+            f"{side}_logins_cpu": (cpu[3] - cpu[2]) / sz.login_reps * 1000}
 
 
 class _Port:
@@ -1688,6 +1695,12 @@ def rows_for(sz: Sizes) -> list[Row]:
         Row("m0_logins", f"13e. {sz.logins} concurrent connect+login+QUIT, xxftpd --metrics off", "s", ".3f", ""),
         Row("m1_logins", f"13f. the same, --metrics on, scraped every second (13f/13e: time, lower is better; "
             "target 1.03 or less)", "s", ".3f", "of:m0_logins"),
+        Row("m0_stor_cpu", "13g. server CPU per STOR of 13a", "ms", ".0f", ""),
+        Row("m1_stor_cpu", "13h. server CPU per STOR of 13b (13h/13g)", "ms", ".0f", "of:m0_stor_cpu"),
+        Row("m0_retr_cpu", "13i. server CPU per RETR of 13c", "ms", ".0f", ""),
+        Row("m1_retr_cpu", "13j. server CPU per RETR of 13d (13j/13i)", "ms", ".0f", "of:m0_retr_cpu"),
+        Row("m0_logins_cpu", "13k. server CPU for the logins of 13e", "ms", ".0f", ""),
+        Row("m1_logins_cpu", "13l. server CPU for the logins of 13f (13l/13k)", "ms", ".0f", "of:m0_logins_cpu"),
     ] + big_list_rows(sz)
 
 
