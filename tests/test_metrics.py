@@ -39,6 +39,10 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of one scrape."""
     status, body = get(port)
     assert status == 200, body
+    return parse(body)
+
+
+def parse(body: bytes) -> dict[tuple[str, tuple], float]:
     figures = {}
     for family in prometheus_parser.text_string_to_metric_families(body.decode()):
         for sample in family.samples:
@@ -488,3 +492,45 @@ def test_clients_that_misbehave_leave_one_line_at_most(tree):
     finally:
         log = stop_logged(proc)  # no traceback in it
     assert "Exception occurred" not in log and "status 127.0.0.1" in log
+
+
+def test_events_become_figures_in_one_process():
+    from concurrent.futures import Future
+
+    from xxftp_pyftpdlib import metrics
+
+    m = metrics.Metrics()
+    for event in (m.connection, m.opened, m.opened, m.closed, m.tls_started):
+        event()
+    m.refused("banned")
+    m.login(True, "scrypt")
+    m.login(False, "no_user")
+    m.session_started("alice")
+    m.session_started("alice")
+    m.session_ended("alice")
+    m.transfer(True, True, 100, 0.2, 226)
+    m.transfer(True, False, 50, 0.1, 552)
+    m.transfer(False, False, 70, 40.0, 426)
+    check = Future()
+    m.login_check(check)
+    m.listing("MLSD")
+    assert figure(parse(m.exposition()[0]), "xxftpd_login_checks_in_progress") == 1
+    check.set_result(None)
+    figures = parse(m.exposition()[0])
+    assert figure(figures, "xxftpd_connections_total") == 1
+    assert figure(figures, "xxftpd_open_connections") == 1
+    assert figure(figures, "xxftpd_connections_refused_total", reason="banned") == 1
+    assert figure(figures, "xxftpd_logins_total", result="ok", password="scrypt") == 1
+    assert figure(figures, "xxftpd_logins_total", result="failed", password="no_user") == 1
+    assert figure(figures, "xxftpd_sessions", user="alice") == 1
+    assert figure(figures, "xxftpd_uploads_total") == 2
+    assert figure(figures, "xxftpd_upload_bytes_total") == 150
+    assert figure(figures, "xxftpd_upload_errors_total", code="552") == 1
+    assert figure(figures, "xxftpd_download_errors_total", code="426") == 1
+    assert figure(figures, "xxftpd_download_duration_seconds_bucket", le="30.0") == 0
+    assert figure(figures, "xxftpd_download_duration_seconds_bucket", le="60.0") == 1
+    assert figure(figures, "xxftpd_login_checks_in_progress") == 0
+    assert figure(figures, "xxftpd_login_check_duration_seconds_count") == 1
+    assert figure(figures, "xxftpd_listings_total", command="MLSD") == 1
+    assert figure(figures, "xxftpd_tls_sessions") == 1 and figure(figures, "xxftpd_tls_handshakes_total") == 1
+    assert ("xxftpd_banned_addresses", ()) not in figures  # no ban list: no figure

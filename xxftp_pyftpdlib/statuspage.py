@@ -135,6 +135,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = f"xxftpd/{__version__}"
+    sys_version = ""  # no Python version in the Server header
     protocol_version = "HTTP/1.1"
     timeout = 5  # a client that sends nothing holds a thread this long at most
 
