@@ -17,7 +17,6 @@ import pytest
 from conftest import (HOST, UploadInProgress, download, free_port, ledger_used, listing, run_xxftpd,
                       start_logged, stop_logged, store, wait_until)
 from xxftp_pyftpdlib import statuspage
-from xxftp_pyftpdlib.quotaview import QuotaView
 
 prometheus_parser = pytest.importorskip("prometheus_client.parser")  # the test extra installs it
 
@@ -368,24 +367,6 @@ def test_metrics_addresses():
     for bad in ("host:1", "1.2.3.4:", "1.2.3.4:99999", "[::1]"):
         with pytest.raises(ValueError):
             statuspage.parse_address(bad)
-
-
-def test_quota_view_reads_without_writing(tree):
-    home = tree.user("alice", size="1K")
-    tree.user("bob")
-    tree.user("dave", size="lots")
-    before = sorted(p for p in tree.root.rglob("*"))
-    view = QuotaView(str(tree.root), ttl=0)
-    trees = {t.user: t for t in view.trees()}
-    assert set(trees) == {"alice", "dave"}
-    assert trees["alice"].limit == 1024 and trees["alice"].usage is None  # no ledger yet: no figures
-    assert trees["dave"].limit is None
-    assert sorted(p for p in tree.root.rglob("*")) == before
-    (home / ".xxftp" / "ledger").write_text('{"used": 100, "pending": {}, "intents": []}')
-    (home / ".xxftp" / "ledger").chmod(0o600)
-    alice = {t.user: t for t in view.trees()}["alice"]
-    assert alice.usage is not None and (alice.usage.used, alice.usage.reserved) == (100, 0)
-    assert alice.as_dict()["free"] == 924
 
 
 def test_tls_sessions_are_counted(tree, tmp_path):
