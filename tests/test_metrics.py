@@ -41,6 +41,13 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     return parse(body)
 
 
+def scrape_when(port: int, name: str, value: float, **labels) -> dict[tuple[str, tuple], float]:
+    """A scrape once ``name`` shows ``value``: a transfer or a login is
+    counted as its reply leaves, so a client may ask a moment before."""
+    assert wait_until(lambda: figure(scrape(port), name, **labels) == value), (name, labels, value)
+    return scrape(port)
+
+
 def parse(body: bytes) -> dict[tuple[str, tuple], float]:
     figures = {}
     for family in prometheus_parser.text_string_to_metric_families(body.decode()):
@@ -91,8 +98,7 @@ def test_figures_follow_logins_transfers_and_quota(tree):
         bob = login(port, "bob")
         with pytest.raises(ftplib.error_perm):
             login(port, "alice", "wrong")
-        now = scrape(mport)
-        assert figure(now, "xxftpd_logins_total", result="ok", password="md5") == 2
+        now = scrape_when(mport, "xxftpd_logins_total", 2, result="ok", password="md5")
         assert figure(now, "xxftpd_logins_total", result="failed", password="md5") == 1
         assert figure(now, "xxftpd_sessions", user="alice") == 1
         assert figure(now, "xxftpd_sessions", user="bob") == 1
@@ -116,10 +122,10 @@ def test_figures_follow_logins_transfers_and_quota(tree):
             return (figure(f, "xxftpd_quota_used_bytes", user="alice", tree="/") == ledger_used(home)
                     and figure(f, "xxftpd_quota_reserved_bytes", user="alice", tree="/") == 0)
         assert wait_until(settled)
-        after = scrape(mport)
+        after = scrape_when(mport, "xxftpd_upload_errors_total", 1, code="552")  # the last transfer
         assert figure(after, "xxftpd_uploads_total") == 3
         assert figure(after, "xxftpd_upload_bytes_total") >= 31 * KiB + 1000  # the refused one counts what came
-        assert figure(after, "xxftpd_upload_errors_total", code="552") == 1
+        assert figure(after, "xxftpd_downloads_total") == 1
         assert figure(after, "xxftpd_upload_duration_seconds_count") == 3
         assert figure(after, "xxftpd_downloads_total") == 1
         assert figure(after, "xxftpd_download_bytes_total") == 1000
@@ -209,9 +215,8 @@ def test_workers_figures_add_up_across_processes(tree):
         assert all(share.values()) and sum(share.values()) == len(clients), share
         for i, ftp in enumerate(clients):
             assert store(ftp, f"f{i}.bin", b"w" * KiB).startswith("226")
-        figures = scrape(mport)
         n = len(clients)
-        assert figure(figures, "xxftpd_uploads_total") == n
+        figures = scrape_when(mport, "xxftpd_uploads_total", n)
         assert figure(figures, "xxftpd_upload_bytes_total") == n * KiB
         assert figure(figures, "xxftpd_logins_total", result="ok", password="md5") == n
         assert figure(figures, "xxftpd_sessions", user="alice") == n
@@ -239,8 +244,7 @@ def test_figures_of_a_process_or_thread_per_connection(tree, concurrency):
         clients = [login(port) for _ in range(3)]
         for i, ftp in enumerate(clients):
             assert store(ftp, f"m{i}.bin", b"m" * 100).startswith("226")
-        figures = scrape(mport)
-        assert figure(figures, "xxftpd_uploads_total") == 3
+        figures = scrape_when(mport, "xxftpd_uploads_total", 3)
         assert figure(figures, "xxftpd_open_connections") == 3
         assert figure(figures, "xxftpd_sessions", user="alice") == 3
         for ftp in clients:
@@ -386,10 +390,9 @@ def test_tls_sessions_are_counted(tree, tmp_path):
         ftp.login("alice", "pw")  # AUTH TLS first
         ftp.prot_p()
         assert store(ftp, "secret.bin", b"s" * 5000).startswith("226")
-        figures = scrape(mport)
+        figures = scrape_when(mport, "xxftpd_upload_bytes_total", 5000)
         assert figure(figures, "xxftpd_tls_handshakes_total") == 1
         assert figure(figures, "xxftpd_tls_sessions") == 1
-        assert figure(figures, "xxftpd_upload_bytes_total") == 5000
         ftp.quit()
         assert wait_until(lambda: figure(scrape(mport), "xxftpd_tls_sessions") == 0)
         assert figure(scrape(mport), "xxftpd_tls_handshakes_total") == 1
