@@ -258,7 +258,7 @@ class Served:
         self.port = free_port()
         self.proc = run_xxftpd("--root", str(root), "--host", HOST, "--port", str(self.port),
                                "--log-file", str(self.log), wait_for_port=self.port)
-        self.skip = [self.home, root / "team-space"]
+        self.skip = [self.home, root / "team-space", root / ".xxftpd"]  # .xxftpd: the server's status sockets
         self.before = snapshot(base, self.skip + [base / "xxftpd.log"])
         self.watcher = Watcher(self.port, self.known)
         self.watcher.start()

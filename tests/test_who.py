@@ -4,6 +4,7 @@ sockets; real servers (the ``xxftpd`` command), real clients."""
 from __future__ import annotations
 
 import ftplib
+import io
 import json
 import os
 import signal
@@ -165,6 +166,21 @@ def test_thread_and_process_servers(tree, concurrency):
     assert state_entries(tree.root) == []  # the session processes' sockets too
 
 
+def test_a_clean_stop_removes_the_sockets_of_session_processes(tree):
+    """multi-proc: the server ends each session's process as it stops (no
+    clean-up of their own): it removes their sockets too."""
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root, "--concurrency", "multi-proc")
+    clients = [login(port, "alice", "pw") for _ in range(3)]
+    try:
+        assert len(who.sessions(str(tree.root))) == 3 and len(state_entries(tree.root)) == 4
+    finally:
+        stop_logged(proc)
+        for ftp in clients:
+            ftp.close()
+    assert state_entries(tree.root) == []
+
+
 def test_workers_sessions_of_every_worker_are_listed(tree):
     tree.user("alice", password="pw")
     proc, port = start_logged(tree.root, "--workers", "2")
@@ -181,6 +197,12 @@ def test_workers_sessions_of_every_worker_are_listed(tree):
         assert sorted(s["client"] for s in found) == sorted(f"127.0.0.1:{f.sock.getsockname()[1]}"
                                                           for f in clients)
         assert len(state_entries(tree.root)) == 3  # the parent and each worker
+        # a worker killed: its sessions and its socket go, the other's stay, its successor answers
+        victim = found[0]["pid"]
+        mine = [s["client"] for s in found if s["pid"] != victim]
+        os.kill(victim, signal.SIGKILL)
+        assert wait_until(lambda: [s["client"] for s in who.sessions(str(tree.root))] == mine
+                          and len(state_entries(tree.root)) == 3 and f"{victim}.sock" not in state_entries(tree.root))
     finally:
         for ftp in clients:
             ftp.close()
@@ -193,7 +215,8 @@ def test_after_sigkill_who_says_no_server_and_cleans_up(tree):
     proc, port = start_logged(tree.root)
     ftp = login(port, "alice", "pw")
     try:
-        assert [s["user"] for s in who.sessions(str(tree.root))] == ["alice"]
+        found = who.sessions(str(tree.root))
+        assert [s["user"] for s in found] == ["alice"], found
         assert state_entries(tree.root) == [f"{proc.pid}.sock"]
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
@@ -356,3 +379,108 @@ def test_unsafe_reasons():
     assert "owned by uid 5" in who.unsafe_reason(st(stat.S_IFDIR | 0o700, 5), 0)
     assert who.unsafe_reason(st(stat.S_IFLNK | 0o777), 0) == "is a symbolic link"
     assert who.unsafe_reason(st(stat.S_IFREG | 0o600), 0) == "is not a folder"
+
+
+def test_the_state_folder_is_out_of_ftp_reach(tree):
+    """Not by a path out of the home, nor by a mount naming it as its
+    target: no one can see, enter, read or remove it or its sockets."""
+    tree.user("alice", password="pw", virtual="st $root/.xxftpd read,write,modify\n")
+    proc, port = start_logged(tree.root)
+    try:
+        ftp = login(port, "alice", "pw")
+        sock_name = f"{proc.pid}.sock"
+        assert "st" not in ftp.nlst("/")
+        for folder in ("/st", "/../.xxftpd", "/../../.xxftpd"):
+            for cmd in (f"CWD {folder}", f"DELE {folder}/{sock_name}", f"RMD {folder}", f"MKD {folder}/x",
+                        f"RNFR {folder}", f"SIZE {folder}/{sock_name}", f"MLST {folder}"):
+                with pytest.raises(ftplib.error_perm):
+                    ftp.sendcmd(cmd)
+            for cmd in (f"RETR {folder}/{sock_name}", f"LIST {folder}"):
+                with pytest.raises(ftplib.error_perm):
+                    ftp.retrbinary(cmd, lambda data: None)
+            with pytest.raises(ftplib.error_perm):
+                ftp.storbinary(f"STOR {folder}/9.sock", io.BytesIO(b"x"))
+        assert state_entries(tree.root) == [sock_name]
+        assert [s["user"] for s in who.sessions(str(tree.root))] == ["alice"]
+        ftp.close()
+    finally:
+        stop_logged(proc)
+
+
+def test_ftps_sessions(tree, tmp_path):
+    from conftest import ResumingFTP_TLS
+    from xxftp_pyftpdlib import certs
+    cert, key = certs.self_signed(str(tmp_path / "tls"))
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root, "--tls", "--certfile", cert, "--keyfile", key)
+    try:
+        import ssl
+        context = ssl.create_default_context(cafile=cert)
+        context.check_hostname = False
+        ftp = ResumingFTP_TLS(context=context)
+        ftp.connect(HOST, port, timeout=10)
+        ftp.login("alice", "pw")
+        ftp.prot_p()
+        upload = UploadInProgress(ftp, "STOR secret.bin")
+        assert upload.send(b"s" * (48 * KiB))
+        assert wait_until(lambda: upload_bytes(tree.root, "alice") == 48 * KiB)
+        assert by_user(who.sessions(str(tree.root)))["alice"]["command"] == "STOR secret.bin"
+        assert upload.finish().startswith("226")
+        ftp.close()
+    finally:
+        stop_logged(proc)
+
+
+def test_two_servers_on_one_root_are_both_listed(tree):
+    tree.user("alice", password="pw")
+    p1, port1 = start_logged(tree.root)
+    p2, port2 = start_logged(tree.root)
+    try:
+        a, b = login(port1, "alice", "pw"), login(port2, "alice", "pw")
+        assert sorted(s["pid"] for s in who.sessions(str(tree.root))) == sorted([p1.pid, p2.pid])
+        a.close()
+        b.close()
+    finally:
+        stop_logged(p1)
+    assert [s["pid"] for s in who.sessions(str(tree.root))] in ([], [p2.pid])  # the other one still runs
+    stop_logged(p2)
+    assert state_entries(tree.root) == []
+
+
+def test_an_answer_for_another_root_or_garbage_is_ignored(tree, caplog):
+    """A socket under our name that answers for another root, or answers
+    garbage, adds no sessions (and is not removed: it is alive)."""
+    import threading
+    tree.user("alice", password="pw")
+    proc, port = start_logged(tree.root)
+    fakes = []
+    try:
+        ftp = login(port, "alice", "pw")
+        for pid, reply in ((999999, who.answer(1, "/elsewhere", [who.record(1, 1, "mallory", "1.2.3.4", 1, 0.0,
+                                                                                 0.0, "NOOP", None)])),
+                           (999998, b"not json"), (999997, b'{"sessions": [{"user": "eve"}], "root": "%s"}'
+                                                   % str(tree.root).encode())):
+            server = socket.socket(socket.AF_UNIX)
+            server.bind(str(tree.root / ".xxftpd" / f"{pid}.sock"))
+            server.listen()
+            fakes.append(server)
+
+            def answer(server=server, reply=reply):
+                while True:
+                    try:
+                        conn, _ = server.accept()
+                    except OSError:
+                        return
+                    with conn:
+                        conn.sendall(reply)
+            threading.Thread(target=answer, daemon=True).start()
+        assert [s["user"] for s in who.sessions(str(tree.root))] == ["alice"]
+        assert "answers for another root (/elsewhere)" in caplog.text and "gave no valid answer" in caplog.text
+        assert len(state_entries(tree.root)) == 4
+        ftp.close()
+    finally:
+        for server in fakes:
+            server.shutdown(socket.SHUT_RDWR)  # wakes its accept (close alone would not)
+            server.close()
+        stop_logged(proc)
+    assert state_entries(tree.root) == []  # the fakes refuse now: the server's sweep removed them

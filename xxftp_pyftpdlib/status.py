@@ -16,8 +16,8 @@ Rules that live here (where the state lives and what it looks like are
   no cost while nobody asks, and an answer never waits for the IO loop,
   nor does the loop wait for it (the thread reads the sessions' fields as
   they are; a field read mid-change is off by one command, no more). It
-  answers only its own user and root (``SO_PEERCRED``), reads nothing,
-  sends one answer and closes.
+  answers only a reader running as its own user or as root
+  (``SO_PEERCRED``), reads nothing, sends one answer and closes.
 - A forked child closes the socket it inherited (without removing it):
   the parent's socket must refuse connections once the parent is gone,
   whatever children live on. The child forgets the parent's sessions.
@@ -46,6 +46,7 @@ __all__ = ["Watched", "publish", "withdraw", "adopt", "board_of"]
 log = logging.getLogger("xxftpd")
 
 SEND_TIMEOUT = 2.0  # seconds a reader may take to read an answer
+YIELD_EVERY = 32  # sessions described between two chances for the IO loop to run
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 LISTINGS = {"LIST", "NLST", "MLSD"}
 PATH_COMMANDS = {"RETR", "STOR", "APPE", "STOU"} | LISTINGS
@@ -60,13 +61,19 @@ class Board:
         self.listener: _Listener | None = None
 
     def snapshot(self) -> bytes:
+        """The answer, built on the status thread. It lets the IO loop's
+        thread run between every ``YIELD_EVERY`` sessions: a thread that
+        wants Python's lock otherwise waits for the holder to block or for
+        the 5 ms switch interval."""
         now = time.monotonic()
         records = []
-        for session in list(self.sessions.copy().values()):
+        for number, session in enumerate(list(self.sessions.copy().values()), 1):
             try:
                 records.append(session.status_record(now))
             except Exception:  # a session closing under our feet: leave it out this time
                 continue
+            if number % YIELD_EVERY == 0:
+                time.sleep(0)
         return who.answer(os.getpid(), self.root, records)
 
 
@@ -241,6 +248,18 @@ class Watched:
             self._status_rest = self._restart_position if cmd == "RETR" else 0
         super().process_command(cmd, *args, **kwargs)
 
+    _status_user: str | None = None
+
+    def handle_auth_success(self, home: str, password: str, msg_login: str) -> None:
+        # pyftpdlib sends the 230 before it marks the session logged in: a
+        # client that has its 230 must find itself logged in.
+        self._status_user = self.username
+        super().handle_auth_success(home, password, msg_login)
+
+    def flush_account(self) -> None:
+        self._status_user = None
+        super().flush_account()
+
     def _transfer_ended(self) -> None:
         self._status_active = time.monotonic()
 
@@ -300,6 +319,6 @@ class Watched:
 
     def status_record(self, now: float) -> dict:
         """What ``who`` shows of this session (``now``: ``time.monotonic()``)."""
-        return who.record(os.getpid(), self.status_id, self.username if self.authenticated else None,
+        return who.record(os.getpid(), self.status_id, self._status_user,
                           self.remote_ip, self.remote_port, self._status_since, now - self._status_active,
                           self._status_line, self._status_transfer())

@@ -46,6 +46,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 from typing import Any
 
@@ -60,6 +61,7 @@ QUERY_TIMEOUT = 3.0  # seconds a process has to answer (its answer is built by a
 MAX_ANSWER = 64 * 1024 * 1024
 COMMAND_SHOWN = 200  # characters of a command line kept
 MASKED = {"PASS", "ACCT"}  # commands whose argument is a secret
+RECORD_KEYS = frozenset({"pid", "id", "user", "client", "since", "idle", "command", "transfer"})
 
 SOCKET_NAME = re.compile(r"([0-9]+)\.sock")
 BINDING_NAME = re.compile(r"\.([0-9]+)-[0-9a-f]+\.bind")  # a socket not listening yet
@@ -174,6 +176,8 @@ def _ask(fd: int, name: str) -> dict | None:
             if size > MAX_ANSWER:
                 raise ValueError("answer too long")
             parts.append(data)
+    if not parts:
+        raise ValueError("closed without one (a process ending, or one that does not answer this user)")
     answer = json.loads(b"".join(parts))
     if not isinstance(answer, dict) or not isinstance(answer.get("sessions"), list):
         raise ValueError("not a session list")
@@ -219,9 +223,13 @@ def _collect(fd: int, root: str) -> tuple[list[dict], int]:
             continue
         try:
             answer = _ask(fd, name)
-        except (OSError, ValueError) as err:
-            log.warning("%s/%s did not answer: %s", STATE_DIR, name, getattr(err, "strerror", None) or err)
-            live += 1  # a live process (it accepted), too busy or broken to answer
+        except OSError as err:
+            log.warning("%s/%s did not answer: %s", STATE_DIR, name, err.strerror or err)
+            live += 1  # a live process (it accepted), too busy to answer
+            continue
+        except ValueError as err:
+            log.warning("%s/%s gave no valid answer: %s", STATE_DIR, name, err)
+            live += 1
             continue
         if answer is None:
             try:
@@ -234,7 +242,7 @@ def _collect(fd: int, root: str) -> tuple[list[dict], int]:
             log.warning("%s/%s answers for another root (%s): ignored", STATE_DIR, name, answer.get("root"))
             continue
         live += 1
-        found.extend(s for s in answer["sessions"] if isinstance(s, dict))
+        found.extend(s for s in answer["sessions"] if isinstance(s, dict) and RECORD_KEYS <= s.keys())
     found.sort(key=lambda s: (s.get("since") or 0, s.get("pid") or 0, s.get("id") or 0))
     return found, live
 
@@ -370,7 +378,6 @@ def main(root: str, as_json: bool = False, out=None, err=None) -> int:
     """``xxftpd who``: 0 with the list (maybe empty), ``EXIT_NO_SERVER``
     when no server runs on ``root``, ``EXIT_REFUSED`` when the state
     folder is refused or unreadable; a message on ``err`` then."""
-    import sys
     out = out or sys.stdout
     err = err or sys.stderr
     try:
