@@ -31,6 +31,7 @@ says what happened, the status server (``statuspage``) asks for the text.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import logging
 import os
@@ -148,6 +149,7 @@ class Metrics(Recorder):
         if shared:
             # Each process writes its own files here; a scrape reads them all.
             self.folder = tempfile.mkdtemp(prefix="xxftpd-metrics-")
+            atexit.register(self.close)  # also when the server never starts (a port in use)
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.folder
             values.ValueClass = values.MultiProcessValue()
         self.quotas = quotas
