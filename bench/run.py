@@ -1189,6 +1189,53 @@ def fig_workers(srv: Server, ctx: dict) -> dict:
     return {f"{w}_retr": mib / retr_secs, f"{w}_stor": mib / stor_secs, **{f"{w}_{k}": v for k, v in cpu.items()}}
 
 
+def _scrape_every_second(port: int, stop: threading.Event) -> None:
+    """What Prometheus does to a server with --metrics (15 s is its default; this is 15x as often)."""
+    while not stop.wait(1.0):
+        try:
+            with socket.create_connection((HOST, port), timeout=5) as s:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+        except OSError as err:
+            raise RuntimeError(f"scraping the metrics failed: {err}") from None
+
+
+def fig_metrics(srv: Server, ctx: dict) -> dict:
+    """STOR, RETR and logins on xxftpd with --metrics off (13a, c, e) and
+    on, scraped every second meanwhile (13b, d, f)."""
+    on = "--metrics" in srv.argv
+    stop = threading.Event()
+    scraper = None
+    if on:
+        port = int(srv.argv[srv.argv.index("--metrics") + 1].rpartition(":")[2])
+        scraper = threading.Thread(target=_scrape_every_second, args=(port, stop), daemon=True)
+        scraper.start()
+    try:
+        sz: Sizes = ctx["sizes"]
+        cpu = [server_cpu(srv.pid)]
+        ftp = session(srv)
+        try:
+            stor = median([stor_rate(ftp, srv.label, sz.big_mib * MiB, ctx["chunk"]) for _ in range(sz.transfers)])
+            cpu.append(server_cpu(srv.pid))
+            retr = median([retr_rate(ftp, srv.label, "/big.bin", sz.big_mib * MiB, ctx["recv_buf"])
+                           for _ in range(sz.transfers)])
+            cpu.append(server_cpu(srv.pid))
+        finally:
+            ftp.close()
+        logins = median(_logins(srv, sz) for _ in range(sz.login_reps))
+        cpu.append(server_cpu(srv.pid))
+    finally:
+        stop.set()
+        if scraper is not None:
+            scraper.join(10)
+    side = "m1" if on else "m0"
+    return {f"{side}_stor": stor, f"{side}_retr": retr, f"{side}_logins": logins,
+            f"{side}_stor_cpu": (cpu[1] - cpu[0]) / sz.transfers * 1000,
+            f"{side}_retr_cpu": (cpu[2] - cpu[1]) / sz.transfers * 1000,
+            f"{side}_logins_cpu": (cpu[3] - cpu[2]) / sz.login_reps * 1000}
+
+
 class _Port:
     """What ``login_bursts`` needs of a server, in the load process."""
 
@@ -1562,6 +1609,7 @@ FIGURES = [
     Figure("workers", fig_workers, ("xx", "xx_w2")),
     Figure("biglist", fig_biglist, ("plain_fresh", "xx_fresh"), fresh=True),
     Figure("storm", fig_storm, ("plain", "xx")),
+    Figure("metrics", fig_metrics, ("xx", "xx_metrics"), samples=2),
 ]
 
 
@@ -1638,6 +1686,21 @@ def rows_for(sz: Sizes) -> list[Row]:
         Row("storm_scrypt_noop_ratio", "12m. 12l/12b (target: 2 or less)", "", ".2f", ""),
         Row("storm_scrypt_secs", f"12n. time until all {sz.storm} logins of 12j were answered", "s", ".1f", ""),
         Row("storm_scrypt_421", "12o. of them answered 421", "", ".0f", ""),
+        Row("m0_stor", f"13a. STOR {sz.big_mib} MiB, xxftpd --metrics off", "MiB/s", ".0f", ""),
+        Row("m1_stor", f"13b. STOR {sz.big_mib} MiB, --metrics on, scraped every second (13b/13a; target 0.97 "
+            "or more)", "MiB/s", ".0f", "of:m0_stor"),
+        Row("m0_retr", f"13c. RETR {sz.big_mib} MiB, xxftpd --metrics off", "MiB/s", ".0f", ""),
+        Row("m1_retr", f"13d. RETR {sz.big_mib} MiB, --metrics on, scraped every second (13d/13c; target 0.97 "
+            "or more)", "MiB/s", ".0f", "of:m0_retr"),
+        Row("m0_logins", f"13e. {sz.logins} concurrent connect+login+QUIT, xxftpd --metrics off", "s", ".3f", ""),
+        Row("m1_logins", f"13f. the same, --metrics on, scraped every second (13f/13e: time, lower is better; "
+            "target 1.03 or less)", "s", ".3f", "of:m0_logins"),
+        Row("m0_stor_cpu", "13g. server CPU per STOR of 13a", "ms", ".0f", ""),
+        Row("m1_stor_cpu", "13h. server CPU per STOR of 13b (13h/13g)", "ms", ".0f", "of:m0_stor_cpu"),
+        Row("m0_retr_cpu", "13i. server CPU per RETR of 13c", "ms", ".0f", ""),
+        Row("m1_retr_cpu", "13j. server CPU per RETR of 13d (13j/13i)", "ms", ".0f", "of:m0_retr_cpu"),
+        Row("m0_logins_cpu", "13k. server CPU for the logins of 13e", "ms", ".0f", ""),
+        Row("m1_logins_cpu", "13l. server CPU for the logins of 13f (13l/13k)", "ms", ".0f", "of:m0_logins_cpu"),
     ] + big_list_rows(sz)
 
 
@@ -1812,6 +1875,7 @@ def make_servers(base: Path, data: dict, roles: set[str]) -> dict[str, Server]:
         "plain_tls": ("pyftpdlib-tls", plain + tls, "pyftpdlib"),
         "xx_tls": ("xxftpd-tls", xx + tls, "xxftpd"),
         "xx_w2": ("xxftpd-w2", xx + ["--workers", "2"], "xxftpd"),
+        "xx_metrics": ("xxftpd-metrics", xx + ["--workers", "1", "--metrics", f"{HOST}:{free_port()}"], "xxftpd"),
         "xx_side": ("xxftpd-side", xx, "xxftpd"),
     }
     return {role: Server(label, argv, base / f"{label}.log", role=role, column=column)

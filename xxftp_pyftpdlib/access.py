@@ -126,6 +126,13 @@ class BanList:
             self._table[ip] = (count, until)
             return count >= self.ban_after
 
+    def banned_now(self) -> int:
+        """How many addresses are banned at this moment."""
+        now = time.time()
+        with self._lock:
+            entries = list(self._table.values())
+        return sum(1 for _, until in entries if until > now)
+
     def succeeded(self, ip: str) -> None:
         with self._lock:
             self._table.pop(ip, None)

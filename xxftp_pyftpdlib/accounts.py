@@ -70,6 +70,7 @@ class Login(NamedTuple):
     ok: bool
     home: str | None = None
     reason: str = ""  # for the log only, never for the client
+    kind: str = "none"  # of the password file: none, md5, scrypt, unknown; no_user, error (metrics)
 
 
 def _check_folder(path: str) -> None:
@@ -262,10 +263,10 @@ class Accounts:
         except OSError as err:
             log.error("%s: cannot read password file: %s; login refused", path, err.strerror)
             passwords.check(None, password, modern)
-            return Login(False, reason=f"password file {path} unreadable: {err.strerror}")
+            return Login(False, reason=f"password file {path} unreadable: {err.strerror}", kind="error")
         if home is None:
             passwords.check(None, password, modern)
-            return Login(False, reason="no such user")
+            return Login(False, reason="no such user", kind="no_user")
         if stored is None:
             return Login(True, home)  # no password file (any more)
         found = passwords.kind(stored)
@@ -276,10 +277,10 @@ class Accounts:
         if passwords.check(stored, password, modern):
             if self.upgrade_hashes and found == "md5":
                 self._upgrade(path, password)
-            return Login(True, home)
+            return Login(True, home, kind=found)
         if found == "unknown":  # the log says why; the client is answered as for any wrong password
-            return Login(False, reason=f"password file {path} in no known format")
-        return Login(False, reason="wrong password")
+            return Login(False, reason=f"password file {path} in no known format", kind=found)
+        return Login(False, reason="wrong password", kind=found)
 
     def _upgrade(self, path: str, password: str) -> None:
         try:

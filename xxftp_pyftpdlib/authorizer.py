@@ -53,6 +53,8 @@ class XxftpAuthorizer:
         return self._verdict(username, self.accounts.login(username, password), handler)
 
     def _verdict(self, username: str, result: Login, handler) -> tuple[str, str]:
+        if hasattr(handler, "password_kind"):  # for the handler's metrics
+            handler.password_kind = result.kind
         if not result.ok:
             log.info("login refused for %r: %s", username, result.reason)
             raise AuthenticationFailed("Authentication failed.")

@@ -17,7 +17,7 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from . import __version__, admin, certs, hooks, who
+from . import __version__, admin, certs, hooks, statuspage, who
 from .jsonlog import FORMATS as LOG_FORMATS, JsonFormatter
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE
 from .server import ConfigError, Options, check_root, make_server, serve
@@ -68,6 +68,14 @@ def _address(text: str) -> str:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid IP address {text!r}") from None
+
+
+def _metrics_address(text: str) -> str:
+    try:
+        statuspage.parse_address(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"hooks running at once, per process (default {Options.hook_concurrency})")
     hk.add_argument("--hook-timeout", type=_positive, default=Options.hook_timeout, metavar="SECONDS",
                     help=f"kill a hook's process group after this long (default {Options.hook_timeout})")
+    mon = p.add_argument_group("metrics and status page (HTTP; needs xxftpd[metrics])")
+    mon.add_argument("--metrics", type=_metrics_address, metavar="ADDR:PORT",
+                     help="serve Prometheus metrics at /metrics and a live status page at / (default: off)")
+    mon.add_argument("--metrics-allow", action="append", metavar="CIDR[,CIDR]",
+                     help="networks that may read them (repeatable; default: "
+                          f"{', '.join(statuspage.DEFAULT_ALLOW)}); others get 403")
     p.add_argument("--version", action="version", version=f"xxftpd {__version__}")
     commands = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     q = commands.add_parser("quota", help="show quota usage; --rescan [USER] rebuilds it from the disk")
@@ -278,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         max_login_checks=args.max_login_checks,
         on_upload=args.on_upload, on_login=args.on_login, on_delete=args.on_delete,
         hook_concurrency=args.hook_concurrency, hook_timeout=args.hook_timeout,
+        metrics=args.metrics, metrics_allow=args.metrics_allow,
     )
     server = None
     try:

@@ -23,6 +23,7 @@ import errno
 import itertools
 import logging
 import math
+import os
 import re
 import socket
 import stat
@@ -35,7 +36,7 @@ from pyftpdlib.filesystems import FilesystemError
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.utils import strerror
 
-from . import access, addresses, banners, hashes, hashpool, hooks, limiting, lines, replies, xferlog
+from . import access, addresses, banners, hashes, hashpool, hooks, limiting, lines, metrics, replies, xferlog
 from .accounts import ANONYMOUS, canonical_name
 from .admission import Place
 from .datachannel import XxftpDTPHandler
@@ -133,14 +134,21 @@ class XxftpSession(SessionLog, Watched):
     hooks: hooks.HookRunner | None = None
     _retr_ftp_path = ""
     ascii_mangling = False  # TYPE A converts line ends only when on (see datachannel)
+    metrics: metrics.Recorder = metrics.OFF  # a server's own, from make_handler (--metrics)
+    password_kind = "none"  # of the last login checked (set by the authorizer), for the metrics
+    _counted_in = 0  # the process whose metrics count this connection as open
+    _counted_user: str | None = None
+    _counted_tls = False
 
     def _refusal(self) -> str | None:
         """Why this client may not even be greeted, if it may not."""
         if not access.permitted(self.remote_ip, self.allow_from, self.deny_from):
+            self.metrics.refused("address")
             return "Connections from your address are not allowed."
         if self.bans is not None:
             left = self.bans.banned_for(self.remote_ip)
             if left:
+                self.metrics.refused("banned")
                 return f"Too many failed logins; try again in {math.ceil(left)} seconds."
         return None
 
@@ -151,6 +159,7 @@ class XxftpSession(SessionLog, Watched):
         # again (in another thread or process the count must be there first).
         if self.bans is not None and self.bans.failed(self.remote_ip, refused_in=self.auth_failed_timeout):
             self._banned = True
+        self.metrics.login(False, self.password_kind)
         self._hold_commands()  # until the delayed 530 is out
         super().handle_auth_failed(msg, password)
 
@@ -190,6 +199,10 @@ class XxftpSession(SessionLog, Watched):
     def on_login(self, username: str) -> None:
         if self.bans is not None:
             self.bans.succeeded(self.remote_ip)
+        self.metrics.login(True, self.password_kind)
+        self._session_ended()
+        self._counted_user = username
+        self.metrics.session_started(username)
         if self.hooks is not None:
             self.hooks.submit("login", username, USER=username, CLIENT=self.remote_ip)
         super().on_login(username)
@@ -219,6 +232,31 @@ class XxftpSession(SessionLog, Watched):
                               FTP_PATH=self.fs.fs2ftp(path))
         return result
 
+    def _session_ended(self) -> None:
+        if self._counted_user is not None:
+            self.metrics.session_ended(self._counted_user)
+            self._counted_user = None
+
+    def counted_here(self) -> None:
+        """Count this connection as open in this process from now on (it
+        was greeted in another: ``multi-proc`` hands it to a new process)."""
+        if self.metrics.enabled and not self._closed:
+            self._counted_in = os.getpid()
+            self.metrics.opened()
+
+    def _uncount(self) -> None:
+        """The connection's open figures (connection, session, TLS) end,
+        in the process that counted them."""
+        if not self._counted_in or self._closed:
+            return
+        if self._counted_in == os.getpid():
+            self._session_ended()
+            if self._counted_tls:
+                self.metrics.tls_ended()
+            self.metrics.closed()
+        self._counted_in = 0
+        self._counted_user, self._counted_tls = None, False
+
     def ftp_RETR(self, file: str):
         self._retr_ftp_path = self.fs.fs2ftp(file)  # the open file only knows its real path
         return super().ftp_RETR(file)
@@ -232,6 +270,8 @@ class XxftpSession(SessionLog, Watched):
         code = self.last_reply_code if (self.last_reply_code or 0) >= 200 else None  # not the 150
         self.log(f"{cmd} {path} {result} bytes={bytes} seconds={elapsed}", event="transfer", command=cmd,
                  path=path, bytes=bytes, seconds=elapsed, completed=bool(completed), code=code)
+        if self.metrics.enabled:  # the data channel has sent the transfer's final reply already
+            self.metrics.transfer(receive, completed, bytes, elapsed, code if code is not None and code >= 400 else 426)
         if self.xferlog_path:
             try:
                 xferlog.append(self.xferlog_path, xferlog.line(
@@ -249,6 +289,7 @@ class XxftpSession(SessionLog, Watched):
         super().__init__(conn, server, ioloop)
         if not self.connected:
             return
+        self.metrics.connection()
         self._raw_socket = conn  # a TLS session wraps it later; shutdown() must reach the socket
         refusal = self._refusal() or self._take_place(server)
         if refusal is not None:
@@ -291,6 +332,8 @@ class XxftpSession(SessionLog, Watched):
         self.place, refusal = admit(self.remote_ip)
         if self.place is not None:
             self.place.wake = self.leave_soon
+        else:
+            self.metrics.refused("limit")
         return refusal
 
     def leave_soon(self) -> None:
@@ -317,9 +360,14 @@ class XxftpSession(SessionLog, Watched):
         if place.alive is None:  # else the process that accepted it forgets it when this one ends
             place.left()
 
+    def handle_max_cons(self) -> None:
+        self.metrics.refused("max_cons")
+        super().handle_max_cons()
+
     def flush_account(self) -> None:
         was_logged_in = self.authenticated
         limiting.leave(self)
+        self._session_ended()
         super().flush_account()
         self._hash_range = None  # REIN or a new USER: the next user's HASH starts afresh, as REST does
         self.__dict__.pop("hash_algorithm", None)
@@ -327,6 +375,7 @@ class XxftpSession(SessionLog, Watched):
             self.place.logged_out()
 
     def handle(self) -> None:
+        self.counted_here()
         self.on_connect()
         if not self._closed and not self._closing:
             self.respond(banners.reply(220, self._text("welcome", self.banner)))
@@ -531,6 +580,7 @@ class XxftpSession(SessionLog, Watched):
             self.log(f"login of {username!r} refused: {self.login_checks.limit} password checks in progress")
             self.close_when_done()
             return None
+        self.metrics.login_check(future)
         self.del_channel()
         self._hold_commands()
         self._login_check = future
@@ -644,6 +694,7 @@ class XxftpSession(SessionLog, Watched):
         except (OSError, FilesystemError) as err:
             self.respond(f"550 {strerror(err)}.")
             return None
+        self.metrics.listing(cmd)
         if lines is None:  # a file: pyftpdlib lists that one entry
             return getattr(super(), f"ftp_{cmd}")(path)
         self.push_dtp_data(SlicedProducer(lines), isproducer=True, cmd=cmd)
@@ -887,6 +938,7 @@ class XxftpSession(SessionLog, Watched):
         self._drop_queued_upload()
         self._leave_place()
         limiting.leave(self)
+        self._uncount()
         if self._login_check is not None:
             self._login_check.cancel()  # not hashed yet: it never will be
         super().close()
@@ -958,6 +1010,12 @@ if TLS_FTPHandler is not None:
 
         def data_needs_resumption(self) -> bool:
             return bool(self._prot) and self.tls_session_reuse == "required"
+
+        def handle_ssl_established(self) -> None:
+            if self.metrics.enabled and not self._counted_tls:
+                self._counted_tls = True
+                self.metrics.tls_started()
+            super().handle_ssl_established()
 
         def recv(self, buffer_size: int) -> bytes:
             try:

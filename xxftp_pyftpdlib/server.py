@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pyftpdlib.ioloop import IOLoop, _read, _write
 from pyftpdlib.servers import FTPServer, ThreadedFTPServer
 
-from . import access, ftps, hashpool, hooks, status, xferlog
+from . import access, ftps, hashpool, hooks, metrics, status, statuspage, xferlog
 from .admin import reconcile
 from .authorizer import XxftpAuthorizer
 from .addresses import ALL
@@ -27,6 +27,7 @@ from .workers import serve_workers
 from .handler import XxftpHandler, XxftpTLSHandler
 from .datachannel import DATA_TIMEOUT
 from .passive import DEFAULT_SESSION_REUSE, SESSION_REUSE, WINDOW
+from .quotaview import QuotaView
 from .signals import SignalWake, stop_on_signals
 from .userboard import Board
 
@@ -158,6 +159,8 @@ else:
             return task
 
         def _loop(self, handler):
+            if hasattr(handler, "counted_here"):  # this process serves the connection from now on
+                handler.counted_here()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGUSR1, lambda signum, frame: handler.leave_soon())
@@ -226,6 +229,8 @@ class Options:
     on_delete: str | None = None
     hook_concurrency: int = 4  # hooks running at once, per process
     hook_timeout: int = 60  # seconds before a hook's process group is killed
+    metrics: str | None = None  # ADDR:PORT of the metrics and status page (off by default)
+    metrics_allow: list[str] | None = None  # networks that may read them (None: statuspage.DEFAULT_ALLOW)
 
 
 def check_root(root: str) -> str:
@@ -263,6 +268,8 @@ def make_handler(options: Options, base: type | None = None) -> type:
         attrs["deny_from"] = access.networks(options.deny_from)
     except ValueError as err:
         raise ConfigError(f"invalid network: {err}") from None
+    if options.metrics:
+        attrs["metrics"] = _metrics(options, attrs["authorizer"].root)
     if options.ban_after:
         shared = options.concurrency == "multi-proc" or options.workers > 1
         attrs["bans"] = (access.BanList.shared if shared else access.BanList)(options.ban_after, options.ban_time)
@@ -363,7 +370,42 @@ def make_server(options: Options, handler: type | None = None):
             server.close()
             raise ConfigError(f"cannot listen on {options.host}:{options.implicit_port}: "
                               f"{err.strerror or err}") from None
+    if options.metrics:
+        try:
+            server.status_page = _status_server(options, handler)
+        except ConfigError:
+            server.close_all()
+            raise
     return server
+
+
+def _metrics(options: Options, root: str) -> metrics.Recorder:
+    """The figures of a server with ``--metrics`` (ConfigError without prometheus_client)."""
+    try:
+        statuspage.parse_address(options.metrics)
+        import prometheus_client  # noqa: F401
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    except ImportError:
+        raise ConfigError("--metrics needs prometheus_client: pip install 'xxftpd[metrics]'") from None
+    return metrics.Metrics(shared=options.concurrency == "multi-proc" or options.workers > 1,
+                           quotas=QuotaView(root))
+
+
+def _status_server(options: Options, handler: type) -> statuspage.StatusServer:
+    """The bound (not yet serving) HTTP server of ``--metrics``; ConfigError if it can't listen."""
+    recorder = handler.metrics
+    recorder.bans = handler.bans
+    try:
+        allow = access.networks(options.metrics_allow or list(statuspage.DEFAULT_ALLOW))
+    except ValueError as err:
+        raise ConfigError(f"invalid network in --metrics-allow: {err}") from None
+    host, port = statuspage.parse_address(options.metrics)
+    try:
+        return statuspage.StatusServer((host, port), allow, recorder, handler.authorizer.root, recorder.quotas)
+    except OSError as err:
+        recorder.close()
+        raise ConfigError(f"cannot listen for metrics on {host}:{port}: {err.strerror or err}") from None
 
 
 def _thread_failed(args) -> None:
@@ -387,6 +429,9 @@ def serve(server, workers: int = 1) -> None:
     for listener in getattr(server, "extra_listeners", ()):
         log.info("xxftpd listening on %s:%s (implicit TLS)", *listener.address)
     status.publish(server.handler.authorizer.root)  # what `xxftpd who` asks
+    page = getattr(server, "status_page", None)
+    if page is not None:
+        page.start()
     try:
         if workers > 1:
             serve_workers(server, workers)
@@ -394,6 +439,9 @@ def serve(server, workers: int = 1) -> None:
             SignalWake(server.ioloop)  # closed with the loop
             server.serve_forever()  # closes every connection itself
     finally:
+        if page is not None:
+            page.stop()
+            server.handler.metrics.close()
         if server.handler.bans is not None:
             server.handler.bans.close()
         if workers > 1:

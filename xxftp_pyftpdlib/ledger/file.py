@@ -176,6 +176,42 @@ class FileLedger:
                 del state.pending[token]
                 state.add(_recover(p))
 
+    def glance(self, tries: int = 5) -> Usage | None:
+        """The usage as last written, read without changing anything or
+        waiting (``peek`` may wait for the lock and scan the disk): no
+        file created, nothing settled or scanned (a dead owner's room still
+        counts until the next operation settles it). For views that must
+        never write a tree. None: no ledger, or one not to be read now
+        (untrusted, unreadable, no usage yet, or locked ``tries`` times
+        in a row, e.g. by a rescan)."""
+        limit = self.limit
+        try:  # O_NONBLOCK: a FIFO put in its place never blocks the reader
+            fd = beneath.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022:
+                return None
+            for attempt in range(tries):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    time.sleep(0.01 * (attempt + 1))
+            else:
+                return None
+            text = os.pread(fd, max(st.st_size, _READ), 0).decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            state = core.load(text, HOST, self.root)
+        except core.Unreadable:
+            return None
+        return None if state.used is None else state.usage(limit)
+
     # --- the operations
 
     def usage(self) -> Usage:
