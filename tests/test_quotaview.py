@@ -33,7 +33,7 @@ def test_a_ledger_locked_for_long_or_not_ours_is_not_read(tree):
     ledger = home / ".xxftp" / "ledger"
     ledger.write_text('{"used": 10, "pending": {}, "intents": []}')
     ledger.chmod(0o600)
-    peek = FileLedger(str(home), ConfigStore(str(tree.root))).peek
+    peek = FileLedger(str(home), ConfigStore(str(tree.root))).glance
     assert peek().used == 10
     fd = os.open(ledger, os.O_RDWR)
     try:

@@ -3,7 +3,7 @@
 Rules that live here:
 
 - A view never writes a tree: ledgers are only peeked at
-  (``FileLedger.peek``: nothing created, settled or scanned), through a
+  (``FileLedger.glance``: nothing created, settled or scanned), through a
   configuration store of its own (the serving code's caches and locks are
   not touched from the view's thread).
 - Only limited trees are listed (an unlimited tree keeps no usage); a
@@ -78,7 +78,7 @@ class QuotaView:
                 ledger = self._ledgers[info.root] = FileLedger(info.root, self.store)
             try:
                 usage = ledger.glance()
-            except Exception as err:  # pragma: no cover - peek reports what it expects as None
+            except Exception as err:  # pragma: no cover - glance reports what it expects as None
                 log.warning("%s: ledger not read: %s", info.root, err)
                 usage = None
             path = info.label.partition(":")[2] or "/"
