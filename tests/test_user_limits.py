@@ -130,11 +130,12 @@ def test_many_sessions_share_the_rate_to_the_last_byte(tree, start_server):
 
 
 def test_ascii_transfers_are_paced_too(tree, start_server):
-    """ASCII mode takes pyftpdlib's own send and receive, not sendfile or splice."""
+    """ASCII mode with line ends converted takes pyftpdlib's own send and
+    receive, not sendfile or splice."""
     home = limited(tree, "download_rate = 2M\nupload_rate = 2M\n", big=False)
     text = b"".join(b"line %07d of an ascii file\r\n" % i for i in range(4 * MiB // 30))
     (home / "text").write_bytes(text.replace(b"\r\n", b"\n"))
-    server = start_server(tree.root)
+    server = start_server(tree.root, ascii_mangling=True)
     ftp = login(server.port)
     lines: list[str] = []
     start = time.monotonic()
