@@ -35,6 +35,13 @@ def _content(size: int) -> bytes:
     return (block * (size // len(block) + 1))[:size]
 
 
+@pytest.fixture(autouse=True)
+def _fine_clock(monkeypatch):
+    """This file system keeps times to the nanosecond: a short settling
+    time is enough here (the default is for coarse file systems)."""
+    monkeypatch.setattr(hashes, "SETTLED", 0.1)
+
+
 def _settle() -> None:
     """Let a file just written become cacheable (see ``hashes.SETTLED``)."""
     time.sleep(hashes.SETTLED + 0.05)
@@ -445,3 +452,14 @@ def test_one_user_cannot_take_every_place_in_the_pool(served, connect, tree):
     assert bob.sendcmd("XCRC tiny.bin") == f"213 {zlib.crc32(b'x'):08x}"
     for hog in hogs:
         assert hog.getresp().startswith("213 MD5 ")
+
+
+
+def test_hashing_threads_run_on_idle_cpu_only(served):
+    """As the password checks do: hashing a big file never starves them."""
+    import threading
+
+    ftp, _, _ = served
+    assert ftp.sendcmd("XCRC mib.bin").startswith("213 ")
+    threads = [t for t in threading.enumerate() if t.name.startswith("xxftpd-hash-")]
+    assert threads and all(os.sched_getscheduler(t.native_id) == os.SCHED_IDLE for t in threads)

@@ -41,7 +41,7 @@ def test_hash_threads_take_idle_cpu_only_and_nothing_else_does(tree, start_serve
     workers = [t for t in threading.enumerate() if t.name.startswith("xxftpd-login_")]
     assert workers, "the slow login ran in no pool thread"
     assert all(os.sched_getscheduler(t.native_id) == os.SCHED_IDLE for t in workers)
-    # the threads hashing files for HASH (hashes.NICENESS) are the only others below the loop
+    # the threads hashing files for HASH run on idle CPU too (tests/test_hashes.py)
     others = [t for t in threading.enumerate() if not t.name.startswith(("xxftpd-login", "xxftpd-hash-"))]
     assert all(os.sched_getscheduler(t.native_id) == os.SCHED_OTHER for t in others)
     base = _nice(threading.main_thread().native_id)

@@ -13,16 +13,18 @@ Rules that live here:
   smaller than the start.
 - A file is hashed from a descriptor the caller opened (the server opens
   it as a download is opened: resolution, permission, no link followed),
-  never by its path again, in a pool of ``WORKERS`` threads run at a
-  lower priority (nice ``NICENESS``) than the IO loop; daemon threads,
-  so that a server told to stop does not wait for a hash. At most
+  never by its path again, in a pool of ``WORKERS`` threads that run on
+  idle CPU only (``SCHED_IDLE``, as the password checks: hashing never
+  starves a login check; nice ``NICENESS`` where that policy is missing);
+  daemon threads, so that a server told to stop does not wait for a hash. At most
   ``MAX_JOBS`` hashes are queued or running in a process, and at most
   ``MAX_JOBS_PER_OWNER`` of them for one owner (the user who asked: one
   user's sessions can't take every place); one more is refused at once
   (``Busy``, FTP 450). A job runs to its end even if its client has left
-  (and still counts for its owner meanwhile). Two requests for the same
-  hash of the same file version share one job, counted for its first
-  owner only.
+  (a session that waits for a hash reads nothing, so it learns that its
+  client left only then) and counts for its owner meanwhile. Two requests
+  for the same hash of the same file version share one job, counted for
+  its first owner only.
 - A path in double quotes is taken without them (``unquote``): WinSCP
   quotes names with spaces, as FileZilla Server expects.
 - The results are cached per file version: (device, inode, size, mtime,
@@ -33,7 +35,10 @@ Rules that live here:
   (another stat after the last byte) is not answered (``Changed``, FTP
   450). A hash is cached only if the file's last change is ``SETTLED``
   seconds older than the hash's first stat: a write in the same tick of
-  the file system's clock as that stat would leave the times unchanged.
+  the file system's clock as that stat would leave the times unchanged,
+  and file systems that keep times to the second (ext3, ext4 with small
+  inodes, some NFS) or two (FAT) have coarse ticks; a file deleted and
+  written anew in the same tick may even get the same inode back.
 - ``cached(real_path)`` answers from the cache alone (another part of the
   server may ask for the SHA-256 of a file it just wrote); ``remember``
   fills it with a hash computed elsewhere (uploads do not: their bytes
@@ -98,7 +103,7 @@ MAX_JOBS_PER_OWNER = 2  # of those, for one user
 NICENESS = 10  # the hashing threads' nice value: the IO loop goes first on a busy CPU
 CHUNK = 1 << 20  # bytes read per system call
 CACHE_ENTRIES = 4096
-SETTLED = 0.1  # seconds since a file's last change before its hash may be cached
+SETTLED = 3.0  # seconds from a file's last change to the hash's first stat before the hash is cached
 
 
 def algorithm(name: str) -> str | None:
@@ -265,8 +270,15 @@ def _digest(fd: int, name: str, start: int, stop: int) -> str:
     return digest.hexdigest()
 
 
-def _nice() -> None:
-    """Run this thread below the IO loop's priority (Linux: nice is per thread)."""
+def _idle() -> None:
+    """Run this thread on idle CPU only, as the password checks run
+    (Linux: the scheduling policy is per thread); else below the loop's
+    priority (nice ``NICENESS``)."""
+    try:
+        os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        return
+    except (AttributeError, OSError) as err:
+        log.debug("hashing threads not on idle CPU only: %s", err)
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICENESS)
     except (AttributeError, OSError) as err:
@@ -295,7 +307,7 @@ class _Threads:
         self._queue.put((function, args))
 
     def _work(self) -> None:
-        _nice()
+        _idle()
         while True:
             function, args = self._queue.get()
             try:
@@ -325,6 +337,7 @@ class Hasher:
         """The hash ``name`` of the open ``file`` (over ``span``), asked by
         ``owner``: a Digest at once from the cache, else a Future of one.
         Takes ``file`` over (closed when done). Raises Busy, BadRange, OSError."""
+        began = time.time_ns()
         try:
             st = os.fstat(file.fileno())
             start, stop = _span(span, st.st_size)
@@ -344,16 +357,17 @@ class Hasher:
                 if new:
                     running = self._jobs[key] = Future()
                     self._owners[key] = owner
+                asked = _chain(running, lambda hex_: Digest(name, start, end, hex_))
         except BaseException:
             file.close()
             raise
         if not new:  # the same bytes are being hashed for another request
             file.close()
-            return _chain(running, lambda hex_: Digest(name, start, end, hex_))
-        self._threads.submit(self._run, file, st, key, running)
-        return _chain(running, lambda hex_: Digest(name, start, end, hex_))
+            return asked
+        self._threads.submit(self._run, file, st, began, key, running)
+        return asked
 
-    def _run(self, file, st: os.stat_result, key: _Key, future: Future) -> None:
+    def _run(self, file, st: os.stat_result, began: int, key: _Key, future: Future) -> None:
         try:
             version, name, start, stop = key
             fd = file.fileno()
@@ -362,7 +376,7 @@ class Hasher:
                 self.hashed_bytes += stop - start
             if _version(os.fstat(fd)) != version:
                 raise Changed()
-            if time.time_ns() - max(st.st_ctime_ns, st.st_mtime_ns) >= SETTLED * 1e9:
+            if began - max(st.st_ctime_ns, st.st_mtime_ns) >= SETTLED * 1e9:
                 self.cache.put(key, value)
         except BaseException as err:
             self._end(key, future, error=err)
