@@ -40,6 +40,40 @@ def test_allow_and_deny_lists(tree, start_server):
     assert greet(only.port, "127.0.0.5").startswith("220")
 
 
+def test_networks_written_ipv4_mapped_mean_their_ipv4_networks(tree, start_server):
+    """Clients are never seen as ::ffff:a.b.c.d: a list written that way
+    would match nothing (a deny list letting everyone in, an allow list
+    locking everyone out) unless it is read as the IPv4 network it maps."""
+    assert access.networks(["::ffff:127.0.0.0/104,::ffff:10.1.2.3"]) == access.networks(["127.0.0.0/8,10.1.2.3"])
+    tree.user("bob")
+    srv = start_server(tree.root, deny_from=access.networks(["::ffff:127.0.0.2"]))
+    assert greet(srv.port, "127.0.0.2").startswith("421")
+    assert greet(srv.port, "127.0.0.3").startswith("220")
+    only = start_server(tree.root, allow_from=access.networks(["::ffff:127.0.0.5/128"]))
+    assert greet(only.port, "127.0.0.5").startswith("220")
+
+
+def test_an_ipv6_client_is_banned_by_its_64():
+    """One host owns a /64: rotating addresses in it gains no guesses."""
+    bans = access.BanList(ban_after=2, ban_time=60)
+    assert not bans.failed("fd00:abcd::1")
+    assert bans.failed("fd00:abcd::2")  # the second failure of the same /64
+    assert bans.banned_for("fd00:abcd::ffff:1") > 0
+    assert bans.banned_for("fd00:abce::1") == 0  # another /64
+    assert not bans.failed("::ffff:127.0.0.9") and bans.failed("127.0.0.9")  # one client, two spellings
+
+
+def test_the_ban_table_forgets_counts_not_bans_when_full():
+    bans = access.BanList(ban_after=2, ban_time=60)
+    bans.MAX_ENTRIES = 10
+    bans.failed("10.0.0.1")
+    bans.failed("10.0.0.1")  # banned
+    for n in range(2, 30):
+        bans.failed(f"10.0.0.{n}")
+    assert len(bans._table) <= 10
+    assert bans.banned_for("10.0.0.1") > 0
+
+
 def test_per_user_hosts_file(tree, start_server):
     home = tree.user("alice", password="pw")
     tree.xxftp(home, "hosts", "# office\n127.0.0.7\nnot-a-network\n")

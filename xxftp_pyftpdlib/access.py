@@ -12,8 +12,12 @@ Rules that live here:
   seconds from the moment its last refusal is sent (the failed-login delay
   after the count, which is taken at once): new connections get ``421``
   until then, and the log line and the ``421`` agree on the time. A successful login
-  clears its count. The table lives in memory; with worker processes it
-  lives in one shared manager process, so every worker sees every failure.
+  clears its count. An IPv6 client is counted and banned by its /64, as
+  the per-address limits count it (``addresses.source_of``): one host
+  owns that many addresses. The table lives in memory (at most
+  ``BanList.MAX_ENTRIES``: beyond, the counts of addresses not banned are
+  forgotten); with worker processes it lives in one shared manager
+  process, so every worker sees every failure.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import ipaddress
 import threading
 import time
 from typing import MutableMapping
+
+from .addresses import source_of
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,9 +39,17 @@ def address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     return found
 
 
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
 def network(text: str) -> Network:
-    """``10.0.0.0/8``, ``192.0.2.7`` or ``::1``; ValueError if malformed."""
-    return ipaddress.ip_network(text.strip(), strict=False)
+    """``10.0.0.0/8``, ``192.0.2.7`` or ``::1``; ValueError if malformed.
+    A network of IPv4-mapped addresses (``::ffff:10.0.0.0/104``) is the
+    IPv4 network it maps: clients are never seen in that form."""
+    net = ipaddress.ip_network(text.strip(), strict=False)
+    if net.version == 6 and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        return ipaddress.ip_network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+    return net
 
 
 def networks(items: list[str] | None) -> list[Network]:
@@ -80,7 +94,9 @@ def parse_hosts(text: str, path: str):
 
 
 class BanList:
-    """Failed-login counts and bans per address."""
+    """Failed-login counts and bans per client (``source_of``)."""
+
+    MAX_ENTRIES = 65536
 
     def __init__(self, ban_after: int, ban_time: float, table: MutableMapping | None = None,
                  lock=None) -> None:
@@ -106,7 +122,7 @@ class BanList:
 
     def banned_for(self, ip: str) -> float:
         """Seconds left of a ban on ``ip`` (0: not banned)."""
-        entry = self._table.get(ip)
+        entry = self._table.get(source_of(ip))
         if not entry:
             return 0.0
         left = entry[1] - time.time()
@@ -116,15 +132,25 @@ class BanList:
         """Count a failed login whose refusal goes out in ``refused_in``
         seconds; True if the address is now banned (from now on, for
         ``ban_time`` seconds after that refusal)."""
+        key = source_of(ip)
         with self._lock:
-            count, until = self._table.get(ip, (0, 0.0))
+            if len(self._table) >= self.MAX_ENTRIES:
+                self._forget_unbanned()
+            count, until = self._table.get(key, (0, 0.0))
             if until and until <= time.time():
                 count, until = 0, 0.0
             count += 1
             if count >= self.ban_after:
                 until = time.time() + refused_in + self.ban_time
-            self._table[ip] = (count, until)
+            self._table[key] = (count, until)
             return count >= self.ban_after
+
+    def _forget_unbanned(self) -> None:
+        """Make room (under the lock): drop every count that is not a ban in force."""
+        now = time.time()
+        for key, (_, until) in list(self._table.items()):
+            if until <= now:
+                self._table.pop(key, None)
 
     def banned_now(self) -> int:
         """How many addresses are banned at this moment."""
@@ -135,4 +161,4 @@ class BanList:
 
     def succeeded(self, ip: str) -> None:
         with self._lock:
-            self._table.pop(ip, None)
+            self._table.pop(source_of(ip), None)

@@ -18,6 +18,9 @@ Rules that live here:
   every address. It is answered by connecting to the client's own address,
   in that address's family; any other address must be the client's own
   (the bounce check).
+- One client, for the per-address limits and bans (``source_of``), is an
+  IPv4 address or an IPv6 /64: the least a single IPv6 host or site is
+  given, so rotating addresses within it gains nothing.
 - ``PASV`` announces an IPv4 address, so it is refused to a client on
   IPv6, which must use ``EPSV`` (a reply it could not read would send it
   astray); ``EPSV`` works on both.
@@ -93,3 +96,18 @@ def port_argument(line: str, control_ip: str) -> str:
     if fields[:4] != ["0"] * 4 or len(fields) != 6 or is_ipv6(control_ip):
         return line
     return ",".join(plain(control_ip).split(".") + fields[4:])
+
+
+def source_of(ip: str) -> str:
+    """What the per-address limits and bans count as one client: an IPv4
+    address (also written IPv4-mapped, ``::ffff:a.b.c.d``), or an IPv6
+    /64."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return ip
+    if address.version == 6:
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)

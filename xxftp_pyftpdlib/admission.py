@@ -32,12 +32,13 @@ told to leave: ``Place.wake`` is set by the adapter that does.
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import itertools
 import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
+
+from .addresses import source_of
 
 __all__ = ["Limits", "Place", "Table", "TOO_MANY", "TOO_MANY_FROM_ADDRESS", "DISPLACED", "LOGIN_TIMED_OUT"]
 
@@ -186,21 +187,6 @@ class Table:
         dead = [seq for seq, p in self._places.items() if p.alive is not None and not p.alive()]
         for seq in dead:
             del self._places[seq]
-
-
-def source_of(ip: str) -> str:
-    """What the per-address limits count as one client: an IPv4 address
-    (also written IPv4-mapped, ``::ffff:a.b.c.d``), or an IPv6 /64, the
-    least a single IPv6 host or site is given."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return ip
-    if address.version == 6:
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 def _victim(strangers: list[Place], any_address: bool) -> Place | None:

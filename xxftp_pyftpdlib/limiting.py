@@ -29,7 +29,7 @@ import logging
 from dataclasses import dataclass
 
 from . import replies
-from .admission import source_of
+from .addresses import source_of
 from .config import ConfigStore, shared_store
 from .userboard import Board
 from .userlimits import DOWNLOAD, UPLOAD, UserLimits, slice_for

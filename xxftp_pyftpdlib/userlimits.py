@@ -17,7 +17,7 @@ Rules that live here:
   process of the server: a rate is shared by every transfer of that user
   in that direction; ``max_sessions`` counts the user's logged-in
   sessions, ``max_sessions_per_ip`` those from one client address (an IPv4
-  address or an IPv6 /64, as ``admission.source_of`` says). A login beyond
+  address or an IPv6 /64, as ``addresses.source_of`` says). A login beyond
   either is refused; a session that ends frees its place at once.
 - Rates are kept as a virtual clock per user and direction (GCRA): the
   time at which the bytes the user has moved so far are due at the rate.
