@@ -92,6 +92,19 @@ def test_a_code_is_used_once_across_sessions(bob, start_server):
     assert (bob / ".xxftp/totp.used").stat().st_mode & 0o777 == 0o600
 
 
+def test_a_login_refused_by_its_hosts_file_leaves_the_code_unused(bob, tree, start_server):
+    """The right password and code from an address .xxftp/hosts refuses
+    spend nothing: the user logs in with that same code from a good one."""
+    tree.xxftp(bob, "hosts", "127.0.0.7\n")
+    srv = start_server(bob.parent)
+    now = steady()
+    assert login(srv.port, "bob", PASSWORD + code_at(now)).startswith("530")  # from 127.0.0.1
+    good = ftplib.FTP(source_address=("127.0.0.7", 0))
+    good.connect(HOST, srv.port, timeout=20)
+    assert good.login("bob", PASSWORD + code_at(now)).startswith("230")
+    good.quit()
+
+
 @pytest.mark.parametrize("offset, accepted", [(-30, True), (30, True), (-60, False), (60, False)],
                          ids=["behind-1", "ahead-1", "behind-2", "ahead-2"])
 def test_one_step_of_clock_drift_either_way_is_accepted_and_two_are_not(bob, start_server, offset, accepted):

@@ -33,7 +33,9 @@ Rules that live here:
   the password, and every login that needs a check does the same code
   work (on a dummy secret without a totp file): an unknown user, a wrong
   password and a wrong code take the same time. A code is recorded as
-  used (``totpstate``) only once both password and code are right. A
+  used (``totpstate``) only once both password and code are right and
+  the caller's other rules (``.xxftp/hosts``, ``.xxftp/certs``) let the
+  login in: a refused login never spends a code. A
   home with a totp file needs a password even without a password file
   (then PASS is the code alone).
 """
@@ -47,7 +49,7 @@ import os
 import re
 import stat
 import time
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from . import passwords, totp, totpstate
 from .config import CONFIG_DIR, distrust, distrust_folder, shared_store
@@ -224,10 +226,12 @@ class Accounts:
             return self._prefix + name, stored
         return self.home_of(name), None
 
-    def login(self, name: str, password: str) -> Login:
+    def login(self, name: str, password: str, refusal: Callable[[str], str | None] | None = None) -> Login:
         """The verdict on a login: its password (``_password_login``) and,
         for a home with a totp file, its one-time code, with the same code
-        work for every login (see the rules above)."""
+        work for every login (see the rules above). ``refusal(home)``, the
+        caller's other rules, is asked before a right code is spent: a
+        login it refuses leaves the code unused."""
         name = canonical_name(name)
         config_dir = f"{self._prefix}{name}/{CONFIG_DIR}"
         secret = shared_store(self.root).totp(self._prefix + name) if USER_NAME.fullmatch(name) else None
@@ -245,6 +249,9 @@ class Accounts:
                                        "which is not installed (pip install 'xxftpd[totp]')")
         if step is None:
             return Login(False, reason="wrong one-time code")
+        why = refusal(verdict.home) if refusal is not None else None
+        if why:
+            return Login(False, reason=why, kind=verdict.kind)
         try:
             fresh = totpstate.record(config_dir, step)
         except OSError as err:

@@ -50,24 +50,29 @@ class XxftpAuthorizer:
         """``validate_authentication``, ``get_home_dir`` and ``get_msg_login``
         in one pass: (home, login message), or AuthenticationFailed. Takes
         one modern hash's time (see ``Accounts.login``)."""
-        return self._verdict(username, self.accounts.login(username, password), handler)
+        # the hosts and certs rules are asked before a one-time code is spent on a login they refuse
+        result = self.accounts.login(username, password, refusal=lambda home: self._refusal(home, handler))
+        return self._verdict(username, result, handler)
 
     def _verdict(self, username: str, result: Login, handler) -> tuple[str, str]:
         if hasattr(handler, "password_kind"):  # for the handler's metrics
             handler.password_kind = result.kind
-        if not result.ok:
-            log.info("login refused for %r: %s", username, result.reason)
-            raise AuthenticationFailed("Authentication failed.")
-        nets = shared_store(self.root).hosts(result.home)
-        ip = getattr(handler, "remote_ip", "")
-        if nets is not None and not access.matches(ip, list(nets)):
-            log.info("login refused for %r: %s is not in its .xxftp/hosts", username, ip)
-            raise AuthenticationFailed("Authentication failed.")
-        if self._certificate_way(result.home, handler) is clientcerts.Way.REFUSED:
-            log.info("login refused for %r: its .xxftp/certs needs a listed client certificate "
-                     "as well as the password", username)
+        why = result.reason if not result.ok else self._refusal(result.home, handler)
+        if why:
+            log.info("login refused for %r: %s", username, why)
             raise AuthenticationFailed("Authentication failed.")
         return result.home, self.get_msg_login(username)
+
+    def _refusal(self, home: str, handler) -> str | None:
+        """Why ``.xxftp/hosts`` or ``.xxftp/certs`` refuse this login to
+        ``home`` (whose password, if any, was right), or None."""
+        nets = shared_store(self.root).hosts(home)
+        ip = getattr(handler, "remote_ip", "")
+        if nets is not None and not access.matches(ip, list(nets)):
+            return f"{ip} is not in its .xxftp/hosts"
+        if self._certificate_way(home, handler) is clientcerts.Way.REFUSED:
+            return "its .xxftp/certs needs a listed client certificate as well as the password"
+        return None
 
     def _certificate_way(self, home: str, handler) -> clientcerts.Way:
         """How ``.xxftp/certs`` lets this user in, given the client certificate
