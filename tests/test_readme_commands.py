@@ -72,3 +72,12 @@ def test_the_example_config_is_valid_and_keeps_the_sample_on_loopback():
     assert values["root"] == "sample_root" and values["host"] == "127.0.0.1"
     for key in ("data_timeout", "passive_timeout", "ascii_mangling"):  # every default written as it is
         assert values[key] == parser.get_default(key), key
+
+
+def test_the_example_config_names_every_serving_flag():
+    """Set or commented out, every key is there for an administrator to find."""
+    from xxftp_pyftpdlib.cli import _NOT_IN_CONFIG, build_parser
+
+    text = (README.parent / "xxftpd.example.toml").read_text()
+    keys = [a.dest for a in build_parser()._actions if a.option_strings and a.dest not in _NOT_IN_CONFIG]
+    assert [key for key in keys if f"{key} = " not in text] == []
