@@ -88,7 +88,8 @@ def test_figures_follow_logins_transfers_and_quota(tree):
     tree.user("bob", password="pw")
     proc, port, mport = metrics_server(tree)
     try:
-        before = scrape(mport)
+        # the one connection that waited for the server to listen, counted once the loop saw it
+        before = scrape_when(mport, "xxftpd_connections_total", 1)
         assert figure(before, "xxftpd_build_info", **{k: v for k, v in next(
             labels for (name, labels) in before if name == "xxftpd_build_info")}) == 1
         assert figure(before, "xxftpd_quota_limit_bytes", user="alice", tree="/") == 64 * KiB
