@@ -42,6 +42,8 @@ PASV_ON_IPV6 = "522 PASV is for IPv4 clients; use EPSV."
 def plain(ip: str) -> str:
     """``ip`` as this server writes a client address: an IPv4-mapped
     address as IPv4, an IPv6 one compressed; anything else unchanged."""
+    if ":" not in ip:  # IPv4 (or not an address): as it is, without parsing
+        return ip
     address, sep, scope = ip.partition("%")
     try:
         parsed = ipaddress.ip_address(address)
@@ -102,6 +104,8 @@ def source_of(ip: str) -> str:
     """What the per-address limits and bans count as one client: an IPv4
     address (also written IPv4-mapped, ``::ffff:a.b.c.d``), or an IPv6
     /64."""
+    if ":" not in ip:  # IPv4 (or not an address): as it is, without parsing
+        return ip
     try:
         address = ipaddress.ip_address(ip.split("%", 1)[0])
     except ValueError:

@@ -68,8 +68,22 @@ def event_of(message: str) -> str:
     return "log"
 
 
+_in_use = False  # a JsonFormatter exists in this process: sessions attach their fields
+
+
+def in_use() -> bool:
+    """Whether log lines need their fields (only the JSON format shows
+    them: the text format is spared building them, a few µs a line)."""
+    return _in_use
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record (see the module's rules)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        global _in_use
+        super().__init__(*args, **kwargs)
+        _in_use = True
 
     def format(self, record: logging.LogRecord) -> str:
         extra = getattr(record, FIELDS, None) or {}

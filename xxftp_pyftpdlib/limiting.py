@@ -5,7 +5,10 @@ limits board (rules in ``userlimits``, shared state in ``userboard``):
 
 - ``join`` at login: reads the user's ``.xxftp/limits`` (through the
   configuration cache: hot-reloaded, trusted as every ``.xxftp`` file)
-  and takes a place on the board, or says why not (a 421 text).
+  and takes a place on the board, or says why not (a 421 text). A user
+  whose file sets no limit (or who has none) takes no place: a login
+  spares the board's lock, and sessions limits written later count only
+  the sessions that log in after.
   ``leave`` frees it: at logout, at ``REIN``/``USER``, and when the
   connection closes for any reason.
 - ``pacer_for`` gives a file transfer of a user with a rate in its
@@ -32,7 +35,7 @@ from . import replies
 from .addresses import source_of
 from .config import ConfigStore, shared_store
 from .userboard import Board
-from .userlimits import DOWNLOAD, UPLOAD, UserLimits, slice_for
+from .userlimits import DOWNLOAD, NO_LIMITS, UPLOAD, UserLimits, slice_for
 
 __all__ = ["Member", "Pacer", "join", "leave", "pacer_for"]
 
@@ -48,7 +51,7 @@ class Member:
 
     board: Board
     user: int
-    place: int
+    place: int | None  # None: the user had no limits at login, nothing to count
     store: ConfigStore
     home: str
     known: UserLimits  # the limits last read from a valid file
@@ -74,6 +77,9 @@ def join(session, home: str) -> str | None:
         log.warning("login of %r refused: its limits file is invalid or not trusted", session.username)
         return replies.INVALID_LIMITS
     user = board.key(session.username)
+    if limits == NO_LIMITS:  # no place to take (a lock and a scan of the board a login saved)
+        session.limits_member = Member(board, user, None, store, home, limits)
+        return None
     place, refusal = board.join(user, board.key(source_of(session.remote_ip)), limits)
     if refusal is not None:
         log.info("login of %r from %s refused: %s session(s)%s at most", session.username,
@@ -87,7 +93,8 @@ def leave(session) -> None:
     member = getattr(session, "limits_member", None)
     if member is not None:
         session.limits_member = None
-        member.board.leave(member.place, member.user)
+        if member.place is not None:
+            member.board.leave(member.place, member.user)
 
 
 def pacer_for(channel) -> Pacer | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from . import jsonlog
 from .jsonlog import event_of, fields, new_session_id
 
 __all__ = ["SessionLog"]
@@ -38,8 +39,12 @@ class SessionLog:
         return sid
 
     def log(self, msg: str, logfun=logger.info, **values) -> None:
-        """pyftpdlib's line (prefix and text) with its fields."""
+        """pyftpdlib's line (prefix and text) with its fields (when a JSON
+        log shows them)."""
         prefix = self.log_prefix % self.__dict__
+        if not jsonlog.in_use():
+            logfun(f"{prefix} {msg}")
+            return
         if "event" not in values:
             values["event"] = "reply" if self._replying is not None else event_of(msg)
         if self._replying is not None:
