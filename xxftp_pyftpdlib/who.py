@@ -50,6 +50,8 @@ import sys
 import time
 from typing import Any
 
+from .quota import human
+
 __all__ = ["STATE_DIR", "WhoError", "NoServer", "UnsafeState", "sessions", "sweep", "open_state",
            "state_path", "record", "transfer_record", "shown_command", "table", "main"]
 
@@ -338,15 +340,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
-
-
 def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
@@ -354,10 +347,10 @@ def _printable(text: str) -> str:
 def _transfer_text(t: dict[str, Any] | None) -> str:
     if not t:
         return ""
-    done = _human(t["bytes"])
+    done = human(t["bytes"])
     if t.get("size"):
-        done += f"/{_human(t['size'])} {min(100, t['bytes'] * 100 // max(1, t['size']))}%"
-    return f"{t['direction']} {_printable(t['path'])} {done} at {_human(t['rate'])}/s"
+        done += f"/{human(t['size'])} {min(100, t['bytes'] * 100 // max(1, t['size']))}%"
+    return f"{t['direction']} {_printable(t['path'])} {done} at {human(t['rate'])}/s"
 
 
 def table(found: list[dict], now: float | None = None) -> str:
