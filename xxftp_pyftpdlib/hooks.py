@@ -49,6 +49,8 @@ __all__ = ["EVENTS", "HookRunner", "QUEUE_SIZE", "OUTPUT_LIMIT", "parse_command"
 
 log = logging.getLogger("xxftpd.hooks")
 
+CONCURRENCY = 4  # runs at once in a process (--hook-concurrency)
+TIMEOUT = 60  # seconds before a run's process group is killed (--hook-timeout)
 QUEUE_SIZE = 1000  # runs waiting in a process; more are dropped (and logged)
 OUTPUT_LIMIT = 4096  # bytes of a run's output kept for the debug log
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -85,7 +87,7 @@ class Run:
 class HookRunner:
     """The hooks of one server (see the module's rules)."""
 
-    def __init__(self, commands: dict[str, list[str]], concurrency: int = 4, timeout: float = 60.0,
+    def __init__(self, commands: dict[str, list[str]], concurrency: int = CONCURRENCY, timeout: float = TIMEOUT,
                  queue_size: int = QUEUE_SIZE, output_limit: int = OUTPUT_LIMIT) -> None:
         unknown = set(commands) - set(EVENTS)
         if unknown:

@@ -227,8 +227,8 @@ class Options:
     on_upload: str | None = None  # hook commands (see hooks.py)
     on_login: str | None = None
     on_delete: str | None = None
-    hook_concurrency: int = 4  # hooks running at once, per process
-    hook_timeout: int = 60  # seconds before a hook's process group is killed
+    hook_concurrency: int = hooks.CONCURRENCY  # hooks running at once, per process
+    hook_timeout: int = hooks.TIMEOUT  # seconds before a hook's process group is killed
     metrics: str | None = None  # ADDR:PORT of the metrics and status page (off by default)
     metrics_allow: list[str] | None = None  # networks that may read them (None: statuspage.DEFAULT_ALLOW)
 
