@@ -101,10 +101,7 @@ class ImplicitTLS:
         self.close()
 
     def handle_failed_ssl_handshake(self) -> None:
-        err = sys.exc_info()[1]
-        why = tlschannel.error_text(err) if isinstance(err, SSL.Error) else "failed"
-        self.log(f"closing: TLS handshake failed: {why}{_verify_failure(self.socket)}", logfun=logger.info)
-        self.close()
+        _close_failed_handshake(self, sys.exc_info()[1])
 
     def handle_max_cons(self) -> None:
         self.log("closing: too many connections", logfun=logger.warning)
@@ -275,9 +272,14 @@ class ClientCertificates:
         if not isinstance(err, SSL.Error):
             super().handle_failed_ssl_handshake()
             return
-        self.log(f"closing: TLS handshake failed: {tlschannel.error_text(err)}{_verify_failure(self.socket)}",
-                 logfun=logger.info)
-        self.close()
+        _close_failed_handshake(self, err)
+
+
+def _close_failed_handshake(session, err: BaseException | None) -> None:
+    """One log line saying why (OpenSSL's reason, the certificate's fault), then the close."""
+    why = tlschannel.error_text(err) if isinstance(err, SSL.Error) else "failed"
+    session.log(f"closing: TLS handshake failed: {why}{_verify_failure(session.socket)}", logfun=logger.info)
+    session.close()
 
 
 def with_client_certificates(handler: type, cafile: str) -> type:
