@@ -91,7 +91,7 @@ class FileLedger:
                     pass
                 fd = beneath.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             st = os.fstat(fd)
-            if st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022:
+            if _written_by_us(st):
                 return fd
             os.close(fd)  # another user wrote it: never read, replaced by our own
             log.warning("%s: ledger owned by uid %d or writable by others; not trusted, replaced and rebuilt "
@@ -176,6 +176,40 @@ class FileLedger:
                 del state.pending[token]
                 state.add(_recover(p))
 
+    def _written(self, tries: int | None = None) -> State | None:
+        """The state as last written, read under a shared lock, changing
+        nothing. None: no ledger, one we may not read (untrusted,
+        unreadable), or, with ``tries``, one still locked after that many
+        tries (without, the read waits for the lock)."""
+        try:  # O_NONBLOCK: a FIFO put in its place never blocks the reader
+            fd = beneath.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not _written_by_us(st):
+                return None
+            if tries is None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            else:
+                for attempt in range(tries):
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        time.sleep(0.01 * (attempt + 1))
+                else:
+                    return None
+            text = os.pread(fd, max(st.st_size, _READ) + _READ, 0).decode("utf-8", "replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        try:
+            return core.load(text, HOST, self.root)
+        except core.Unreadable:
+            return None
+
     def glance(self, tries: int = 5) -> Usage | None:
         """The usage as last written, read without changing anything or
         waiting (``peek`` may wait for the lock and scan the disk): no
@@ -185,32 +219,8 @@ class FileLedger:
         (untrusted, unreadable, no usage yet, or locked ``tries`` times
         in a row, e.g. by a rescan)."""
         limit = self.limit
-        try:  # O_NONBLOCK: a FIFO put in its place never blocks the reader
-            fd = beneath.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode) or st.st_mode & 0o022:
-                return None
-            for attempt in range(tries):
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    time.sleep(0.01 * (attempt + 1))
-            else:
-                return None
-            text = os.pread(fd, max(st.st_size, _READ), 0).decode("utf-8", "replace")
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        try:
-            state = core.load(text, HOST, self.root)
-        except core.Unreadable:
-            return None
-        return None if state.used is None else state.usage(limit)
+        state = self._written(tries)
+        return None if state is None or state.used is None else state.usage(limit)
 
     # --- the operations
 
@@ -222,22 +232,9 @@ class FileLedger:
     def peek(self) -> Usage:
         """The usage, changing nothing on the disk (for reports)."""
         limit = self.limit
-        state = State()
-        try:
-            fd = beneath.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            fd = None  # no ledger yet (or none we may read): the scan below
-        if fd is not None:
-            try:
-                st = os.fstat(fd)
-                if st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022:
-                    fcntl.flock(fd, fcntl.LOCK_SH)
-                    text = os.pread(fd, max(st.st_size, _READ) + _READ, 0).decode("utf-8", "replace")
-                    state = core.load(text, HOST, self.root)
-            except core.Unreadable:
-                state = State()
-            finally:
-                os.close(fd)
+        state = self._written()
+        if state is None:  # no ledger yet (or none we may read): the scan below
+            state = State()
         for intent in state.intents:  # as _settle would, but only in this copy
             if not alive_here(intent.owner) and not beneath.lexists(intent.gone):
                 state.add(intent.delta)
@@ -370,6 +367,12 @@ def _follow(state: State, old: str, new: str) -> None:
             p.target = new + p.target[len(old):]
         if p.temp and p.temp.startswith(prefix):
             p.temp = new + p.temp[len(old):]
+
+
+def _written_by_us(st: os.stat_result) -> bool:
+    """A ledger is read only if this server's user wrote it: a regular
+    file of ours that nobody else may write."""
+    return st.st_uid == os.geteuid() and stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022
 
 
 def _ours(path: str | None, ino: int) -> os.stat_result | None:
