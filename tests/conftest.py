@@ -472,16 +472,21 @@ class XxftpdProcess:
         self.port = free_port_on(host)
         self.proc = run_xxftpd("--root", str(root), "--host", host, "--port", str(self.port),
                                "--log-file", str(log), "--log-level", "debug", *extra)
-        deadline = time.monotonic() + 15
-        while True:
-            assert self.proc.poll() is None, f"xxftpd exited: {self.proc.communicate()[1]}"
-            try:
-                socket.create_connection((host, self.port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"xxftpd does not listen on {host}"
-                time.sleep(0.05)
+        self._wait_listening(host)
         self._mark = 0
+
+    def _wait_listening(self, *hosts: str) -> None:
+        """Until the server takes connections on each of ``hosts`` (15 s at most)."""
+        deadline = time.monotonic() + 15
+        for host in hosts:
+            while True:
+                assert self.proc.poll() is None, f"xxftpd exited: {self.proc.communicate()[1]}"
+                try:
+                    socket.create_connection((host, self.port), timeout=0.5).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"xxftpd does not listen on {host}"
+                    time.sleep(0.05)
 
     @property
     def url(self) -> str:

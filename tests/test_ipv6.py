@@ -45,16 +45,7 @@ class Dual(XxftpdProcess):
         self.port = free_dual_port()
         self.proc = run_xxftpd("--root", str(root), "--port", str(self.port), "--log-file", str(log),
                                "--log-level", "debug", *extra)
-        deadline = time.monotonic() + 15
-        for host in (V4, V6):
-            while True:
-                assert self.proc.poll() is None, f"xxftpd exited: {self.proc.communicate()[1]}"
-                try:
-                    socket.create_connection((host, self.port), timeout=0.5).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, f"xxftpd does not listen on {host}"
-                    time.sleep(0.05)
+        self._wait_listening(V4, V6)
         self._mark = 0
 
     def url_of(self, host: str) -> str:
