@@ -123,14 +123,19 @@ def start_server():
         handler.auth_failed_timeout = attrs.pop("auth_failed_timeout", 0.01)
         for key, value in attrs.items():
             setattr(handler, key, value)
-        thread = ServerThread(make_server(options, handler))
-        thread.start()
-        started.append(thread)
-        return thread
+        return _serve_in_thread(options, handler, started)
 
     yield start
     for thread in started:
         thread.stop()
+
+
+def _serve_in_thread(options: Options, handler: type, started: list[ServerThread]) -> ServerThread:
+    """The server ``make_server`` builds, run in a thread (listed in ``started`` for the stop)."""
+    thread = ServerThread(make_server(options, handler))
+    thread.start()
+    started.append(thread)
+    return thread
 
 
 @pytest.fixture
@@ -338,10 +343,7 @@ def start_options():
     def start(options: Options) -> ServerThread:
         handler = make_handler(options)
         handler.auth_failed_timeout = 0.01
-        thread = ServerThread(make_server(options, handler))
-        thread.start()
-        started.append(thread)
-        return thread
+        return _serve_in_thread(options, handler, started)
 
     yield start
     for thread in started:
