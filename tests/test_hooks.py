@@ -271,3 +271,43 @@ def test_output_is_bounded_and_a_lingering_child_does_not_hold_the_run(tmp_path,
     for pid in os.listdir("/proc"):  # (the child is left alone: end it here)
         if pid.isdigit() and _cmdline(pid) == f"sleep {marker}":
             os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_hook_that_cannot_be_queued_costs_the_upload_nothing(tree, start_server, connect, caplog):
+    """The runner itself failing (no thread to be had, say) is logged;
+    the upload still gets its 226, is kept, and the session goes on."""
+
+    class Broken:
+        def wants(self, event: str) -> bool:
+            return event == "upload"
+
+        def submit(self, event: str, *args, **kwargs) -> None:
+            if event == "upload":
+                raise RuntimeError("can't start new thread")
+
+    tree.user("alice")
+    ftp = connect(start_server(tree.root, hooks=Broken()).port, "alice")
+    assert store(ftp, "a.txt", b"kept").startswith("226")
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert (tree.root / "alice" / "a.txt").read_bytes() == b"kept"
+    assert "after the upload of" in caplog.text
+
+
+def test_hooks_whose_threads_cannot_start_cost_no_login_nor_upload(tree, start_server, connect, tmp_path,
+                                                                     monkeypatch, caplog):
+    """A process out of threads drops its runs (one warning each); the
+    login, the upload and the delete are answered as ever."""
+    from xxftp_pyftpdlib import hooks
+
+    def no_thread(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(hooks.HookRunner, "_queue_here", no_thread)
+    runner = hooks.HookRunner({event: ["/bin/true"] for event in ("upload", "login", "delete")})
+    tree.user("alice")
+    ftp = connect(start_server(tree.root, hooks=runner).port, "alice")
+    assert store(ftp, "a.txt", b"kept").startswith("226")
+    assert ftp.delete("a.txt").startswith("250")
+    assert ftp.sendcmd("NOOP").startswith("200")
+    assert caplog.text.count("cannot start its threads") == 3
+

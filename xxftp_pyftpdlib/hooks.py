@@ -111,7 +111,8 @@ class HookRunner:
     def submit(self, event: str, argument: str, **variables: str | int | None) -> bool:
         """Queue a run of ``event``'s hook (if there is one); never blocks.
         ``variables`` become ``XXFTPD_<NAME>`` (None: left out). False if
-        there is no such hook or the queue is full (logged)."""
+        there is no such hook, or the queue is full or its threads can't
+        start (logged)."""
         argv = self.commands.get(event)
         if argv is None:
             return False
@@ -121,6 +122,10 @@ class HookRunner:
                 env[f"XXFTPD_{name}"] = _clean(str(value))
         try:
             self._queue_here().put_nowait(Run(event, [*argv, _clean(argument)], env))
+        except RuntimeError as err:  # no thread to be had: the run is lost, never the caller's command
+            log.warning("hook %s for %s dropped: cannot start its threads: %s", event, argument, err,
+                        extra=fields(event="hook", hook=event, argument=argument, status="dropped"))
+            return False
         except queue.Full:
             log.warning("hook %s for %s dropped: %d runs already waiting", event, argument, self.queue_size,
                         extra=fields(event="hook", hook=event, argument=argument, status="dropped"))
